@@ -1,0 +1,189 @@
+"""Throughput benchmark of meta-learning (train) and encoding on CPU, fp32.
+
+Usage::
+
+    python bench/throughput.py --config C1            # Fashion-MNIST sized, width 128, depth 6
+    python bench/throughput.py --config C2            # width 256, depth 10, latent 256, batch 16
+    python bench/throughput.py --config C1 --no-compile --checkpoint --steps 10
+
+Targets are random uniform ``[0, 1]`` 28x28 single-channel images (throughput does not depend on the
+pixel values). FLOP convention (hidden ``width x width`` matmuls only, counted as if every inner
+step ran a full forward pass per item)::
+
+    train:  3 * (2K + 1) * 2 * N * W^2 * (depth - 2) * B   per outer step
+    encode: (2K + 1) * 2 * N * W^2 * (depth - 2)           per image
+
+The library evaluates the first inner step (zero latents: identical shifts for every item) once per
+batch (``shared_first_step``); the convention above still counts it per item, so the saving shows as
+a higher achieved fraction. The last line of output is a single JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+
+from functa.fields import LatentModulatedSiren, SirenConfig  # noqa: E402
+from functa.fitting import InnerLoop, OuterObjective, fit_latents  # noqa: E402
+
+CONFIGS = {
+    "C1": dict(width=128, depth=6, latent_dim=128, batch=32),
+    "C2": dict(width=256, depth=10, latent_dim=256, batch=16),
+}
+SIDE = 28
+INNER_STEPS = 3
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # pragma: no cover - non-Linux
+        return float("nan")
+
+
+def matmul_peak_gflops(repeats: int = 8) -> float:
+    """Best achieved fp32 GFLOP/s over square matmuls of a few sizes."""
+    best = 0.0
+    for n in (2048, 4096):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        torch.mm(a, b, out=out)
+        for _ in range(repeats if n == 2048 else max(2, repeats // 3)):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            dt = time.perf_counter() - t0
+            best = max(best, 2 * n**3 / dt / 1e9)
+        del a, b, out
+    return best
+
+
+def make_batch(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    lin = torch.linspace(-1.0, 1.0, SIDE)
+    coords = torch.stack(torch.meshgrid(lin, lin, indexing="ij"), -1).reshape(1, -1, 2)
+    y = torch.rand(batch, SIDE * SIDE, 1, generator=generator)
+    return coords, y
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", choices=sorted(CONFIGS), default="C1")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.compile the outer objective and the encoder (default: on)")
+    p.add_argument("--checkpoint", action="store_true", help="gradient checkpointing per inner step")
+    p.add_argument("--shared-first-step", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate the zero-latent first inner step once per batch (default: on)")
+    p.add_argument("--steps", type=int, default=10, help="timed outer steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed outer steps (include compilation)")
+    p.add_argument("--encode-batches", type=int, default=10, help="timed encode batches")
+    p.add_argument("--encode-batch", type=int, default=None, help="encode batch size (default: train batch)")
+    p.add_argument("--skip-encode", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfgd = CONFIGS[args.config]
+    W, depth, B, K = cfgd["width"], cfgd["depth"], cfgd["batch"], INNER_STEPS
+    N = SIDE * SIDE
+    EB = args.encode_batch or B
+
+    peak = matmul_peak_gflops()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fp32 matmul peak {peak:.1f} GFLOP/s")
+
+    field = LatentModulatedSiren(SirenConfig(in_dim=2, out_dim=1, width=W, depth=depth,
+                                             latent_dim=cfgd["latent_dim"], w0=30.0))
+    gen = torch.Generator().manual_seed(args.seed)
+    x, y = make_batch(B, gen)
+    flops_pass = 2 * N * W**2 * (depth - 2)  # hidden matmuls of one forward pass of one item
+
+    # ------------------------------------------------------------------ train
+    rss_before = current_rss_mb()
+    inner = InnerLoop(K, first_order=False, checkpoint=args.checkpoint)
+    obj = OuterObjective(field, inner, compile=args.compile, shared_first_step=args.shared_first_step)
+    params = field.base_parameters() + list(field.inner_lrs.parameters())
+    opt = torch.optim.Adam(params, lr=1e-6)
+
+    def train_step() -> float:
+        r = obj(x, y)
+        opt.zero_grad(set_to_none=True)
+        r.loss.backward()
+        opt.step()
+        return float(r.loss)
+
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        train_step()
+    warm_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.steps):
+        t1 = time.perf_counter()
+        train_step()
+        times.append(time.perf_counter() - t1)
+    step_s = sorted(times)[len(times) // 2]  # median
+    mean_step_s = sum(times) / len(times)
+    compile_s = max(warm_s - args.warmup * step_s, 0.0) if args.compile else 0.0
+    train_flops = 3 * (2 * K + 1) * flops_pass * B
+    train_gflops = train_flops / step_s / 1e9
+    peak_rss_train = rss_mb()
+    print(f"train {args.config}: median step {step_s * 1e3:.1f} ms (mean {mean_step_s * 1e3:.1f} ms), "
+          f"{B / step_s:.1f} examples/s, {train_gflops:.1f} GFLOP/s = {train_gflops / peak:.1%} of peak, "
+          f"warm-up {warm_s:.1f} s, peak RSS {peak_rss_train:.0f} MB (before train {rss_before:.0f} MB)")
+
+    result = {
+        "config": args.config, "width": W, "depth": depth, "latent_dim": cfgd["latent_dim"], "batch": B,
+        "inner_steps": K, "points": N, "targets": "random uniform [0,1]",
+        "compile": args.compile, "checkpoint": args.checkpoint, "shared_first_step": args.shared_first_step,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+        "matmul_peak_gflops": round(peak, 1),
+        "train_step_ms": round(step_s * 1e3, 2), "train_examples_per_s": round(B / step_s, 2),
+        "train_gflops": round(train_gflops, 1), "train_peak_fraction": round(train_gflops / peak, 4),
+        "compile_s": round(compile_s, 1), "rss_before_train_mb": round(rss_before, 0),
+        "peak_rss_mb": round(peak_rss_train, 0),
+        "flops_convention": "train 3*(2K+1)*2*N*W^2*(depth-2)*B per step; encode (2K+1)*2*N*W^2*(depth-2) per item",
+    }
+
+    # ------------------------------------------------------------------ encode
+    if not args.skip_encode:
+        _, ye = make_batch(EB, gen)
+        enc_kw = dict(compile=args.compile, shared_first_step=args.shared_first_step)
+        t0 = time.perf_counter()
+        for _ in range(2):
+            fit_latents(field, x, ye, K, **enc_kw)
+        enc_warm = time.perf_counter() - t0
+        times = []
+        for _ in range(args.encode_batches):
+            t1 = time.perf_counter()
+            fit_latents(field, x, ye, K, **enc_kw)
+            times.append(time.perf_counter() - t1)
+        enc_s = sorted(times)[len(times) // 2]
+        enc_gflops = (2 * K + 1) * flops_pass * EB / enc_s / 1e9
+        print(f"encode {args.config}: batch {EB} in {enc_s * 1e3:.1f} ms, {EB / enc_s:.1f} items/s, "
+              f"{enc_gflops:.1f} GFLOP/s = {enc_gflops / peak:.1%} of peak (warm-up {enc_warm:.1f} s)")
+        result.update({"encode_batch": EB, "encode_batch_ms": round(enc_s * 1e3, 2),
+                       "encode_items_per_s": round(EB / enc_s, 1), "encode_gflops": round(enc_gflops, 1),
+                       "encode_peak_fraction": round(enc_gflops / peak, 4),
+                       "encode_compile_s": round(max(enc_warm - 2 * enc_s, 0.0), 1) if args.compile else 0.0})
+    result["peak_rss_mb"] = round(rss_mb(), 0)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Modulated SIREN base networks.
+
+A :class:`LatentModulatedSiren` (functa paper §3.1 and A.2) maps a coordinate ``x (d,)`` and a
+latent ``phi (D,)`` to features ``(C,)``::
+
+    s   = W' phi + b'                                      # linear latent -> shift map
+    h_1 = sin(w0 (W_1 x + b_1 + s_1))                      # depth-1 modulated sine layers
+    h_l = sin(w0 (W_l h_{l-1} + b_l + s_l))
+    f   = W_out h_{depth-1} + b_out + 0.5                   # linear output layer
+
+With ``modulate_scale=True`` each layer computes ``sin(w0 ((1 + c_l) (W_l h + b_l) + s_l))``.
+With ``latent_dim=None`` there is no latent map: the per-datum vector *is* the modulation vector
+(the plain shift-modulated SIREN of the paper's Figure 3, functa's ``ModulatedSiren``).
+
+Besides ``forward`` the module offers :meth:`forward_points` / :meth:`backward_latents`, an
+explicit (hand-derived) gradient of the output with respect to the latents. The inner loop of
+meta-learning uses it instead of ``autograd.grad(create_graph=True)``: the whole inner loop then
+becomes an ordinary first-order graph, which is cheaper, and which ``torch.compile`` can fuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .init import BiasInit, init_latent_map_, init_siren_linear_
+from .meta_sgd import MetaSGDLrs
+
+__all__ = ["SirenConfig", "LatentModulatedSiren", "Trace", "hidden_matmul_flops"]
+
+
+@dataclass(frozen=True)
+class SirenConfig:
+    """Hyper-parameters of a (latent) modulated SIREN.
+
+    ``depth`` counts all layers, the output layer included (functa convention): ``depth - 1``
+    modulated sine layers of ``width`` units, of which ``depth - 2`` are ``width x width``.
+    """
+
+    in_dim: int = 2
+    out_dim: int = 1
+    width: int = 256
+    depth: int = 6
+    latent_dim: int | None = 128
+    w0: float = 30.0
+    modulate_shift: bool = True
+    modulate_scale: bool = False
+    bias_init: BiasInit = "zeros"
+    latent_map_init: Literal["haiku", "torch"] = "haiku"
+    output_offset: float = 0.5
+    meta_sgd: bool = True
+    meta_sgd_init: tuple[float, float] = (0.005, 0.1)
+    meta_sgd_clip: tuple[float, float] | None = (0.0, 1.0)
+    inner_lr: float = 1e-2  # used only when meta_sgd is False
+
+    def __post_init__(self) -> None:
+        if self.depth < 2:
+            raise ValueError(f"depth must be >= 2 (one sine layer + output), got {self.depth}")
+        if min(self.in_dim, self.out_dim, self.width) < 1:
+            raise ValueError("in_dim, out_dim and width must be positive")
+        if not (self.modulate_shift or self.modulate_scale):
+            raise ValueError("at least one of modulate_shift / modulate_scale must be True")
+        if self.latent_dim is not None and self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be positive or None, got {self.latent_dim}")
+        if self.bias_init not in ("zeros", "uniform"):
+            raise ValueError(f"bias_init must be 'zeros' or 'uniform', got {self.bias_init!r}")
+        if self.latent_map_init not in ("haiku", "torch"):
+            raise ValueError(f"latent_map_init must be 'haiku' or 'torch', got {self.latent_map_init!r}")
+        # JSON round trips turn tuples into lists; normalise so configs compare equal.
+        object.__setattr__(self, "meta_sgd_init", tuple(self.meta_sgd_init))
+        if self.meta_sgd_clip is not None:
+            object.__setattr__(self, "meta_sgd_clip", tuple(self.meta_sgd_clip))
+
+    @property
+    def num_mod_layers(self) -> int:
+        return self.depth - 1
+
+    @property
+    def num_modulations(self) -> int:
+        """Size of the shift (+ scale) modulation vector."""
+        return self.num_mod_layers * self.width * (int(self.modulate_shift) + int(self.modulate_scale))
+
+    @property
+    def code_dim(self) -> int:
+        """Size of the per-datum vector fitted in the inner loop (latent or modulations)."""
+        return self.latent_dim if self.latent_dim is not None else self.num_modulations
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SirenConfig":
+        return cls(**d)
+
+
+@dataclass
+class Trace:
+    """Activations kept by :meth:`LatentModulatedSiren.forward_points` for the explicit backward.
+
+    ``pre`` holds ``w0 * z_l`` per sine layer ``(B, N, W)``; ``lin`` holds ``W_l h + b_l`` (only
+    needed with scale modulations); ``scale`` holds ``1 + c_l`` ``(B, 1, W)`` or ``None``.
+    """
+
+    pre: list[Tensor]
+    lin: list[Tensor | None]
+    scale: list[Tensor | None]
+
+
+class LatentModulatedSiren(nn.Module):
+    """SIREN with per-datum (latent) shift and optional scale modulations.
+
+    Parameter groups are explicit attributes, never found by name matching:
+    ``layers`` + ``output`` + ``latent_map`` are the shared base network, ``inner_lrs`` holds the
+    meta-SGD learning rates. Per-datum latents are never parameters of the module; they are passed
+    to :meth:`forward`.
+    """
+
+    def __init__(self, config: SirenConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        dims = [c.in_dim] + [c.width] * c.num_mod_layers
+        self.layers = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(c.num_mod_layers))
+        for i, layer in enumerate(self.layers):
+            init_siren_linear_(layer.weight, layer.bias, c.w0, is_first=i == 0, bias_init=c.bias_init)
+        self.output = nn.Linear(c.width, c.out_dim)
+        init_siren_linear_(self.output.weight, self.output.bias, c.w0, is_first=False, bias_init=c.bias_init)
+        if c.latent_dim is not None:
+            self.latent_map: nn.Linear | None = nn.Linear(c.latent_dim, c.num_modulations)
+            init_latent_map_(self.latent_map.weight, self.latent_map.bias, c.latent_map_init)
+        else:
+            self.latent_map = None
+        self.inner_lrs = MetaSGDLrs(c.code_dim, c.meta_sgd_init, c.meta_sgd_clip, learned=c.meta_sgd, fixed_lr=c.inner_lr)
+
+    # ------------------------------------------------------------------ parameter groups
+    def base_parameters(self) -> list[nn.Parameter]:
+        """Shared weights of the base network (sine layers, output layer, latent map)."""
+        params = [p for layer in self.layers for p in layer.parameters()] + list(self.output.parameters())
+        if self.latent_map is not None:
+            params += list(self.latent_map.parameters())
+        return params
+
+    def zero_latents(self, batch: int, device=None, dtype=None) -> Tensor:
+        """Initial per-datum codes ``(B, code_dim)``: zeros, as in the paper."""
+        p = self.output.weight
+        return torch.zeros(batch, self.config.code_dim, device=device or p.device, dtype=dtype or p.dtype)
+
+    # ------------------------------------------------------------------ modulations
+    def modulations(self, latents: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Map latents ``(B, D)`` to ``(shift, scale)``, each ``(B, depth-1, W)`` or ``None``.
+
+        Layout of the modulation vector: ``[shifts of all layers | scales of all layers]``;
+        scales are offsets from identity (``1 + c``).
+        """
+        mods = self.latent_map(latents) if self.latent_map is not None else latents
+        c = self.config
+        mods = mods.reshape(latents.shape[0], -1, c.num_mod_layers, c.width)
+        shift = mods[:, 0] if c.modulate_shift else None
+        scale = mods[:, -1] if c.modulate_scale else None
+        return shift, scale
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, coords: Tensor, latents: Tensor) -> Tensor:
+        """Evaluate the fields of a batch of latents on shared coordinates.
+
+        Args:
+            coords: ``(*pts, in_dim)`` coordinates shared by every latent.
+            latents: ``(B, D)`` per-datum codes, or ``(D,)`` for a single field.
+        Returns:
+            ``(B, *pts, out_dim)`` (``(*pts, out_dim)`` for a single latent).
+        """
+        single = latents.ndim == 1
+        if single:
+            latents = latents[None]
+        pts = coords.shape[:-1]
+        out, _ = self.forward_points(coords.reshape(1, -1, coords.shape[-1]), latents)
+        out = out.reshape(latents.shape[0], *pts, self.config.out_dim)
+        return out[0] if single else out
+
+    def forward_points(self, x: Tensor, latents: Tensor, keep_trace: bool = False) -> tuple[Tensor, Trace | None]:
+        """Core evaluation on flattened points.
+
+        Args:
+            x: ``(1, N, in_dim)`` shared or ``(B, N, in_dim)`` per-datum coordinates.
+            latents: ``(B, D)``.
+            keep_trace: keep the activations needed by :meth:`backward_latents`.
+        Returns:
+            ``(B, N, out_dim)`` outputs and the trace (or ``None``).
+        """
+        c = self.config
+        if x.shape[-1] != c.in_dim:
+            raise ValueError(f"coordinates have {x.shape[-1]} dims, the network expects {c.in_dim}")
+        if latents.shape[-1] != c.code_dim:
+            raise ValueError(f"latents have {latents.shape[-1]} dims, the network expects {c.code_dim}")
+        shift, scale = self.modulations(latents)
+        trace = Trace([], [], []) if keep_trace else None
+        h = x
+        for i, layer in enumerate(self.layers):
+            lin = torch.nn.functional.linear(h, layer.weight, layer.bias)
+            sc = None
+            if scale is not None:
+                sc = 1.0 + scale[:, i, None, :]
+                z = lin * sc
+                z = z + shift[:, i, None, :] if shift is not None else z
+            else:
+                z = lin + shift[:, i, None, :]
+            pre = c.w0 * z
+            h = torch.sin(pre)
+            if trace is not None:
+                trace.pre.append(pre)
+                trace.lin.append(lin if scale is not None else None)
+                trace.scale.append(sc)
+        out = torch.nn.functional.linear(h, self.output.weight, self.output.bias) + c.output_offset
+        if out.shape[0] != latents.shape[0]:  # no modulated layer broadcast the batch (cannot happen)
+            out = out.expand(latents.shape[0], *out.shape[1:])
+        return out, trace
+
+    def backward_latents(self, trace: Trace, grad_out: Tensor) -> Tensor:
+        """Gradient of ``sum(grad_out * f)`` with respect to the latents, written out explicitly.
+
+        Args:
+            trace: from ``forward_points(..., keep_trace=True)``.
+            grad_out: ``(B, N, out_dim)`` gradient of the loss with respect to the outputs.
+        Returns:
+            ``(B, D)``. Differentiable (a plain first-order graph), so meta-learning can
+            backpropagate through it.
+        """
+        c = self.config
+        g = grad_out @ self.output.weight  # (B, N, W)
+        g_shift: list[Tensor] = []
+        g_scale: list[Tensor] = []
+        for i in range(c.num_mod_layers - 1, -1, -1):
+            gz = g * (c.w0 * torch.cos(trace.pre[i]))
+            if c.modulate_shift:
+                g_shift.append(gz.sum(1))
+            sc = trace.scale[i]
+            if sc is not None:
+                g_scale.append((gz * trace.lin[i]).sum(1))
+                gz = gz * sc
+            if i > 0:
+                g = gz @ self.layers[i].weight
+        parts = []
+        if c.modulate_shift:
+            parts.append(torch.stack(g_shift[::-1], 1))
+        if c.modulate_scale:
+            parts.append(torch.stack(g_scale[::-1], 1))
+        g_mods = torch.stack(parts, 1).reshape(grad_out.shape[0], -1)  # (B, num_modulations)
+        if self.latent_map is None:
+            return g_mods
+        return g_mods @ self.latent_map.weight
+
+    # ------------------------------------------------------------------ cost model
+    def flops_per_point(self) -> int:
+        """Multiply-add FLOPs of one forward evaluation at one point (all layers)."""
+        c = self.config
+        return 2 * (c.in_dim * c.width + (c.depth - 2) * c.width**2 + c.width * c.out_dim)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        n = sum(p.numel() for p in self.base_parameters())
+        return f"width={c.width}, depth={c.depth}, latent_dim={c.latent_dim}, w0={c.w0}, base_params={n}"
+
+
+def hidden_matmul_flops(config: SirenConfig, num_points: int) -> int:
+    """FLOPs of the ``width x width`` matmuls of one forward pass over ``num_points`` points."""
+    return 2 * num_points * config.width**2 * (config.depth - 2)

@@ -1,0 +1,42 @@
+"""Fitting latents with a frozen base network (no second-order graph): the encoder of functasets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..fields import LatentModulatedSiren
+from .inner import InnerLoop
+from .metrics import mse_per_item
+
+__all__ = ["Encoding", "fit_latents"]
+
+
+@dataclass
+class Encoding:
+    """``latents (B, D)``; ``mse (B,)`` after the last step; ``mse_per_step (steps+1, B)`` or None."""
+
+    latents: Tensor
+    mse: Tensor
+    mse_per_step: Tensor | None = None
+
+
+@torch.no_grad()
+def fit_latents(field: LatentModulatedSiren, x: Tensor, y: Tensor, steps: int = 3,
+                weight: Tensor | None = None, track_steps: bool = False) -> Encoding:
+    """Fit latents to a batch with ``steps`` meta-SGD steps from zero, using the learned rates.
+
+    Args:
+        x: ``(1|B, N, d)`` coordinates; ``y``: ``(B, N, C)`` features in ``[0, 1]``.
+        weight: optional ``(B|1, N, 1)`` 0/1 mask of observed points.
+        track_steps: also return the MSE after each step ``0..steps``.
+    """
+    if track_steps:
+        hist = InnerLoop(steps).history(field, x, y, weight)
+        mses = torch.stack([mse_per_item(field.forward_points(x, z)[0], y) for z in hist])
+        return Encoding(hist[-1], mses[-1], mses)
+    latents = InnerLoop(steps, first_order=True)(field, x, y, weight)
+    pred, _ = field.forward_points(x, latents)
+    return Encoding(latents, mse_per_item(pred, y))

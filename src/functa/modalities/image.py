@@ -1,0 +1,95 @@
+"""Images: ``(H, W, C)`` uint8 (C = 1 or 3) <-> pixel-centre coordinates in ``[0, 1]^2``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .base import grid_centres, register_modality
+
+__all__ = ["ImageModality", "image_coordinates"]
+
+
+def image_coordinates(height: int, width: int, convention: Literal["centres", "corners"] = "centres") -> Tensor:
+    """``(H*W, 2)`` row-major ``(row, col)`` coordinates in ``[0, 1]``.
+
+    ``centres`` (functa, paper A.1): pixel centres when the image corners are the unit square's
+    vertices, ``(i + 1/2) / H``. ``corners`` (COIN++ code): ``linspace(0, 1, H)``.
+    """
+    if convention == "centres":
+        r, c = grid_centres(height), grid_centres(width)
+    elif convention == "corners":
+        r, c = torch.linspace(0, 1, height), torch.linspace(0, 1, width)
+    else:
+        raise ValueError(f"unknown coordinate convention {convention!r}")
+    return torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).reshape(-1, 2)
+
+
+@register_modality
+@dataclass
+class ImageModality:
+    """Images of a fixed size. Features are intensities / 255 (or / ``max_value``) in ``[0, 1]``."""
+
+    name: ClassVar[str] = "image"
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    coordinates_convention: Literal["centres", "corners"] = "centres"
+    max_value: float = 255.0
+    in_dim: int = field(init=False, default=2)
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"images must have 1 or 3 channels, got {self.channels}")
+        self.shape = (self.height, self.width)
+        self.out_channels = self.channels
+
+    @classmethod
+    def from_dataset(cls, dataset) -> "ImageModality":
+        d = dataset.data
+        if d.ndim != 4:
+            raise ValueError(f"{dataset.meta.get('source')}: image datasets are (M, H, W, C), got shape {d.shape}")
+        max_value = 255.0 if d.dtype == np.uint8 else 1.0
+        return cls(height=d.shape[1], width=d.shape[2], channels=d.shape[3], max_value=max_value)
+
+    def coordinates(self, shape: tuple[int, ...] | None = None) -> Tensor:
+        h, w = shape or self.shape
+        return image_coordinates(h, w, self.coordinates_convention)
+
+    def to_features(self, items: np.ndarray) -> Tensor:
+        items = np.asarray(items)
+        if items.shape[1:] != (self.height, self.width, self.channels):
+            raise ValueError(f"expected images of shape {(self.height, self.width, self.channels)}, got {items.shape[1:]}")
+        x = torch.from_numpy(np.ascontiguousarray(items)).to(torch.float32).div_(self.max_value)
+        return x.reshape(items.shape[0], -1, self.channels)
+
+    def from_features(self, features: Tensor, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        h, w = shape or self.shape
+        x = features.detach().float().clamp(0, 1).reshape(features.shape[0], h, w, self.channels)
+        return (x * self.max_value).cpu().numpy()
+
+    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """PSNR after quantising the prediction to the data's integer levels (what a saved PNG gives)."""
+        q = torch.round(pred.clamp(0, 1) * self.max_value) / self.max_value
+        mse = (q - target).square().reshape(pred.shape[0], -1).mean(1)
+        return {"psnr_quantised": -10 * torch.log10(mse.clamp_min(1e-20))}
+
+    def save(self, items: np.ndarray, directory: Path, names: list[str]) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for img, name in zip(items, names):
+            arr = np.clip(np.round(img / self.max_value * 255.0), 0, 255).astype(np.uint8)
+            p = directory / f"{name}.png"
+            Image.fromarray(arr[..., 0] if self.channels == 1 else arr).save(p)
+            paths.append(p)
+        return paths
+
+    def to_config(self) -> dict:
+        return {"name": self.name, "height": self.height, "width": self.width, "channels": self.channels,
+                "coordinates_convention": self.coordinates_convention, "max_value": self.max_value}
