@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class RunConfig:
     modality: str | None = None
-    field: dict[str, Any] = field(default_factory=dict)
-    train: MetaLearningConfig = field(default_factory=MetaLearningConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    field: dict[str, Any] = dc_field(default_factory=dict)
+    train: MetaLearningConfig = dc_field(default_factory=MetaLearningConfig)
+    data: DataConfig = dc_field(default_factory=DataConfig)
 
     def to_dict(self) -> dict:
         return {"modality": self.modality, "field": dict(self.field), "train": asdict(self.train), "data": asdict(self.data)}

@@ -16,11 +16,16 @@ Besides ``forward`` the module offers :meth:`forward_points` / :meth:`backward_l
 explicit (hand-derived) gradient of the output with respect to the latents. The inner loop of
 meta-learning uses it instead of ``autograd.grad(create_graph=True)``: the whole inner loop then
 becomes an ordinary first-order graph, which is cheaper, and which ``torch.compile`` can fuse.
+Performance notes: the shift-only path folds ``w0`` into the weights (one matmul + one add per
+layer), computes ``(sin, cos)`` once in the forward pass and reuses both in the explicit backward
+and in autograd (:class:`_SinCos`), and runs matmuls on 2-D ``(B*N, W)`` views. A trace may have
+batch 1 (shared zero-latent first step) and is broadcast against a per-item ``grad_out``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from dataclasses import field as dc_field
 from typing import Literal
 
 import torch
@@ -100,13 +105,59 @@ class SirenConfig:
 class Trace:
     """Activations kept by :meth:`LatentModulatedSiren.forward_points` for the explicit backward.
 
-    ``pre`` holds ``w0 * z_l`` per sine layer ``(B, N, W)``; ``lin`` holds ``W_l h + b_l`` (only
-    needed with scale modulations); ``scale`` holds ``1 + c_l`` ``(B, 1, W)`` or ``None``.
+    ``cos`` holds ``cos(w0 * z_l)`` per sine layer ``(B|1, N, W)`` (the sine's derivative up to
+    ``w0``, computed once in the forward pass and reused by the explicit backward and by autograd);
+    ``lin`` holds ``W_l h + b_l`` (only needed with scale modulations); ``scale`` holds ``1 + c_l``
+    ``(B, 1, W)`` or ``None``; ``weights`` holds ``w0 * W_l`` for the shift-only fast path.
     """
 
-    pre: list[Tensor]
+    cos: list[Tensor]
     lin: list[Tensor | None]
     scale: list[Tensor | None]
+    weights: list[Tensor] = dc_field(default_factory=list)
+
+
+class _SinCos(torch.autograd.Function):
+    """``(sin(pre), cos(pre))`` with a backward that reuses both outputs (no transcendental).
+
+    ``d/dpre``: ``g_pre = g_sin * cos - g_cos * sin``. Saving the outputs instead of ``pre`` means
+    the saved tensors are shared with the consumers (next matmul, explicit backward): no extra memory.
+    The backward is written with differentiable ops, so double backward still works.
+    """
+
+    @staticmethod
+    def forward(ctx, pre: Tensor) -> tuple[Tensor, Tensor]:
+        s, c = torch.sin(pre), torch.cos(pre)
+        ctx.save_for_backward(s, c)
+        return s, c
+
+    @staticmethod
+    def backward(ctx, g_sin: Tensor | None, g_cos: Tensor | None) -> Tensor:
+        s, c = ctx.saved_tensors
+        if g_sin is None:
+            return -(g_cos * s)
+        g = g_sin * c
+        return g if g_cos is None else torch.addcmul(g, g_cos, s, value=-1.0)
+
+
+def sin_cos(pre: Tensor, need_cos: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``sin(pre)`` and (optionally) ``cos(pre)``; in-place on ``pre`` when no graph is recorded."""
+    if not need_cos:
+        return (pre.sin_() if not torch.is_grad_enabled() else torch.sin(pre)), None
+    if not torch.is_grad_enabled():
+        s = torch.sin(pre)
+        return s, pre.cos_()
+    return _SinCos.apply(pre)
+
+
+def _matmul_t(h: Tensor, w: Tensor) -> Tensor:
+    """``h @ w.T`` for ``h (B, N, K)`` as one 2-D matmul (no broadcast copies); returns ``(B, N, M)``."""
+    return (h.reshape(-1, h.shape[-1]) @ w.t()).view(*h.shape[:-1], w.shape[0])
+
+
+def _matmul(h: Tensor, w: Tensor) -> Tensor:
+    """``h @ w`` for ``h (B, N, K)``, ``w (K, M)`` as one 2-D matmul; returns ``(B, N, M)``."""
+    return (h.reshape(-1, h.shape[-1]) @ w).view(*h.shape[:-1], w.shape[1])
 
 
 class LatentModulatedSiren(nn.Module):
@@ -195,25 +246,50 @@ class LatentModulatedSiren(nn.Module):
         if latents.shape[-1] != c.code_dim:
             raise ValueError(f"latents have {latents.shape[-1]} dims, the network expects {c.code_dim}")
         shift, scale = self.modulations(latents)
-        trace = Trace([], [], []) if keep_trace else None
+        if scale is not None:
+            return self._forward_scaled(x, latents, shift, scale, keep_trace)
+        # Shift-only fast path. ``w0`` is folded into the (small) weights and biases so that each
+        # layer is one matmul, one in-place add of the per-item bias and one (sin, cos) pass:
+        #   pre = h @ (w0 W)^T + w0 (b + s)
+        trace = Trace([], [], [], []) if keep_trace else None
+        w0 = c.w0
+        h = x
+        for i, layer in enumerate(self.layers):
+            ws = layer.weight * w0  # (W, W_in)
+            v = ((layer.bias + shift[:, i]) * w0)[:, None, :]  # (B, 1, W)
+            u = _matmul_t(h, ws)  # (Bh, N, W)
+            if not torch.is_grad_enabled() and (u.shape[0] == v.shape[0] or v.shape[0] == 1):
+                pre = u.add_(v)  # no graph: reuse the matmul output
+            else:
+                pre = u + v
+            h, cs = sin_cos(pre, need_cos=keep_trace)
+            if trace is not None:
+                trace.cos.append(cs)
+                trace.lin.append(None)
+                trace.scale.append(None)
+                trace.weights.append(ws)
+        out = _matmul_t(h, self.output.weight) + (self.output.bias + c.output_offset)
+        if out.shape[0] != latents.shape[0]:  # shared coordinates and a single latent
+            out = out.expand(latents.shape[0], *out.shape[1:])
+        return out, trace
+
+    def _forward_scaled(self, x: Tensor, latents: Tensor, shift: Tensor | None, scale: Tensor,
+                        keep_trace: bool) -> tuple[Tensor, Trace | None]:
+        c = self.config
+        trace = Trace([], [], [], []) if keep_trace else None
         h = x
         for i, layer in enumerate(self.layers):
             lin = torch.nn.functional.linear(h, layer.weight, layer.bias)
-            sc = None
-            if scale is not None:
-                sc = 1.0 + scale[:, i, None, :]
-                z = lin * sc
-                z = z + shift[:, i, None, :] if shift is not None else z
-            else:
-                z = lin + shift[:, i, None, :]
-            pre = c.w0 * z
-            h = torch.sin(pre)
+            sc = 1.0 + scale[:, i, None, :]
+            z = lin * sc
+            z = z + shift[:, i, None, :] if shift is not None else z
+            h, cs = sin_cos(c.w0 * z, need_cos=keep_trace)
             if trace is not None:
-                trace.pre.append(pre)
-                trace.lin.append(lin if scale is not None else None)
+                trace.cos.append(cs)
+                trace.lin.append(lin)
                 trace.scale.append(sc)
         out = torch.nn.functional.linear(h, self.output.weight, self.output.bias) + c.output_offset
-        if out.shape[0] != latents.shape[0]:  # no modulated layer broadcast the batch (cannot happen)
+        if out.shape[0] != latents.shape[0]:
             out = out.expand(latents.shape[0], *out.shape[1:])
         return out, trace
 
@@ -221,18 +297,30 @@ class LatentModulatedSiren(nn.Module):
         """Gradient of ``sum(grad_out * f)`` with respect to the latents, written out explicitly.
 
         Args:
-            trace: from ``forward_points(..., keep_trace=True)``.
+            trace: from ``forward_points(..., keep_trace=True)`` (its batch may be 1 and broadcast,
+                as for the shared zero-latent first inner step).
             grad_out: ``(B, N, out_dim)`` gradient of the loss with respect to the outputs.
         Returns:
             ``(B, D)``. Differentiable (a plain first-order graph), so meta-learning can
             backpropagate through it.
         """
         c = self.config
-        g = grad_out @ self.output.weight  # (B, N, W)
+        batch = grad_out.shape[0]
+        if grad_out.shape[-1] == 1:  # outer product: one broadcast multiply instead of a matmul
+            g = grad_out * self.output.weight[0]
+        else:
+            g = grad_out @ self.output.weight  # (B, N, W)
         g_shift: list[Tensor] = []
         g_scale: list[Tensor] = []
+        fast = bool(trace.weights)
         for i in range(c.num_mod_layers - 1, -1, -1):
-            gz = g * (c.w0 * torch.cos(trace.pre[i]))
+            if fast:  # d pre / d s = w0 cos(pre); the w0 is applied to the small results / weights
+                gz = g * trace.cos[i]
+                g_shift.append(gz.sum(1))
+                if i > 0:
+                    g = _matmul(gz, trace.weights[i])
+                continue
+            gz = g * (c.w0 * trace.cos[i])
             if c.modulate_shift:
                 g_shift.append(gz.sum(1))
             sc = trace.scale[i]
@@ -243,10 +331,11 @@ class LatentModulatedSiren(nn.Module):
                 g = gz @ self.layers[i].weight
         parts = []
         if c.modulate_shift:
-            parts.append(torch.stack(g_shift[::-1], 1))
+            gs = torch.stack(g_shift[::-1], 1)
+            parts.append(gs * c.w0 if fast else gs)
         if c.modulate_scale:
             parts.append(torch.stack(g_scale[::-1], 1))
-        g_mods = torch.stack(parts, 1).reshape(grad_out.shape[0], -1)  # (B, num_modulations)
+        g_mods = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).reshape(batch, -1)  # (B, num_mods)
         if self.latent_map is None:
             return g_mods
         return g_mods @ self.latent_map.weight

@@ -25,18 +25,40 @@ class Encoding:
 
 @torch.no_grad()
 def fit_latents(field: LatentModulatedSiren, x: Tensor, y: Tensor, steps: int = 3,
-                weight: Tensor | None = None, track_steps: bool = False) -> Encoding:
+                weight: Tensor | None = None, track_steps: bool = False, *,
+                shared_first_step: bool = True, compile: bool = False) -> Encoding:
     """Fit latents to a batch with ``steps`` meta-SGD steps from zero, using the learned rates.
 
     Args:
         x: ``(1|B, N, d)`` coordinates; ``y``: ``(B, N, C)`` features in ``[0, 1]``.
         weight: optional ``(B|1, N, 1)`` 0/1 mask of observed points.
         track_steps: also return the MSE after each step ``0..steps``.
+        shared_first_step: evaluate the zero-latent first step once per batch (same results).
+        compile: run through ``torch.compile`` (fuses the elementwise work; compiles once per
+            input shape, tens of seconds).
     """
+    inner = InnerLoop(steps, first_order=True, shared_first_step=shared_first_step)
     if track_steps:
-        hist = InnerLoop(steps).history(field, x, y, weight)
+        hist = inner.history(field, x, y, weight)
         mses = torch.stack([mse_per_item(field.forward_points(x, z)[0], y) for z in hist])
         return Encoding(hist[-1], mses[-1], mses)
-    latents = InnerLoop(steps, first_order=True)(field, x, y, weight)
+    fn = _compiled_encode() if compile else _encode
+    latents, mse = fn(field, inner, x, y, weight)
+    return Encoding(latents, mse)
+
+
+def _encode(field: LatentModulatedSiren, inner: InnerLoop, x: Tensor, y: Tensor,
+            weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    latents = inner(field, x, y, weight)
     pred, _ = field.forward_points(x, latents)
-    return Encoding(latents, mse_per_item(pred, y))
+    return latents, mse_per_item(pred, y)
+
+
+_COMPILED = None
+
+
+def _compiled_encode():
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(_encode, dynamic=False)
+    return _COMPILED

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +15,35 @@ from ..fields import LatentModulatedSiren
 from .inner import InnerLoop
 from .metrics import mse_per_item
 
-__all__ = ["OuterResult", "outer_loss", "OuterObjective"]
+__all__ = ["OuterResult", "outer_loss", "OuterObjective", "tune_cpu_allocator"]
+
+_ALLOCATOR_TUNED: bool | None = None
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed activation buffers in the process heap instead of returning them to the OS.
+
+    PyTorch's CPU tensors come from glibc ``malloc``; blocks above the mmap threshold are
+    ``munmap``-ed on free, so every new ``(B*N, W)`` activation page-faults all its pages again
+    (measured: a 12.8 MB elementwise op takes 4 ms instead of 1 ms while the meta-learning graph is
+    alive). Raising the mmap threshold to its maximum (32 MiB) and the trim threshold lets the heap
+    recycle them. Results are unchanged; only the peak resident memory is kept rather than returned.
+    Idempotent; a no-op (returns False) outside glibc or with ``FUNCTA_NO_MALLOC_TUNING=1``.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED is not None:
+        return _ALLOCATOR_TUNED
+    _ALLOCATOR_TUNED = False
+    if not sys.platform.startswith("linux") or os.environ.get("FUNCTA_NO_MALLOC_TUNING") == "1":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 2**20) == 1 and libc.mallopt(m_trim_threshold, 2**30) == 1
+    except (OSError, AttributeError):
+        ok = False
+    _ALLOCATOR_TUNED = bool(ok)
+    return _ALLOCATOR_TUNED
 
 
 @dataclass
@@ -39,11 +71,15 @@ class OuterObjective:
     """Callable ``(x, y) -> OuterResult`` for a field and inner loop, optionally ``torch.compile``-d.
 
     Compilation fuses the elementwise work around the matmuls (sine, cosine, reductions); it
-    needs a C++ compiler and costs tens of seconds once per input shape.
+    needs a C++ compiler and costs tens of seconds once per input shape. ``tune_allocator`` calls
+    :func:`tune_cpu_allocator` (heap reuse of activation buffers; large speed-up on CPU).
     """
 
-    def __init__(self, field: LatentModulatedSiren, inner: InnerLoop, compile: bool = False) -> None:
+    def __init__(self, field: LatentModulatedSiren, inner: InnerLoop, compile: bool = False, *,
+                 tune_allocator: bool = True) -> None:
         self.field, self.inner, self.compile = field, inner, compile
+        if tune_allocator:
+            tune_cpu_allocator()
 
         def fn(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             r = outer_loss(self.field, self.inner, x, y)

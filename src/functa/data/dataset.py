@@ -1,0 +1,102 @@
+"""In-memory dataset container shared by every loader in :mod:`functa.data`.
+
+An :class:`ArrayDataset` holds the whole dataset as one numpy array:
+
+* images: ``data`` has shape ``(M, H, W, C)``, dtype ``uint8``, ``C`` in ``{1, 3}``;
+* fields (lat-lon grids): ``data`` has shape ``(M, H, W)``, dtype ``float32``, physical units.
+
+``labels`` is ``(M,)`` ``int64`` or ``None``; ``meta`` is a JSON-serialisable dict describing the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+
+__all__ = ["ArrayDataset", "DataError", "concat_datasets"]
+
+
+class DataError(ValueError):
+    """A dataset file is missing, malformed or in an unsupported format.
+
+    The message always names the offending file and the problem.
+    """
+
+
+@dataclass(eq=False)
+class ArrayDataset(torch.utils.data.Dataset):
+    """A dataset held entirely in memory as numpy arrays.
+
+    Attributes:
+        data: ``(M, H, W, C)`` uint8 images or ``(M, H, W)`` float32 fields.
+        labels: ``(M,)`` int64 class ids, or ``None`` when the source has no labels.
+        meta: JSON-serialisable description (``source``, ``format``, ``kind``, ``split``, ...).
+    """
+
+    data: np.ndarray
+    labels: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data = np.asarray(self.data)
+        if self.data.ndim < 1:
+            raise ValueError(f"ArrayDataset.data must have a leading item axis, got shape {self.data.shape}")
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels, dtype=np.int64)
+            if self.labels.shape != (self.data.shape[0],):
+                raise ValueError(
+                    f"ArrayDataset.labels must have shape ({self.data.shape[0]},), got {self.labels.shape}"
+                )
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        """Return ``(item, label)``; item is ``(H, W, C)`` or ``(H, W)``, label is -1 without labels."""
+        item = self.data[i]
+        label = -1 if self.labels is None else int(self.labels[i])
+        return item, label
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Batch of items by fancy indexing: ``(len(indices), H, W[, C])``."""
+        return self.data[np.asarray(indices, dtype=np.int64)]
+
+    def subset(self, indices: Any) -> "ArrayDataset":
+        """A new dataset with the items at ``indices`` (an index array or a slice), in that order."""
+        if isinstance(indices, slice):
+            idx = np.arange(len(self))[indices]
+        else:
+            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        labels = None if self.labels is None else self.labels[idx]
+        return ArrayDataset(self.data[idx], labels, dict(self.meta))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one item: ``(H, W, C)`` for images, ``(H, W)`` for fields."""
+        return tuple(int(s) for s in self.data.shape[1:])
+
+    def __repr__(self) -> str:
+        fmt = self.meta.get("format", "?")
+        split = self.meta.get("split", "?")
+        return (
+            f"ArrayDataset(n={len(self)}, item_shape={self.shape}, dtype={self.data.dtype}, "
+            f"labels={'yes' if self.labels is not None else 'no'}, format={fmt!r}, split={split!r})"
+        )
+
+
+def concat_datasets(parts: list[ArrayDataset], meta: dict[str, Any]) -> ArrayDataset:
+    """Concatenate datasets with identical item shapes along the item axis (labels kept only if all have them)."""
+    if not parts:
+        raise ValueError("concat_datasets needs at least one dataset")
+    shapes = {p.data.shape[1:] for p in parts}
+    if len(shapes) != 1:
+        raise DataError(f"{meta.get('source', '?')}: cannot combine splits with item shapes {sorted(shapes)}")
+    data = np.concatenate([p.data for p in parts], axis=0)
+    if all(p.labels is not None for p in parts):
+        labels = np.concatenate([p.labels for p in parts], axis=0)  # type: ignore[misc]
+    else:
+        labels = None
+    return ArrayDataset(data, labels, meta)

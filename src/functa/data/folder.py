@@ -1,0 +1,150 @@
+"""A directory of image files (PNG / JPEG / ...), optionally split and class-labelled.
+
+Layouts understood (``root`` is the path given)::
+
+    root/*.png                         unlabelled
+    root/<class>/*.png                 labelled, class ids by sorted folder name
+    root/{train,test}/[<class>/]*.png  split chosen by ``split``
+
+Every image must have the same size. If all images are grayscale (PIL modes ``1``, ``L``, ``LA``) the
+result is ``(M, H, W, 1)`` uint8, otherwise every image is converted to RGB and the result is
+``(M, H, W, 3)`` uint8 (alpha channels are dropped; ``meta["notes"]`` records it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .dataset import ArrayDataset, DataError
+
+__all__ = ["IMAGE_SUFFIXES", "has_images", "load_image_folder"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+_GRAY_MODES = frozenset({"1", "L", "LA"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+_SPLIT_DIRS = ("train", "test")
+_PROGRESS_MIN = 1000
+
+
+def _image_files(d: Path) -> list[Path]:
+    return sorted(
+        p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _class_dirs(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".") and _image_files(p))
+
+
+def has_images(path: Path) -> bool:
+    """Does ``path`` hold image files directly, in class folders, or in ``train/``/``test/`` (with class folders)?"""
+    dirs = [path] + [path / s for s in _SPLIT_DIRS if (path / s).is_dir()]
+    return any(_image_files(d) or _class_dirs(d) for d in dirs)
+
+
+def _items(base: Path, class_names: list[str] | None) -> list[tuple[Path, int]]:
+    """``(file, label)`` pairs under ``base``; label -1 when unlabelled."""
+    loose = _image_files(base)
+    if class_names is None:
+        if not loose:
+            raise DataError(f"{base}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+        return [(f, -1) for f in loose]
+    if loose:
+        raise DataError(f"{base}: mixes loose images (e.g. {loose[0].name}) with class sub-folders")
+    index = {name: i for i, name in enumerate(class_names)}
+    return [(f, index[d.name]) for d in _class_dirs(base) for f in _image_files(d)]
+
+
+def _layout(root: Path, split: str) -> tuple[list[Path], list[str] | None, str]:
+    """Directories to read for ``split``, the class names (None if unlabelled) and the split recorded in meta."""
+    split_dirs = [root / s for s in _SPLIT_DIRS if (root / s).is_dir()]
+    if split_dirs:
+        if split == "all":
+            bases = split_dirs
+        elif (root / split).is_dir():
+            bases = [root / split]
+        else:
+            raise DataError(f"{root}: no '{split}/' sub-directory (found {[d.name for d in split_dirs]})")
+        # class ids are computed over every split so train and test agree
+        scan, split_name = split_dirs, split
+    else:
+        if split == "test":
+            raise DataError(f"{root}: image folder has no 'test/' sub-directory; use split='train' or 'all'")
+        bases, scan, split_name = [root], [root], "all"
+    classes = sorted({d.name for b in scan for d in _class_dirs(b)})
+    return bases, (classes or None), split_name
+
+
+def _open_error(f: Path, e: Exception) -> DataError:
+    return DataError(f"{f}: cannot read image ({type(e).__name__}: {e})")
+
+
+def load_image_folder(root: Path, split: str, limit: int | None = None) -> ArrayDataset:
+    """Load every image under ``root`` (see module docstring) into ``(M, H, W, C)`` uint8 + labels ``(M,)``."""
+    bases, class_names, split_name = _layout(root, split)
+    items = [it for b in bases for it in _items(b, class_names)]
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise DataError(f"{root}: no image files for split {split!r}")
+
+    # pass 1: headers only -- sizes and modes
+    size0: tuple[int, int] | None = None
+    gray = True
+    for f, _ in items:
+        try:
+            with Image.open(f) as im:
+                size, mode = im.size, im.mode
+        except Exception as e:
+            raise _open_error(f, e) from e
+        if mode.startswith("I") or mode == "F":
+            raise DataError(f"{f}: unsupported image mode {mode!r} (only 8-bit grayscale / colour images)")
+        if size0 is None:
+            size0 = size
+        elif size != size0:
+            raise DataError(
+                f"{f}: image size {size[0]}x{size[1]} differs from {items[0][0]} ({size0[0]}x{size0[1]}); "
+                "all images in a folder dataset must have the same size"
+            )
+        gray = gray and mode in _GRAY_MODES
+    target = "L" if gray else "RGB"
+    w, h = size0  # type: ignore[misc]
+    data = np.empty((len(items), h, w, 1 if gray else 3), dtype=np.uint8)
+
+    # pass 2: decode
+    it: Any = enumerate(items)
+    if len(items) > _PROGRESS_MIN:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=len(items), desc=f"reading {root.name}", unit="img", leave=False)
+    n_alpha = 0
+    for i, (f, _) in it:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                if im.mode in _ALPHA_MODES or "transparency" in im.info:
+                    n_alpha += 1
+                arr = np.asarray(im.convert(target))
+        except Exception as e:
+            raise _open_error(f, e) from e
+        data[i] = arr.reshape(h, w, -1)
+
+    meta: dict[str, Any] = {
+        "source": str(root),
+        "format": "image-folder",
+        "kind": "image",
+        "split": split_name,
+        "mode": target,
+        "n_files": len(items),
+    }
+    labels = None
+    if class_names is not None:
+        labels = np.array([lab for _, lab in items], dtype=np.int64)
+        meta["class_names"] = class_names
+    if n_alpha:
+        meta["notes"] = [f"alpha channel dropped from {n_alpha} image(s) (converted to {target})"]
+    return ArrayDataset(data, labels, meta)
