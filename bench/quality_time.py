@@ -42,7 +42,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     marks = sorted(m * 60 for m in args.minutes)
     cfg = load_config(None, [f"field.latent_dim={args.latent}", "train.steps=1000000000"] + args.overrides, args.preset)
-    # the cosine schedule needs a horizon: use the step rate of a short probe to aim at the last mark
     train_ds, test_ds = open_data(args.data, "train"), open_data(args.data, "test")
     modality = _infer_modality(train_ds, cfg.modality)
     train, test = FieldDataset(train_ds, modality), FieldDataset(test_ds, modality)
@@ -55,18 +54,16 @@ def main(argv=None) -> int:
         idx = np.random.default_rng([cfg.train.seed, step]).choice(len(train), cfg.train.batch_size, replace=False)
         return train.features(idx)
 
-    t0 = time.perf_counter()
-    for s in range(5):
-        learner.train_step(x, batch(s))
-    rate = 5 / (time.perf_counter() - t0)
-    horizon = int(rate * marks[-1])
+    # the cosine schedule needs a horizon in steps: re-estimate it from the measured step rate
     from dataclasses import replace
-    learner.config = replace(cfg.train, steps=horizon)
-    curve, trained_s, mark_i = [], time.perf_counter() - t0, 0
+    curve, trained_s, mark_i = [], 0.0, 0
     while mark_i < len(marks):
         t = time.perf_counter()
         learner.train_step(x, batch(learner.step_count))
         trained_s += time.perf_counter() - t
+        if learner.step_count >= 10:
+            horizon = int(learner.step_count / trained_s * marks[-1]) + 1
+            learner.config = replace(learner.config, steps=max(horizon, learner.step_count + 1))
         if trained_s >= marks[mark_i]:
             ev = evaluate_reconstruction(field, test, cfg.train.inner_steps, batch_size=250, limit=args.eval_items)
             last = ev["per_step"][-1]
