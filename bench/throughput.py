@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------ train
     rss_before = current_rss_mb()
     inner = InnerLoop(K, first_order=False, checkpoint=args.checkpoint, shared_first_step=args.shared_first_step)
-    obj = OuterObjective(field, inner, compile=args.compile)
+    obj = OuterObjective(field, inner, compile=args.compile, tune_allocator=True)
     params = field.base_parameters() + list(field.inner_lrs.parameters())
     opt = torch.optim.Adam(params, lr=1e-6)
 

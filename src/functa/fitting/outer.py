@@ -72,11 +72,11 @@ class OuterObjective:
 
     Compilation fuses the elementwise work around the matmuls (sine, cosine, reductions); it
     needs a C++ compiler and costs tens of seconds once per input shape. ``tune_allocator`` calls
-    :func:`tune_cpu_allocator` (heap reuse of activation buffers; large speed-up on CPU).
+    :func:`tune_cpu_allocator` (heap reuse of activation buffers; process-wide, so opt-in).
     """
 
     def __init__(self, field: LatentModulatedSiren, inner: InnerLoop, compile: bool = False, *,
-                 tune_allocator: bool = True) -> None:
+                 tune_allocator: bool = False) -> None:
         self.field, self.inner, self.compile = field, inner, compile
         if tune_allocator:
             tune_cpu_allocator()
