@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw = apply_overrides(raw, overrides or [])
     return _build(raw)
 
-
-def with_train(config: RunConfig, **changes: Any) -> RunConfig:
-    return replace(config, train=replace(config.train, **changes))

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import RunConfig
-from .data import ArrayDataset, load_dataset
+from .data import ArrayDataset, DataError, load_dataset
 from .fields import LatentModulatedSiren, SirenConfig
 from .fitting import MetaLearner, evaluate_reconstruction, fit_latents
 from .functaset import Functaset, FunctasetWriter
@@ -59,7 +59,7 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
     train_ds = open_data(data, "train", data_cfg)
     try:
         val_ds = open_data(data, "test", data_cfg)
-    except Exception:  # data without a test split: validate on the first training items
+    except DataError:  # data without a test split: validate on the first training items
         val_ds = train_ds
     modality = _infer_modality(train_ds, config.modality)
     if (out / "config.json").exists():
