@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-items", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
+    p.add_argument("--save", type=Path, help="also save the base network here (a `functa fit`-style directory "
+                   "that `functa encode` accepts)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     marks = sorted(m * 60 for m in args.minutes)
@@ -78,6 +80,13 @@ def main(argv=None) -> int:
               "eval_items": min(args.eval_items, len(test)), "curve": curve, "torch": torch.__version__}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    if args.save:
+        from dataclasses import asdict
+        from functa.io import save_base_network
+        from functa.pipeline import _small_meta
+        save_base_network(args.save, field, modality=modality.to_config(), run=cfg.to_dict(),
+                          data={"path": args.data, **asdict(cfg.data), "meta": _small_meta(train_ds.meta)},
+                          training={"step": learner.step_count, "history": learner.history, "quality_time": curve})
     print(json.dumps(result))
     return 0
 

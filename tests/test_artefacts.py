@@ -70,6 +70,12 @@ def test_functaset_round_trip_chunks(tmp_path):
     fs.check_base_network("abc")
     with pytest.raises(ArtefactError, match="encoded with base network"):
         fs.check_base_network("def")
+    rows = fs.take([9, 0, 5, 5])  # across chunks, any order, repeats
+    assert torch.equal(rows["latents"], lat[[9, 0, 5, 5]]) and rows["labels"].tolist() == [1, 0, 1, 1]
+    with pytest.raises(IndexError):
+        fs.take([10])
+    summary = fs.manifest["summary"]  # running sums, no re-read
+    assert summary["psnr_of_mean_mse"] == pytest.approx(20.0) and summary["mean_psnr"] == pytest.approx(20.0)
 
 
 def test_functaset_resume_and_header_mismatch(tmp_path):

@@ -1,4 +1,5 @@
-"""``functa`` command line: a thin layer over :mod:`functa.pipeline` and :mod:`functa.demo`."""
+"""``functa`` command line: a thin layer over :mod:`functa.pipeline`, :mod:`functa.downstream` and
+:mod:`functa.demo`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,140 @@ def _add_common_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", help="starting settings: 'cpu' (best PSNR per CPU minute, default) or 'paper'")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=500 --set field.latent_dim=64 (repeatable)")
+
+
+def _sets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set model.width=1024 --set train.steps=3000 (repeatable; "
+                        "see docs/tasks.md for the defaults)")
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", type=Path, help="directory written by the train command")
+    p.add_argument("-o", "--out", required=True, type=Path)
+    p.add_argument("-n", "--num", type=int, default=64, help="number of samples")
+    p.add_argument("--label", type=int, help="class of every sample (class-conditional models; default: cycle)")
+    p.add_argument("--scale", type=float, default=1.0, help="render at this multiple of the native resolution")
+    p.add_argument("--base-model", type=Path, help="base network (default: the one recorded in the functaset)")
+    p.add_argument("--no-neighbours", action="store_true", help="skip the nearest-training-item check")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_downstream(sub) -> None:
+    c = sub.add_parser("classify", help="classifiers on functasets, and the pixel baseline")
+    cs = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = cs.add_parser("train", help="train an MLP on a functaset (one model per seed; --set seeds=[0,1,2])")
+    p.add_argument("functaset", type=Path)
+    p.add_argument("--test", type=Path, help="test functaset (same base network)")
+    p.add_argument("-o", "--out", required=True, type=Path)
+    _sets(p)
+    p = cs.add_parser("eval", help="accuracy of a trained classifier on a functaset")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("functaset", type=Path)
+    p = cs.add_parser("baseline", help="train the pixel-array CNN baseline on the same images")
+    p.add_argument("data")
+    p.add_argument("-o", "--out", required=True, type=Path)
+    _sets(p)
+
+    f = sub.add_parser("flow", help="neural spline flow over functa latents")
+    fs = f.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = fs.add_parser("train", help="fit the flow; reports test NLL vs a diagonal Gaussian")
+    p.add_argument("functaset", type=Path)
+    p.add_argument("--test", type=Path)
+    p.add_argument("-o", "--out", required=True, type=Path)
+    _sets(p)
+    p = fs.add_parser("sample", help="sample and render")
+    _sample_args(p)
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the base noise (< 1: typical samples)")
+
+    d = sub.add_parser("diffusion", help="DDPM over functa latents")
+    ds = d.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = ds.add_parser("train", help="train the denoiser")
+    p.add_argument("functaset", type=Path)
+    p.add_argument("-o", "--out", required=True, type=Path)
+    _sets(p)
+    p = ds.add_parser("sample", help="sample (ancestral DDPM or DDIM) and render")
+    _sample_args(p)
+    p.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--steps", type=int, help="DDIM steps (default 50 for ddim)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (conditional models)")
+
+    p = sub.add_parser("impute", help="fill in hidden parts of items by MAP fitting, with and without a flow prior")
+    p.add_argument("data")
+    p.add_argument("-m", "--model", required=True, type=Path, help="base network")
+    p.add_argument("-o", "--out", required=True, type=Path)
+    p.add_argument("--prior", type=Path, help="flow directory (unconditional) trained on this base network's latents")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--indices", help="items, e.g. '0:16' (default: first 16)")
+    p.add_argument("--mask", default="left-half",
+                   help="observed region: left-half, right-half, top-half, bottom-half, random, centre-box")
+    p.add_argument("--fraction", type=float, default=0.5, help="observed fraction (random) / hidden area (centre-box)")
+    p.add_argument("--prior-weight", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-2)
+
+    p = sub.add_parser("interpolate", help="render the path between two items of a functaset")
+    p.add_argument("functaset", type=Path)
+    p.add_argument("-m", "--model", required=True, type=Path, help="base network")
+    p.add_argument("-o", "--out", required=True, type=Path)
+    p.add_argument("--pair", type=int, nargs=2, default=[0, 1], metavar=("A", "B"))
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--flow", type=Path, help="also interpolate in this flow's base space")
+    p.add_argument("--scale", type=float, default=1.0)
+
+
+def _run_downstream(args: argparse.Namespace, progress: bool) -> None:
+    from . import downstream as ds
+
+    cmd, action = args.command, getattr(args, "action", None)
+    if cmd == "classify" and action == "train":
+        r = ds.classify_train(args.functaset, args.out, args.test, args.overrides, progress)
+        _print_accuracy(r)
+    elif cmd == "classify" and action == "baseline":
+        _print_accuracy(ds.classify_baseline(args.data, args.out, args.overrides, progress))
+    elif cmd == "classify" and action == "eval":
+        r = ds.classify_eval(args.model_dir, args.functaset)
+        print(f"accuracy {100 * r['accuracy']:.2f}% on {r['count']} items")
+    elif cmd == "flow" and action == "train":
+        r = ds.flow_train(args.functaset, args.out, args.test, args.overrides, progress)
+        print(json.dumps(r, indent=2))
+    elif cmd == "diffusion" and action == "train":
+        r = ds.diffusion_train(args.functaset, args.out, args.overrides, progress)
+        print(json.dumps(r, indent=2))
+    elif action == "sample":
+        common = dict(n=args.num, label=args.label, scale=args.scale, model=args.base_model,
+                      neighbours=not args.no_neighbours, seed=args.seed)
+        if cmd == "flow":
+            r = ds.flow_sample(args.model_dir, args.out, temperature=args.temperature, **common)
+        else:
+            r = ds.diffusion_sample(args.model_dir, args.out, method=args.method, steps=args.steps,
+                                    guidance_scale=args.guidance, progress=progress, **common)
+        print(f"wrote {r['samples']['count']} samples to {r['samples']['grid']}")
+        if "memorisation" in r:
+            m = r["memorisation"]
+            print(f"nearest training item: median distance {m['sample_nn_distance_median']:.3f} "
+                  f"(training items to each other: {m['train_nn_distance_median']:.3f})")
+    elif cmd == "impute":
+        r = ds.impute(args.model, args.data, args.out, prior=args.prior, split=args.split, indices=args.indices,
+                      mask=args.mask, fraction=args.fraction, prior_weight=args.prior_weight, steps=args.steps,
+                      lr=args.lr, progress=progress)
+        for name in ("no_prior", "prior"):
+            if name in r:
+                print(f"{name:>8}: hidden-region PSNR {r[name]['hidden_psnr']:.2f} dB, "
+                      f"observed-region PSNR {r[name]['observed_psnr']:.2f} dB")
+        print(f"grid: {r['grid']}")
+    elif cmd == "interpolate":
+        r = ds.interpolate_items(args.model, args.functaset, args.out, *args.pair, steps=args.steps, flow=args.flow,
+                                 scale=args.scale)
+        print(f"wrote {r['latent']['grid']}" + (f" and {r['flow_base']['grid']}" if "flow_base" in r else ""))
+
+
+def _print_accuracy(r: dict) -> None:
+    if "test_accuracy_mean" in r:
+        print(f"{r['name']}: test accuracy {100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}% "
+              f"over {len(r['runs'])} seed(s), {r['parameters']:,} parameters")
+    else:
+        print(f"{r['name']}: trained {len(r['runs'])} model(s); no test set given")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=["train", "test", "all"])
     p.add_argument("--steps", type=int, help="inner steps (default: as in meta-learning)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--augment", help="also encode augmented copies of every image: 'flip,crop', 'crop' or 'flip'")
+    p.add_argument("--copies", type=int, default=0, help="number of augmented copies of the split (with --augment)")
+    p.add_argument("--pad", type=int, default=4, help="zero padding in pixels before the random crop")
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentations")
 
     p = sub.add_parser("render", help="decode items to PNG/npz at any resolution")
     p.add_argument("-m", "--model", required=True, type=Path)
@@ -60,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="inner steps (default: as in meta-learning)")
     p.add_argument("--limit", type=int, help="evaluate the first N items only")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
+
+    _add_downstream(sub)
 
     p = sub.add_parser("info", help="describe a run directory or functaset")
     p.add_argument("path", type=Path)
@@ -88,8 +229,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"saved base network to {args.out} (sha256 {result['sha256'][:12]}); validation PSNR "
               f"{final['psnr_of_mean_mse']:.2f} dB (of mean MSE), {final['mean_psnr']:.2f} dB (mean of items)")
     elif args.command == "encode":
+        aug = None
+        if args.augment:
+            from .data.augment import ImageAugmentation
+
+            aug = ImageAugmentation(tuple(a.strip() for a in args.augment.split(",")), pad=args.pad, seed=args.seed)
         fs = pipeline.encode(args.model, args.data, args.out, split=args.split, steps=args.steps,
-                             batch_size=args.batch_size, progress=progress)
+                             batch_size=args.batch_size, progress=progress, augmentation=aug, copies=args.copies)
         s = fs.manifest["summary"]
         print(f"wrote {len(fs)} latents of dim {fs.header['latent_dim']} to {args.out}: PSNR "
               f"{s['psnr_of_mean_mse']:.2f} dB (of mean MSE), {s['mean_psnr']:.2f} dB (mean of items)")
@@ -119,6 +265,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"{args.path}: neither a run directory nor a functaset", file=sys.stderr)
             return 2
+    elif args.command in ("classify", "flow", "diffusion", "impute", "interpolate"):
+        _run_downstream(args, progress)
     elif args.command == "demo":
         from .demo import run_demo
 

@@ -55,7 +55,8 @@ class FunctasetWriter:
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(),
-                             "header": header, "total": self.total, "count": 0, "chunks": [], "complete": False}
+                             "header": header, "total": self.total, "count": 0, "chunks": [], "complete": False,
+                             "sums": {"mse": 0.0, "psnr": 0.0}}
             write_json(self.path / MANIFEST, self.manifest)
 
     @property
@@ -86,14 +87,26 @@ class FunctasetWriter:
         save_tensors(self.path / name, head)
         self.manifest["chunks"].append({"file": name, "count": n, "sha256": sha256_file(self.path / name)})
         self.manifest["count"] = self.count + n
+        sums = self.manifest.setdefault("sums", {"mse": 0.0, "psnr": 0.0})
+        sums["mse"] += float(head["mse"].double().sum())
+        sums["psnr"] += float(head["psnr"].double().sum())
         write_json(self.path / MANIFEST, self.manifest)
 
+    def reconstruction_summary(self) -> dict[str, float]:
+        """PSNR of the mean MSE and mean PSNR over the stored items (kept as running sums)."""
+        n, sums = self.count, self.manifest.get("sums", {})
+        if n == 0:
+            return {"mean_mse": float("nan"), "psnr_of_mean_mse": float("nan"), "mean_psnr": float("nan")}
+        mean_mse = sums["mse"] / n
+        return {"mean_mse": mean_mse, "psnr_of_mean_mse": float(-10 * np.log10(max(mean_mse, 1e-20))),
+                "mean_psnr": sums["psnr"] / n}
+
     def close(self, summary: dict[str, Any] | None = None) -> None:
-        """Flush the remainder, mark complete when ``count == total`` and record ``summary``."""
+        """Flush the remainder, mark complete when ``count == total`` and record the
+        reconstruction summary plus ``summary``."""
         self._flush(self._buffered)
         self.manifest["complete"] = self.count == self.total
-        if summary is not None:
-            self.manifest["summary"] = summary
+        self.manifest["summary"] = {**self.reconstruction_summary(), **(summary or {})}
         write_json(self.path / MANIFEST, self.manifest)
 
 
@@ -150,6 +163,26 @@ class Functaset(Dataset):
         ch = self._chunk(c)
         j = i - self._starts[c]
         return ch["latents"][j], int(ch["labels"][j])
+
+    def take(self, indices) -> dict[str, Tensor]:
+        """Rows ``indices`` (any order) of every column, read chunk by chunk: ``latents (K, D)``, ..."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"indices out of range for a functaset of {len(self)} items")
+        idx = idx % max(len(self), 1)
+        chunk_of = np.searchsorted(self._starts, idx, side="right") - 1
+        out: dict[str, Tensor] | None = None
+        for c in np.unique(chunk_of):
+            sel = np.nonzero(chunk_of == c)[0]
+            data = self._chunk(int(c))
+            local = torch.from_numpy(idx[sel] - self._starts[c])
+            if out is None:
+                out = {k: v.new_empty((len(idx), *v.shape[1:])) for k, v in data.items()}
+            for k, v in data.items():
+                out[k][torch.from_numpy(sel)] = v[local]
+        if out is None:
+            return {k: torch.empty(0) for k in _FIELDS}
+        return out
 
     def arrays(self) -> dict[str, Tensor]:
         """All columns concatenated: ``latents (M, D)``, ``mse``, ``psnr``, ``labels``, ``index`` ``(M,)``."""

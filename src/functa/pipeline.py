@@ -17,13 +17,14 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .data import ArrayDataset, DataError, load_dataset
+from .data.augment import ImageAugmentation
 from .fields import LatentModulatedSiren, SirenConfig
 from .fitting import MetaLearner, evaluate_reconstruction, fit_latents
 from .functaset import Functaset, FunctasetWriter
 from .io import ArtefactError, load_base_network, read_json, save_base_network
 from .modalities import FieldDataset, Modality, get_modality, modality_from_config
 
-__all__ = ["fit", "encode", "evaluate", "render", "load_model", "open_data", "format_table"]
+__all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "open_data", "parse_indices", "render"]
 
 
 def open_data(path: str | Path, split: str, data_cfg: dict | None = None) -> ArrayDataset:
@@ -93,39 +94,55 @@ def _small_meta(meta: dict) -> dict:
 
 
 def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "train", steps: int | None = None,
-           batch_size: int = 256, chunk_size: int = 4096, progress: bool = True) -> Functaset:
+           batch_size: int = 256, chunk_size: int = 4096, progress: bool = True,
+           augmentation: ImageAugmentation | None = None, copies: int = 0) -> Functaset:
     """Encode every item of ``data[split]`` into latents with the frozen base network ``model``.
 
-    ``steps`` defaults to the inner steps used in meta-learning. Resumes an interrupted run.
+    ``steps`` defaults to the inner steps used in meta-learning. With ``augmentation`` and
+    ``copies > 0`` the functaset holds the originals followed by ``copies`` augmented copies of
+    the whole split (rows of the same image share ``index``). Resumes an interrupted run.
     """
     field, modality, cfg = load_model(model)
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
     ds = open_data(data, split, cfg.get("data"))
     src = FieldDataset(ds, modality)
+    if copies < 0:
+        raise ValueError(f"copies must be >= 0, got {copies}")
+    if copies and augmentation is None:
+        raise ValueError("copies > 0 needs an augmentation")
+    if copies and ds.data.ndim != 4:
+        raise ValueError(f"{data}: augmentations are defined for images (M, H, W, C); this data is {ds.data.shape}")
+    m = len(ds)
     header = {"base_network": {"sha256": cfg["sha256"], "path": str(Path(model).resolve()), "field": cfg["field"],
                                "modality": cfg["modality"]},
-              "encoding": {"inner_steps": steps}, "source": {"path": str(data), "split": split, "count": len(ds),
+              "encoding": {"inner_steps": steps}, "source": {"path": str(data), "split": split, "count": m,
                                                             "meta": _small_meta(ds.meta)},
               "latent_dim": field.config.code_dim}
-    writer = FunctasetWriter(out, header, total=len(ds), chunk_size=chunk_size)
+    if copies:
+        header["augmentation"] = {**asdict(augmentation), "copies": copies}
+    total = m * (1 + copies)
+    writer = FunctasetWriter(out, header, total=total, chunk_size=chunk_size)
     x = src.coords[None]
-    start = writer.count
-    bar = tqdm(total=len(ds), initial=start, desc=f"encoding {split}", disable=not progress, unit="item")
+    bar = tqdm(total=total, initial=writer.count, desc=f"encoding {split}", disable=not progress, unit="item")
     t0 = time.perf_counter()
-    for s in range(start, len(ds), batch_size):
-        idx = np.arange(s, min(s + batch_size, len(ds)))
-        enc = fit_latents(field, x, src.features(idx), steps)
+    row = writer.count
+    params = None
+    while row < total:
+        copy, s = divmod(row, m)
+        idx = np.arange(s, min(s + batch_size, m))
+        if copy == 0:
+            y = src.features(idx)
+        else:
+            if params is None or params[0] != copy:
+                params = (copy, augmentation.parameters(m, copy))
+            y = modality.to_features(augmentation.apply(ds.data[idx], params[1][idx]))
+        enc = fit_latents(field, x, y, steps)
         writer.append(enc.latents, enc.mse, src.labels(idx), idx)
         bar.update(len(idx))
+        row += len(idx)
     bar.close()
-    writer.close()
-    arr = Functaset(out).arrays()
-    mean_mse = float(arr["mse"].double().mean()) if len(arr["mse"]) else float("nan")
-    writer.close({"mean_mse": mean_mse, "psnr_of_mean_mse": float(-10 * np.log10(max(mean_mse, 1e-20))),
-                  "mean_psnr": float(arr["psnr"].double().mean()) if len(arr["psnr"]) else float("nan"),
-                  "encode_s_last_session": time.perf_counter() - t0})
-    fs = Functaset(out)
-    return fs
+    writer.close({"encode_s_last_session": time.perf_counter() - t0})
+    return Functaset(out)
 
 
 def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: int | None = None,
@@ -153,7 +170,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _parse_indices(spec: str | None, n: int) -> np.ndarray:
+def parse_indices(spec: str | None, n: int) -> np.ndarray:
     if spec is None:
         return np.arange(min(n, 16))
     out: list[int] = []
@@ -185,11 +202,11 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
     if functaset is not None:
         fs = Functaset(functaset)
         fs.check_base_network(cfg["sha256"])
-        idx = _parse_indices(indices, len(fs))
-        latents = torch.stack([fs[int(i)][0] for i in idx])
+        idx = parse_indices(indices, len(fs))
+        latents = fs.take(idx)["latents"]
     elif data is not None:
         src = FieldDataset(open_data(data, split, cfg.get("data")), modality)
-        idx = _parse_indices(indices, len(src))
+        idx = parse_indices(indices, len(src))
         y = src.features(idx)
         latents = fit_latents(field, src.coords[None], y, cfg["run"]["train"]["inner_steps"]).latents
         originals = modality.from_features(y)
@@ -203,12 +220,12 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
     written = {"renders": [str(p) for p in paths]}
     if originals is not None:
         written["originals"] = [str(p) for p in modality.save(originals, out, [f"item{int(i):06d}_original" for i in idx])]
-    grid = _contact_sheet(paths, out / "grid.png")
+    grid = contact_sheet(paths, out / "grid.png")
     np.savez(out / "renders.npz", values=values.astype(np.float32), indices=idx)
     return {"shape": list(target_shape), "count": len(idx), "grid": str(grid), **written}
 
 
-def _contact_sheet(paths: list[Path], dest: Path, columns: int = 8) -> Path:
+def contact_sheet(paths: list[Path], dest: Path, columns: int = 8) -> Path:
     """Tile same-size PNGs into one image (2 px gaps)."""
     imgs = [Image.open(p).convert("RGB") for p in paths]
     w, h = imgs[0].size

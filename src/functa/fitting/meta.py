@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..fields import LatentModulatedSiren, SirenConfig
 from ..io import ArtefactError, load_tensors, read_json, save_tensors, write_json
+from ..optim import load_optimizer_tensors, lr_at, optimizer_tensors
 from .encode import fit_latents
 from .inner import InnerLoop
 from .metrics import PsnrMeter, psnr
@@ -75,13 +76,7 @@ class MetaLearningConfig:
 
     def lr_at(self, step: int) -> float:
         """Learning rate at ``step`` (0-based): linear warm-up, then constant or cosine to 0."""
-        if step < self.warmup_steps:
-            return self.outer_lr * (step + 1) / self.warmup_steps
-        if self.schedule == "constant":
-            return self.outer_lr
-        span = max(self.steps - self.warmup_steps, 1)
-        t = min(max(step - self.warmup_steps, 0) / span, 1.0)
-        return self.outer_lr * 0.5 * (1.0 + math.cos(math.pi * t))
+        return lr_at(step, self.outer_lr, self.schedule, self.warmup_steps, self.steps)
 
 
 def evaluate_reconstruction(field: LatentModulatedSiren, source: BatchSource, steps: int, batch_size: int = 64,
@@ -203,10 +198,7 @@ class MetaLearner:
         """Write weights, Adam state and progress; the JSON is written last (it marks completion)."""
         run_dir = Path(run_dir)
         tensors = {f"model.{k}": v for k, v in self.field.state_dict().items()}
-        opt = self.optimizer.state_dict()
-        for pid, st in opt["state"].items():
-            for name, v in st.items():
-                tensors[f"adam.{pid}.{name}"] = torch.as_tensor(v)
+        tensors.update(optimizer_tensors(self.optimizer, "adam."))
         save_tensors(run_dir / self.STATE_TENSORS, tensors)
         write_json(run_dir / self.STATE_JSON, {"step": self.step_count, "config": asdict(self.config),
                                                 "field": self.field.config.to_dict(), "history": self.history})
@@ -222,13 +214,6 @@ class MetaLearner:
         tensors = load_tensors(run_dir / self.STATE_TENSORS)
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.field.load_state_dict(model)
-        opt = self.optimizer.state_dict()
-        state: dict[int, dict[str, Tensor]] = {}
-        for k, v in tensors.items():
-            if k.startswith("adam."):
-                _, pid, name = k.split(".", 2)
-                state.setdefault(int(pid), {})[name] = v
-        opt["state"] = state
-        self.optimizer.load_state_dict(opt)
+        load_optimizer_tensors(self.optimizer, tensors, "adam.")
         self.step_count = int(meta["step"])
         self.history = list(meta.get("history", []))

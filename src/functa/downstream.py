@@ -1,0 +1,432 @@
+"""Downstream stages on functasets (one command each): classify, flow, diffusion, impute,
+interpolate. Like :mod:`functa.pipeline`, every stage reads self-describing artefacts and writes
+a checkpoint directory (``model.safetensors`` + ``config.json``), PNG grids and ``metrics.json``.
+
+Settings are nested dicts (``model``, ``train`` and task options) that start from the defaults
+below and take ``section.key=value`` overrides, e.g. ``--set model.width=1024``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import apply_overrides
+from .functaset import Functaset
+from .io import ArtefactError, write_json
+from .modalities import FieldDataset
+from .pipeline import contact_sheet, parse_indices, load_model, open_data
+from .tasks.checkpoint import load_task_model, save_task_model
+from .tasks.classify import (ConvClassifier, ConvConfig, MLPClassifier, MLPConfig, accuracy, classification_loss,
+                             count_parameters)
+from .tasks.latents import Standardizer, interpolate, nearest_neighbours
+from .tasks.train import TrainConfig, Trainer
+
+__all__ = ["DEFAULTS", "classify_baseline", "classify_eval", "classify_train", "diffusion_sample", "diffusion_train",
+           "flow_sample", "flow_train", "impute", "interpolate_items", "settings"]
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    # functa App. A.7 / spatial functa B.1, sized for CPU minutes.
+    "classify": {"model": {"width": 512, "depth": 3, "dropout": 0.2},
+                 "train": {"steps": 4000, "batch_size": 256, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.1,
+                           "schedule": "cosine", "warmup_steps": 200, "ema_decay": 0.999, "eval_every": 1000},
+                 "label_smoothing": 0.1, "norm_factor": 1.0, "per_dimension": True, "seeds": [0]},
+    "baseline": {"model": {"channels": [32, 64, 128], "width": 128, "dropout": 0.2},
+                 "train": {"steps": 4000, "batch_size": 256, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.1,
+                           "schedule": "cosine", "warmup_steps": 200, "ema_decay": 0.999, "eval_every": 1000},
+                 "label_smoothing": 0.1, "seeds": [0]},
+    # functa App. A.4: base std 0.25 with norm_factor 4, warm-up to 3e-4 then 1/sqrt(t).
+    "flow": {"model": {"layers": 8, "bins": 8, "hidden": [128, 128], "dropout": 0.1, "base_std": 0.25},
+             "train": {"steps": 5000, "batch_size": 256, "lr": 3e-4, "optimizer": "adam", "schedule": "rsqrt",
+                       "warmup_steps": 1000, "grad_clip": 5.0, "eval_every": 1000},
+             "norm_factor": 4.0, "conditional": False},
+    # functa App. A.5: T=1000, linear betas, residual-MLP denoiser, same schedule as the flow.
+    "diffusion": {"model": {"width": 512, "blocks": 4, "dropout": 0.1},
+                  "train": {"steps": 5000, "batch_size": 256, "lr": 3e-4, "optimizer": "adam", "schedule": "rsqrt",
+                            "warmup_steps": 1000, "grad_clip": 1.0, "ema_decay": 0.999, "eval_every": 1000},
+                  "norm_factor": 1.0, "conditional": False},
+}
+
+
+def settings(task: str, overrides: list[str] | None = None, base: dict | None = None) -> dict:
+    """Defaults of ``task`` (or ``base``) with ``section.key=value`` overrides applied and checked."""
+    defaults = DEFAULTS[task]
+    raw = apply_overrides(base if base is not None else defaults, overrides or [])
+    unknown = set(raw) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {task} settings {sorted(unknown)}; known: {sorted(defaults)}")
+    TrainConfig.from_dict(raw["train"])  # validate early
+    return raw
+
+
+# ---------------------------------------------------------------------------- functasets
+
+def load_latents(path: str | Path, sha256: str | None = None) -> tuple[dict[str, Tensor], Functaset]:
+    """All columns of a complete functaset (optionally checked against a base-network hash)."""
+    fs = Functaset(path)
+    if not fs.complete:
+        raise ArtefactError(f"{path}: functaset is incomplete ({len(fs)} of {fs.manifest.get('total')} items); "
+                            "finish it with 'functa encode' first")
+    if sha256 is not None:
+        fs.check_base_network(sha256)
+    return fs.arrays(), fs
+
+
+def _pair(train: str | Path, test: str | Path | None):
+    tr, fs_tr = load_latents(train)
+    sha = fs_tr.header["base_network"]["sha256"]
+    te = load_latents(test, sha)[0] if test is not None else None
+    return tr, te, fs_tr
+
+
+def _num_classes(*label_sets: Tensor) -> int:
+    return int(max(int(lbl.max()) for lbl in label_sets if len(lbl))) + 1
+
+
+def _source(fs: Functaset, path: str | Path) -> dict:
+    return {"path": str(Path(path).resolve()), "count": len(fs), "base_network": fs.header["base_network"]["sha256"],
+            "base_network_path": fs.header["base_network"].get("path"), "latent_dim": fs.header["latent_dim"]}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+# ---------------------------------------------------------------------------- classification
+
+def classify_train(train: str | Path, out: str | Path, test: str | Path | None = None,
+                   overrides: list[str] | None = None, progress: bool = True) -> dict:
+    """Train an MLP on functaset latents (one model per seed); test accuracy with error bars."""
+    s = settings("classify", overrides)
+    tr, te, fs = _pair(train, test)
+    std = Standardizer.fit(tr["latents"], s["norm_factor"], s["per_dimension"])
+    x_tr, y_tr = std(tr["latents"]), tr["labels"]
+    classes = _num_classes(y_tr, *([te["labels"]] if te else []))
+    out = Path(out)
+    runs = []
+    for seed in s["seeds"]:
+        torch.manual_seed(seed)
+        model = MLPClassifier(MLPConfig(x_tr.shape[1], classes, **s["model"]))
+        tcfg = TrainConfig.from_dict({**s["train"], "seed": seed})
+        evaluate = (lambda m: {"test_accuracy": accuracy(m, std(te["latents"]), te["labels"])}) if te else None
+        run_dir = out / f"seed{seed}"
+        trainer = Trainer(model, classification_loss(s["label_smoothing"]), tcfg)
+        trainer.fit((x_tr, y_tr), run_dir=run_dir, evaluate=evaluate, progress=progress, desc=f"classifier seed {seed}")
+        final = trainer.history[-1] if trainer.history else {}
+        save_task_model(run_dir, "mlp-classifier", model, state=trainer.eval_state(), extra_tensors=std.tensors(),
+                        train=s, functaset=_source(fs, train), history=trainer.history)
+        runs.append({"seed": seed, "test_accuracy": final.get("test_accuracy"),
+                     "train_accuracy": accuracy(trainer.evaluation_model(), x_tr, y_tr)})
+    return _classification_summary(out, "functa MLP", runs, count_parameters(model), s, str(train), str(test))
+
+
+def _classification_summary(out: Path, name: str, runs: list[dict], params: int, s: dict, train: str,
+                            test: str | None) -> dict:
+    accs = [r["test_accuracy"] for r in runs if r["test_accuracy"] is not None]
+    summary = {"name": name, "train": train, "test": test, "parameters": params, "runs": runs, "settings": s}
+    if accs:
+        summary["test_accuracy_mean"], summary["test_accuracy_std"] = _mean_std(accs)
+    write_json(out / "metrics.json", summary)
+    return summary
+
+
+def classify_eval(model_dir: str | Path, functaset: str | Path) -> dict:
+    """Accuracy of a saved functa classifier on a functaset encoded with the same base network."""
+    model, extra, cfg = load_task_model(model_dir, "mlp-classifier")
+    arr, _ = load_latents(functaset, cfg["functaset"]["base_network"])
+    std = Standardizer.from_tensors(extra)
+    return {"model": str(model_dir), "functaset": str(functaset), "count": len(arr["labels"]),
+            "accuracy": accuracy(model, std(arr["latents"]), arr["labels"])}
+
+
+def _images(data: str | Path, split: str) -> tuple[Tensor, Tensor, dict]:
+    ds = open_data(data, split)
+    if ds.data.ndim != 4:
+        raise ValueError(f"{data}: the pixel baseline needs images (M, H, W, C), got {ds.data.shape}")
+    max_value = 255.0 if ds.data.dtype == np.uint8 else max(float(ds.data.max()), 1.0)
+    x = torch.from_numpy(np.ascontiguousarray(ds.data)).float().div_(max_value).permute(0, 3, 1, 2).contiguous()
+    if ds.labels is None:
+        raise ValueError(f"{data}: no labels in split {split!r}")
+    return x, torch.as_tensor(np.asarray(ds.labels), dtype=torch.long), ds.meta
+
+
+def classify_baseline(data: str | Path, out: str | Path, overrides: list[str] | None = None,
+                      progress: bool = True) -> dict:
+    """Train the pixel-array CNN baseline on the same images, with the same trainer and seeds."""
+    s = settings("baseline", overrides)
+    x_tr, y_tr, _ = _images(data, "train")
+    x_te, y_te, _ = _images(data, "test")
+    classes = _num_classes(y_tr, y_te)
+    out = Path(out)
+    runs = []
+    for seed in s["seeds"]:
+        torch.manual_seed(seed)
+        mcfg = ConvConfig(x_tr.shape[1], classes, tuple(x_tr.shape[2:]), **{**s["model"],
+                                                                             "channels": tuple(s["model"]["channels"])})
+        model = ConvClassifier(mcfg)
+        trainer = Trainer(model, classification_loss(s["label_smoothing"]),
+                          TrainConfig.from_dict({**s["train"], "seed": seed}))
+        trainer.fit((x_tr, y_tr), run_dir=out / f"seed{seed}", progress=progress, desc=f"pixel CNN seed {seed}",
+                    evaluate=lambda m: {"test_accuracy": accuracy(m, x_te, y_te, batch_size=1000)})
+        save_task_model(out / f"seed{seed}", "conv-classifier", model, state=trainer.eval_state(), train=s,
+                        data={"path": str(data)}, history=trainer.history)
+        runs.append({"seed": seed, "test_accuracy": trainer.history[-1]["test_accuracy"]})
+    return _classification_summary(out, "pixel CNN", runs, count_parameters(model), s, str(data), str(data))
+
+
+# ---------------------------------------------------------------------------- generative models
+
+def _conditioning(s: dict, tr: dict) -> tuple[int, Tensor | None]:
+    if not s["conditional"]:
+        return 0, None
+    return _num_classes(tr["labels"]), tr["labels"]
+
+
+def flow_train(train: str | Path, out: str | Path, test: str | Path | None = None,
+               overrides: list[str] | None = None, progress: bool = True) -> dict:
+    """Fit a neural spline flow to standardised latents; reports test NLL against a diagonal Gaussian."""
+    from .tasks.flow import FlowConfig, LatentFlow, bits_per_dim, diagonal_gaussian_nll
+
+    s = settings("flow", overrides)
+    tr, te, fs = _pair(train, test)
+    std = Standardizer.fit(tr["latents"], s["norm_factor"])
+    classes, labels = _conditioning(s, tr)
+    u_tr = std(tr["latents"])
+    cfg = FlowConfig.from_dict({"dim": u_tr.shape[1], **s["model"], "num_classes": classes})
+    torch.manual_seed(0)
+    flow = LatentFlow(cfg)
+    data = (u_tr,) if labels is None else (u_tr, labels)
+    shift = -std.log_abs_det() / u_tr.shape[1]  # nats/dim in latent units = u-space NLL + shift
+
+    def loss(model, batch):
+        return model.loss(batch[0], batch[1] if len(batch) > 1 else None)
+
+    @torch.no_grad()
+    def nll(model, arr) -> float:
+        u = std(arr["latents"])
+        lab = arr["labels"] if classes else None
+        vals = [-model.log_prob(u[i:i + 4096], None if lab is None else lab[i:i + 4096]) for i in range(0, len(u), 4096)]
+        return float(torch.cat(vals).double().mean()) / u.shape[1] + shift
+
+    evaluate = (lambda m: {"test_nll_nats_per_dim": nll(m, te)}) if te else None
+    trainer = Trainer(flow, loss, TrainConfig.from_dict(s["train"]))
+    out = Path(out)
+    trainer.fit(data, run_dir=out, evaluate=evaluate, progress=progress, desc="flow")
+    model = trainer.evaluation_model()
+    metrics: dict[str, Any] = {"train_nll_nats_per_dim": nll(model, tr)}
+    if te:
+        test_nll = nll(model, te)
+        gauss = diagonal_gaussian_nll(tr["latents"], te["latents"])
+        metrics.update(test_nll_nats_per_dim=test_nll, test_bits_per_dim=bits_per_dim(test_nll),
+                       diagonal_gaussian_test_nll_nats_per_dim=gauss)
+    save_task_model(out, "flow", flow, state=trainer.eval_state(), extra_tensors=std.tensors(), train=s,
+                    functaset=_source(fs, train), metrics=metrics, history=trainer.history)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def diffusion_train(train: str | Path, out: str | Path, overrides: list[str] | None = None,
+                    progress: bool = True) -> dict:
+    """Train a DDPM (residual-MLP denoiser) on standardised latents."""
+    from .tasks.diffusion import DDPMSchedule, DenoiserConfig, ResidualMLPDenoiser, diffusion_loss
+
+    s = settings("diffusion", overrides)
+    tr, _, fs = _pair(train, None)
+    std = Standardizer.fit(tr["latents"], s["norm_factor"])
+    classes, labels = _conditioning(s, tr)
+    u_tr = std(tr["latents"])
+    schedule = DDPMSchedule()
+    torch.manual_seed(0)
+    model = ResidualMLPDenoiser(DenoiserConfig.from_dict({"dim": u_tr.shape[1], **s["model"], "num_classes": classes}))
+    data = (u_tr,) if labels is None else (u_tr, labels)
+
+    def loss(m, batch):
+        return diffusion_loss(m, schedule, batch[0], batch[1] if len(batch) > 1 else None)
+
+    trainer = Trainer(model, loss, TrainConfig.from_dict(s["train"]))
+    out = Path(out)
+    trainer.fit(data, run_dir=out, progress=progress, desc="diffusion")
+    metrics = {"final_train_loss": trainer.history[-1]["train_loss"] if trainer.history else None}
+    save_task_model(out, "ddpm", model, state=trainer.eval_state(), extra_tensors=std.tensors(), train=s,
+                    schedule=schedule.to_dict(), functaset=_source(fs, train), history=trainer.history)
+    return metrics
+
+
+def _base_network(cfg: dict, model: str | Path | None):
+    """The base network a downstream model's functaset was encoded with (path recorded, or given)."""
+    path = model or cfg["functaset"].get("base_network_path")
+    if path is None or not Path(path).exists():
+        raise ArtefactError(f"base network {path} not found; pass --model with the run directory used for encoding")
+    field, modality, base_cfg = load_model(path)
+    if base_cfg["sha256"] != cfg["functaset"]["base_network"]:
+        raise ArtefactError(f"{path}: is not the base network this model was trained with "
+                            f"({base_cfg['sha256'][:12]}… vs {cfg['functaset']['base_network'][:12]}…)")
+    return field, modality
+
+
+def render_latents(field, modality, latents: Tensor, out: Path, prefix: str, scale: float = 1.0,
+                   columns: int = 8) -> dict:
+    """Render latents ``(B, D)`` at ``scale`` × the native grid; one file per item and a grid PNG."""
+    shape = tuple(int(round(d * scale)) for d in modality.shape)
+    with torch.no_grad():
+        coords = modality.coordinates(shape)
+        values = np.concatenate([modality.from_features(field.forward_points(coords[None], latents[i:i + 64])[0], shape)
+                                 for i in range(0, len(latents), 64)])
+    paths = modality.save(values, out / prefix, [f"{prefix}{i:04d}" for i in range(len(latents))])
+    grid = contact_sheet(paths, out / f"{prefix}_grid.png", columns=columns)
+    np.savez(out / f"{prefix}.npz", values=values.astype(np.float32), latents=latents.numpy())
+    return {"grid": str(grid), "shape": list(shape), "count": len(latents)}
+
+
+def _memorisation(samples: Tensor, train_latents: Tensor, std: Standardizer) -> tuple[dict, Tensor]:
+    """Nearest training latent of each sample, and how close training items are to each other."""
+    d, idx = nearest_neighbours(std(samples), std(train_latents))
+    probe = std(train_latents[: min(1000, len(train_latents))])
+    ref = std(train_latents)
+    dd = torch.cdist(probe, ref)
+    dd[torch.arange(len(probe)), torch.arange(len(probe))] = float("inf")
+    train_nn = dd.min(1).values
+    return ({"sample_nn_distance_median": float(d.median()), "train_nn_distance_median": float(train_nn.median()),
+             "note": "distances in standardised latent units; samples much closer to training items than "
+                     "training items are to each other suggest memorisation"}, idx)
+
+
+def _sample_outputs(kind: str, model_dir: Path, z: Tensor, cfg: dict, out: Path, scale: float,
+                    model: str | Path | None, neighbours: bool, std: Standardizer, extra: dict) -> dict:
+    field, modality = _base_network(cfg, model)
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"kind": kind, "model": str(model_dir), **extra, "samples": render_latents(field, modality, z, out,
+                                                                                       "sample", scale)}
+    if neighbours:
+        train_path = cfg["functaset"]["path"]
+        arr, _ = load_latents(train_path, cfg["functaset"]["base_network"])
+        mem, idx = _memorisation(z, arr["latents"], std)
+        res["memorisation"] = mem
+        res["neighbours"] = render_latents(field, modality, arr["latents"][idx], out, "nearest_train", scale)
+    write_json(out / "metrics.json", res)
+    return res
+
+
+def _labels_arg(label: int | None, n: int, num_classes: int) -> Tensor | None:
+    if num_classes == 0:
+        if label is not None:
+            raise ValueError("this model is unconditional; do not pass --label")
+        return None
+    if label is None:
+        return torch.arange(n) % num_classes
+    if not 0 <= label < num_classes:
+        raise ValueError(f"label {label} out of range for {num_classes} classes")
+    return torch.full((n,), label, dtype=torch.long)
+
+
+def flow_sample(model_dir: str | Path, out: str | Path, n: int = 64, temperature: float = 1.0,
+                label: int | None = None, scale: float = 1.0, model: str | Path | None = None,
+                neighbours: bool = True, seed: int = 0) -> dict:
+    """Sample latents from a trained flow and render them (plus their nearest training items)."""
+    flow, extra, cfg = load_task_model(model_dir, "flow")
+    std = Standardizer.from_tensors(extra)
+    labels = _labels_arg(label, n, flow.config.num_classes)
+    with torch.no_grad():
+        u = flow.sample(n, labels, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+    return _sample_outputs("flow", Path(model_dir), std.inverse(u), cfg, Path(out), scale, model, neighbours, std,
+                           {"temperature": temperature, "label": label})
+
+
+def diffusion_sample(model_dir: str | Path, out: str | Path, n: int = 64, method: str = "ddpm",
+                     steps: int | None = None, guidance_scale: float = 1.0, label: int | None = None,
+                     scale: float = 1.0, model: str | Path | None = None, neighbours: bool = True,
+                     seed: int = 0, progress: bool = True) -> dict:
+    """Sample latents from a trained DDPM (ancestral or DDIM) and render them."""
+    from .tasks.diffusion import DDPMSchedule, sample
+
+    den, extra, cfg = load_task_model(model_dir, "ddpm")
+    std = Standardizer.from_tensors(extra)
+    labels = _labels_arg(label, n, den.config.num_classes)
+    u = sample(den, DDPMSchedule.from_dict(cfg["schedule"]), n, labels, method=method, steps=steps,
+               guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed), progress=progress)
+    return _sample_outputs("ddpm", Path(model_dir), std.inverse(u), cfg, Path(out), scale, model, neighbours, std,
+                           {"method": method, "steps": steps, "guidance_scale": guidance_scale, "label": label})
+
+
+# ---------------------------------------------------------------------------- inference
+
+def impute(model: str | Path, data: str | Path, out: str | Path, prior: str | Path | None = None,
+           split: str = "test", indices: str | None = None, mask: str = "left-half", fraction: float = 0.5,
+           prior_weight: float = 1.0, steps: int = 300, lr: float = 1e-2, seed: int = 0,
+           progress: bool = True) -> dict:
+    """Fill in the hidden part of items from their observed part (paper §4, Eq. 2).
+
+    Fits latents to the observed points with and without the flow ``prior`` and reports PSNR on
+    the hidden region for both, plus the PSNR of the observed region; writes side-by-side grids.
+    """
+    from .tasks.inference import flow_log_prior, grid_mask, map_fit
+
+    field, modality, base_cfg = load_model(model)
+    src = FieldDataset(open_data(data, split, base_cfg.get("data")), modality)
+    idx = parse_indices(indices, len(src))
+    y = src.features(idx)
+    observed = torch.from_numpy(grid_mask(modality.shape, mask, fraction, seed)).float()[None, :, None]
+    x = src.coords[None]
+    fits = {"no_prior": map_fit(field, x, y, observed, steps=steps, lr=lr, progress=progress)}
+    if prior is not None:
+        flow, extra, pcfg = load_task_model(prior, "flow")
+        if pcfg["functaset"]["base_network"] != base_cfg["sha256"]:
+            raise ArtefactError(f"{prior}: the prior was trained on latents of another base network")
+        if flow.config.num_classes:
+            raise ValueError(f"{prior}: class-conditional priors need labels; use an unconditional flow")
+        log_prior = flow_log_prior(flow, Standardizer.from_tensors(extra))
+        fits["prior"] = map_fit(field, x, y, observed, log_prior=log_prior, prior_weight=prior_weight, steps=steps,
+                                lr=lr, progress=progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hidden = 1.0 - observed
+    metrics: dict[str, Any] = {"mask": mask, "fraction": fraction, "prior_weight": prior_weight, "steps": steps,
+                               "count": len(idx), "observed_fraction": float(observed.mean())}
+    observed_view = modality.from_features(y * observed + 0.5 * hidden)  # hidden points shown grey
+    panels = [modality.save(modality.from_features(y), out / "original", [f"original{i:04d}" for i in range(len(idx))]),
+              modality.save(observed_view, out / "observed", [f"observed{i:04d}" for i in range(len(idx))])]
+    for name, z in fits.items():
+        with torch.no_grad():
+            pred, _ = field.forward_points(x, z)
+        mse_hidden = (((pred - y) ** 2) * hidden).sum() / (hidden.sum() * y.shape[0] * y.shape[2])
+        mse_obs = (((pred - y) ** 2) * observed).sum() / (observed.sum() * y.shape[0] * y.shape[2])
+        metrics[name] = {"hidden_psnr": -10 * math.log10(max(float(mse_hidden), 1e-20)),
+                         "observed_psnr": -10 * math.log10(max(float(mse_obs), 1e-20))}
+        panels.append(modality.save(modality.from_features(pred), out / name, [f"{name}{i:04d}" for i in range(len(idx))]))
+    # one row per item: original | observed | no prior | with prior
+    rows = [p for item in zip(*panels) for p in item]
+    metrics["grid"] = str(contact_sheet(rows, out / "imputation_grid.png", columns=len(panels)))
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def interpolate_items(model: str | Path, functaset: str | Path, out: str | Path, a: int, b: int, steps: int = 8,
+                      flow: str | Path | None = None, scale: float = 1.0) -> dict:
+    """Render the path between items ``a`` and ``b`` in latent space (and in the flow's base space)."""
+    field, modality, cfg = load_model(model)
+    fs = Functaset(functaset)
+    fs.check_base_network(cfg["sha256"])
+    za, zb = fs.take([a, b])["latents"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"a": a, "b": b, "steps": steps, "latent": render_latents(field, modality, interpolate(za, zb, steps), out,
+                                                                   "latent_path", scale, columns=steps)}
+    if flow is not None:
+        fl, extra, fcfg = load_task_model(flow, "flow")
+        if fcfg["functaset"]["base_network"] != cfg["sha256"]:
+            raise ArtefactError(f"{flow}: the flow was trained on latents of another base network")
+        if fl.config.num_classes:
+            raise ValueError(f"{flow}: interpolation in base space needs an unconditional flow")
+        std = Standardizer.from_tensors(extra)
+        with torch.no_grad():
+            base = fl.to_base(std(torch.stack([za, zb])))
+            path = std.inverse(fl.from_base(interpolate(base[0], base[1], steps)))
+        res["flow_base"] = render_latents(field, modality, path, out, "flow_path", scale, columns=steps)
+    write_json(out / "metrics.json", res)
+    return res

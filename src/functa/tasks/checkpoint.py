@@ -1,0 +1,94 @@
+"""Self-describing checkpoints of downstream models: ``model.safetensors`` + ``config.json``.
+
+``config.json`` holds the model ``kind``, its config, the training settings, what data it was
+trained on (functaset path and the base network's SHA-256) and metrics, so later commands
+(sampling, imputation, evaluation) need only the checkpoint directory. Extra tensors (the
+functaset standardiser) are stored next to the weights with their own prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..io import ArtefactError, load_tensors, read_json, save_tensors, sha256_file, versions, write_json
+
+__all__ = ["load_task_model", "register_kind", "save_task_model"]
+
+MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+_KINDS: dict[str, tuple[type, type]] = {}
+
+
+def register_kind(kind: str, config_cls: type, model_cls: type) -> None:
+    """Make ``kind`` loadable: ``model_cls(config_cls.from_dict(d) or config_cls(**d))``."""
+    _KINDS[kind] = (config_cls, model_cls)
+
+
+def _kinds() -> dict[str, tuple[type, type]]:
+    if not _KINDS:  # populated lazily so importing this module stays cheap
+        from .classify import ConvClassifier, ConvConfig, MLPClassifier, MLPConfig
+        from .diffusion import DenoiserConfig, ResidualMLPDenoiser
+        from .flow import FlowConfig, LatentFlow
+
+        register_kind("mlp-classifier", MLPConfig, MLPClassifier)
+        register_kind("conv-classifier", ConvConfig, ConvClassifier)
+        register_kind("flow", FlowConfig, LatentFlow)
+        register_kind("ddpm", DenoiserConfig, ResidualMLPDenoiser)
+    return _KINDS
+
+
+def _config_dict(config: Any) -> dict:
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if is_dataclass(config):
+        return {f.name: getattr(config, f.name) for f in fields(config)}
+    raise TypeError(f"cannot serialise model config {config!r}")
+
+
+def save_task_model(directory: str | Path, kind: str, model: nn.Module, state: dict[str, Tensor] | None = None,
+                    extra_tensors: dict[str, Tensor] | None = None, **info: Any) -> str:
+    """Write ``model`` (or the given ``state``, e.g. EMA weights) and ``info``; returns the SHA-256."""
+    if kind not in _kinds():
+        raise ValueError(f"unknown model kind {kind!r}")
+    directory = Path(directory)
+    tensors = {f"model.{k}": v for k, v in (state if state is not None else model.state_dict()).items()}
+    tensors.update(extra_tensors or {})
+    save_tensors(directory / MODEL_FILE, tensors)
+    digest = sha256_file(directory / MODEL_FILE)
+    write_json(directory / CONFIG_FILE, {"kind": kind, "model": _config_dict(model.config), "sha256": digest,
+                                         "versions": versions(), **info})
+    return digest
+
+
+def load_task_model(directory: str | Path, expect: str | tuple[str, ...] | None = None
+                    ) -> tuple[nn.Module, dict[str, Tensor], dict]:
+    """``(model in eval mode, extra tensors, config)`` of a :func:`save_task_model` directory."""
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():
+        raise ArtefactError(f"{directory}: not a model directory (no {CONFIG_FILE})")
+    cfg = read_json(directory / CONFIG_FILE)
+    kind = cfg.get("kind")
+    kinds = _kinds()
+    if kind not in kinds:
+        raise ArtefactError(f"{directory / CONFIG_FILE}: unknown model kind {kind!r}")
+    wanted = (expect,) if isinstance(expect, str) else expect
+    if wanted and kind not in wanted:
+        raise ArtefactError(f"{directory}: is a {kind} model, expected {' or '.join(wanted)}")
+    config_cls, model_cls = kinds[kind]
+    try:
+        mc = config_cls.from_dict(cfg["model"]) if hasattr(config_cls, "from_dict") else config_cls(**cfg["model"])
+        model = model_cls(mc)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ArtefactError(f"{directory / CONFIG_FILE}: invalid model config ({e})") from None
+    if cfg.get("sha256") and sha256_file(directory / MODEL_FILE) != cfg["sha256"]:
+        raise ArtefactError(f"{directory / MODEL_FILE}: SHA-256 does not match {CONFIG_FILE}")
+    tensors = load_tensors(directory / MODEL_FILE)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except RuntimeError as e:
+        raise ArtefactError(f"{directory / MODEL_FILE}: weights do not match the config ({e})") from None
+    extra = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+    return model.eval(), extra, cfg

@@ -1,0 +1,130 @@
+"""Classifiers: an MLP on functa latents and a small CNN on pixel arrays (the baseline).
+
+Paper recipes: functa App. A.7 (Haiku-style MLP with SiLU and dropout, width 128-512, depth 2-4)
+and spatial functa App. B.1 (width 1024, depth 3, dropout 0.2, label smoothing 0.1, AdamW with
+weight decay 0.1, EMA 0.9999). Both models are trained by :class:`functa.tasks.train.Trainer`
+with :func:`classification_loss`, so accuracy and parameter counts compare like for like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ConvClassifier", "ConvConfig", "MLPClassifier", "MLPConfig", "accuracy", "classification_loss",
+           "count_parameters", "predict"]
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """``depth`` hidden layers of ``width`` units (SiLU, dropout), then a linear read-out."""
+
+    in_dim: int
+    num_classes: int
+    width: int = 512
+    depth: int = 3
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.in_dim < 1 or self.num_classes < 2 or self.width < 1 or self.depth < 0:
+            raise ValueError(f"invalid MLP config {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MLPClassifier(nn.Module):
+    """Latents ``(B, D)`` → logits ``(B, num_classes)``."""
+
+    def __init__(self, config: MLPConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        d = config.in_dim
+        for _ in range(config.depth):
+            layers += [nn.Linear(d, config.width), nn.SiLU(), nn.Dropout(config.dropout)]
+            d = config.width
+        layers.append(nn.Linear(d, config.num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.ndim != 2 or z.shape[1] != self.config.in_dim:
+            raise ValueError(f"expected latents (B, {self.config.in_dim}), got {tuple(z.shape)}")
+        return self.net(z)
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    """Pixel baseline: ``len(channels)`` stride-2 3×3 convolutions (SiLU, dropout), a hidden
+    linear layer of ``width`` and a read-out (after Maturana & Scherer, as in functa App. A.7)."""
+
+    in_channels: int
+    num_classes: int
+    image_shape: tuple[int, int]
+    channels: tuple[int, ...] = (32, 64, 128)
+    width: int = 128
+    dropout: float = 0.2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConvConfig":
+        return cls(**{**d, "image_shape": tuple(d["image_shape"]), "channels": tuple(d["channels"])})
+
+
+class ConvClassifier(nn.Module):
+    """Images ``(B, C, H, W)`` with values in ``[0, 1]`` → logits ``(B, num_classes)``."""
+
+    def __init__(self, config: ConvConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        c, (h, w) = config.in_channels, config.image_shape
+        for out in config.channels:
+            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1), nn.SiLU(), nn.Dropout(config.dropout)]
+            c, h, w = out, (h + 1) // 2, (w + 1) // 2
+        layers += [nn.Flatten(), nn.Linear(c * h * w, config.width), nn.SiLU(), nn.Dropout(config.dropout),
+                   nn.Linear(config.width, config.num_classes)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels or tuple(x.shape[2:]) != tuple(cfg.image_shape):
+            raise ValueError(f"expected images (B, {cfg.in_channels}, {cfg.image_shape[0]}, {cfg.image_shape[1]}), "
+                             f"got {tuple(x.shape)}")
+        return self.net(x)
+
+
+def classification_loss(label_smoothing: float = 0.0):
+    """Loss function for the trainer: cross-entropy of ``model(inputs)`` on ``labels``."""
+
+    def loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        inputs, labels = batch
+        return F.cross_entropy(model(inputs), labels, label_smoothing=label_smoothing)
+
+    return loss
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: Tensor, batch_size: int = 4096) -> Tensor:
+    """Predicted classes ``(N,)`` (model in eval mode)."""
+    was = model.training
+    model.eval()
+    out = torch.cat([model(inputs[s:s + batch_size]).argmax(1) for s in range(0, len(inputs), batch_size)])
+    model.train(was)
+    return out
+
+
+def accuracy(model: nn.Module, inputs: Tensor, labels: Tensor, batch_size: int = 4096) -> float:
+    """Top-1 accuracy in ``[0, 1]``."""
+    return float((predict(model, inputs, batch_size) == labels).double().mean())
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

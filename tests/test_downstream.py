@@ -1,0 +1,141 @@
+"""Downstream commands end to end on tiny data: augmentation, classify, flow, diffusion, impute,
+interpolate, and the checks that tie every model to the base network of its functaset."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from functa.cli import main
+from functa.functaset import Functaset
+from functa.tasks.checkpoint import load_task_model
+
+FAST = ["--set", "field.width=16", "--set", "field.depth=3", "--set", "field.latent_dim=6",
+        "--set", "train.batch_size=4", "--set", "train.eval_items=8", "--set", "train.eval_every=4",
+        "--set", "train.save_every=4", "--set", "train.warmup_steps=2"]
+TRAIN = ["--set", "train.steps=30", "--set", "train.batch_size=16", "--set", "train.warmup_steps=5",
+         "--set", "train.eval_every=15", "--set", "train.save_every=15"]
+
+
+def bars(root, n_train=40, n_test=10, size=8):
+    """Two classes of grey images: a bright left half or a bright right half, with noise."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n_train), ("test", n_test)):
+        for i in range(count):
+            img = rng.integers(0, 60, (size, size), dtype=np.uint8)
+            cls = i % 2
+            img[:, : size // 2] += 150 * (cls == 0)
+            img[:, size // 2:] += 150 * (cls == 1)
+            d = root / split / f"c{cls}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("down")
+    data = bars(tmp / "bars")
+    run = tmp / "run"
+    assert main(["--quiet", "fit", str(data), "-o", str(run), "--steps", "12", *FAST]) == 0
+    train_fs, test_fs = tmp / "train.functaset", tmp / "test.functaset"
+    assert main(["--quiet", "encode", str(data), "-m", str(run), "-o", str(train_fs), "--augment", "flip,crop",
+                 "--copies", "2", "--pad", "1", "--batch-size", "16"]) == 0
+    assert main(["--quiet", "encode", str(data), "-m", str(run), "-o", str(test_fs), "--split", "test"]) == 0
+    return tmp, data, run, train_fs, test_fs
+
+
+def test_augmented_functaset_layout(setup):
+    _, _, _, train_fs, _ = setup
+    fs = Functaset(train_fs)
+    arr = fs.arrays()
+    assert len(fs) == 120 and fs.complete  # 40 originals + 2 augmented copies
+    assert fs.header["augmentation"]["copies"] == 2 and fs.header["augmentation"]["kinds"] == ["flip", "crop"]
+    assert np.array_equal(arr["index"].numpy(), np.tile(np.arange(40), 3))
+    assert np.array_equal(arr["labels"][:40].numpy(), arr["labels"][40:80].numpy())
+    assert not np.allclose(arr["latents"][:40].numpy(), arr["latents"][40:80].numpy())  # copies differ
+    assert fs.manifest["summary"]["psnr_of_mean_mse"] > 5
+
+
+def test_classify_train_eval_and_baseline(setup, capsys):
+    tmp, data, _, train_fs, test_fs = setup
+    out = tmp / "clf"
+    assert main(["--quiet", "classify", "train", str(train_fs), "--test", str(test_fs), "-o", str(out),
+                 *TRAIN, "--set", "model.width=32", "--set", "model.depth=2", "--set", "seeds=[0,1]"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["runs"]) == 2 and 0.0 <= metrics["test_accuracy_mean"] <= 1.0
+    assert metrics["parameters"] == 6 * 32 + 32 + 32 * 32 + 32 + 32 * 2 + 2
+    assert "test accuracy" in capsys.readouterr().out
+    model, extra, cfg = load_task_model(out / "seed0")
+    assert cfg["kind"] == "mlp-classifier" and "standardizer.mean" in extra
+    assert main(["classify", "eval", str(out / "seed0"), str(test_fs)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    base = tmp / "pix"
+    assert main(["--quiet", "classify", "baseline", str(data), "-o", str(base), *TRAIN,
+                 "--set", "model.channels=[4,8]", "--set", "model.width=16"]) == 0
+    assert json.loads((base / "metrics.json").read_text())["name"] == "pixel CNN"
+
+
+def test_flow_train_sample_interpolate_impute(setup, capsys):
+    tmp, data, run, train_fs, test_fs = setup
+    flow = tmp / "flow"
+    assert main(["--quiet", "flow", "train", str(train_fs), "--test", str(test_fs), "-o", str(flow), *TRAIN,
+                 "--set", "model.layers=2", "--set", "model.hidden=[16,16]"]) == 0
+    m = json.loads((flow / "metrics.json").read_text())
+    for key in ("test_nll_nats_per_dim", "test_bits_per_dim", "diagonal_gaussian_test_nll_nats_per_dim"):
+        assert np.isfinite(m[key])
+    samples = tmp / "flow_samples"
+    assert main(["flow", "sample", str(flow), "-o", str(samples), "-n", "6", "--scale", "2",
+                 "--temperature", "0.8"]) == 0
+    res = json.loads((samples / "metrics.json").read_text())
+    assert res["samples"]["shape"] == [16, 16] and res["memorisation"]["train_nn_distance_median"] > 0
+    assert (samples / "sample_grid.png").is_file() and (samples / "nearest_train_grid.png").is_file()
+    assert np.load(samples / "sample.npz")["values"].shape == (6, 16, 16, 1)
+
+    inter = tmp / "inter"
+    assert main(["interpolate", str(test_fs), "-m", str(run), "-o", str(inter), "--pair", "0", "3",
+                 "--steps", "5", "--flow", str(flow)]) == 0
+    values = np.load(inter / "latent_path.npz")
+    assert values["values"].shape == (5, 8, 8, 1)
+    ends = Functaset(test_fs).take([0, 3])["latents"].numpy()
+    assert np.allclose(values["latents"][[0, -1]], ends, atol=1e-6)
+    flow_path = np.load(inter / "flow_path.npz")["latents"]
+    assert np.allclose(flow_path[[0, -1]], ends, atol=1e-3)  # the base-space path ends at the items too
+
+    imp = tmp / "imp"
+    assert main(["--quiet", "impute", str(data), "-m", str(run), "-o", str(imp), "--prior", str(flow),
+                 "--indices", "0:4", "--mask", "left-half", "--steps", "20"]) == 0
+    r = json.loads((imp / "metrics.json").read_text())
+    assert set(r) >= {"no_prior", "prior"} and r["observed_fraction"] == pytest.approx(0.5)
+    with Image.open(imp / "imputation_grid.png") as im:
+        assert im.size == (4 * (8 + 2), 4 * (8 + 2))  # original | observed | no prior | prior, 4 rows
+    assert "hidden-region PSNR" in capsys.readouterr().out
+
+
+def test_diffusion_train_and_sample(setup):
+    tmp, _, _, train_fs, _ = setup
+    out = tmp / "ddpm"
+    assert main(["--quiet", "diffusion", "train", str(train_fs), "-o", str(out), *TRAIN,
+                 "--set", "model.width=32", "--set", "model.blocks=1"]) == 0
+    samples = tmp / "ddpm_samples"
+    assert main(["--quiet", "diffusion", "sample", str(out), "-o", str(samples), "-n", "4", "--method", "ddim",
+                 "--steps", "10", "--no-neighbours"]) == 0
+    assert np.load(samples / "sample.npz")["values"].shape == (4, 8, 8, 1)
+
+
+def test_models_are_tied_to_their_base_network(setup, tmp_path, capsys):
+    tmp, data, run, train_fs, test_fs = setup
+    other = tmp_path / "other"
+    assert main(["--quiet", "fit", str(data), "-o", str(other), "--steps", "4", *FAST, "--set", "train.seed=5"]) == 0
+    other_fs = tmp_path / "other_test.functaset"
+    assert main(["--quiet", "encode", str(data), "-m", str(other), "-o", str(other_fs), "--split", "test"]) == 0
+    capsys.readouterr()
+    assert main(["classify", "train", str(train_fs), "--test", str(other_fs), "-o", str(tmp_path / "c"), *TRAIN]) == 2
+    assert "encoded with base network" in capsys.readouterr().err
+    assert main(["interpolate", str(other_fs), "-m", str(run), "-o", str(tmp_path / "i")]) == 2
+    assert "encoded with base network" in capsys.readouterr().err
+    assert main(["encode", str(data), "-m", str(run), "-o", str(tmp_path / "x"), "--copies", "2"]) == 2
+    assert "augmentation" in capsys.readouterr().err
+    assert main(["classify", "train", str(tmp_path / "missing"), "-o", str(tmp_path / "c2")]) == 2
+    assert "not a functaset" in capsys.readouterr().err
