@@ -138,6 +138,10 @@ def test_step_and_ddim_step_consistency():
     # DDIM with eta = 1 and consecutive steps is the ancestral step with variance β̃_t
     assert torch.allclose(s.ddim_step(eps, xt, t, t - 1, eta=1.0, noise=z),
                           s.step(eps, xt, t, noise=z, variance="posterior"), atol=1e-10)
+    # σ_t(η) = η sqrt(β̃_t) for consecutive steps (Song et al. eq. 16)
+    diff = s.ddim_step(eps, xt, t, t - 1, eta=0.5, noise=z) - s.ddim_step(eps, xt, t, t - 1, eta=0.5,
+                                                                          noise=torch.zeros_like(z))
+    assert torch.allclose(diff, 0.5 * post_var.sqrt() * z, atol=1e-10)
     # with the true ε, deterministic DDIM lands exactly on the same-noise point at t_prev
     assert torch.allclose(s.ddim_step(eps, xt, t, 100), s.add_noise(x0, eps, 100), atol=1e-10)
     assert torch.allclose(s.ddim_step(eps, xt, t, -1), x0, atol=1e-10)
@@ -423,4 +427,3 @@ def test_tiny_training_run_reduces_loss():
     x1 = sample(m, sched, 256, 1, method="ddim", steps=50, generator=g)
     x0 = sample(m, sched, 256, 0, method="ddim", steps=50, generator=g)
     assert float(x1[:, 0].mean()) > 0.3 and float(x0[:, 0].mean()) < -0.3
-    assert m.training

@@ -121,19 +121,44 @@ class ArraySource:
         return self.y[torch.as_tensor(idx)]
 
 
-def _learner(steps):
+def _learner(steps, points=None):
     torch.manual_seed(0)
     field = LatentModulatedSiren(SirenConfig(width=16, depth=3, latent_dim=4))
-    cfg = MetaLearningConfig(steps=steps, batch_size=4, outer_lr=1e-3, eval_every=1000, save_every=3)
+    cfg = MetaLearningConfig(steps=steps, batch_size=4, outer_lr=1e-3, eval_every=1000, save_every=3,
+                             points_per_step=points)
     return field, MetaLearner(field, cfg)
 
 
-def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+def test_point_subsampling_uses_matching_random_subsets():
+    src = ArraySource(torch.rand(16, 36, 1), grid(dtype=torch.float32)[0])
+    _, learner = _learner(3, points=10)
+    seen = []
+
+    def record(x, y):
+        seen.append((x.clone(), y.clone()))
+        learner.step_count += 1
+        return {"loss": 0.0, "psnr": 0.0}
+
+    learner.train_step = record
+    learner.fit(src, progress=False)
+    assert [tuple(x.shape) for x, _ in seen] == [(1, 10, 2)] * 3 and all(y.shape == (4, 10, 1) for _, y in seen)
+    x0, y0 = seen[0]
+    # the targets are the features of exactly the sampled coordinates
+    pos = [int(torch.nonzero((src.coords == c).all(1))[0]) for c in x0[0]]
+    rows = [int(torch.nonzero((src.y[:, pos] == y0[k]).all(1).all(1))[0]) for k in range(4)]
+    assert torch.equal(src.y[rows][:, pos], y0)
+    assert not torch.equal(seen[0][0], seen[1][0])  # a new subset every step
+    with pytest.raises(ValueError, match="points_per_step"):
+        MetaLearningConfig(points_per_step=0)
+
+
+@pytest.mark.parametrize("points", [None, 20])
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, points):
     torch.manual_seed(5)
     src = ArraySource(torch.rand(16, 36, 1), grid(dtype=torch.float32)[0])
-    f_full, full = _learner(6)
+    f_full, full = _learner(6, points)
     full.fit(src, progress=False)
-    f_a, a = _learner(6)
+    f_a, a = _learner(6, points)
 
     class Stop(Exception):
         pass
@@ -144,7 +169,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
 
     with pytest.raises(Stop):
         a.fit(src, run_dir=tmp_path, on_save=stop_after_first_save, progress=False)
-    f_b, b = _learner(6)  # a fresh process would rebuild everything and resume from disk
+    f_b, b = _learner(6, points)  # a fresh process would rebuild everything and resume from disk
     b.fit(src, run_dir=tmp_path, progress=False)
     assert b.step_count == 6
     for p, q in zip(f_full.parameters(), f_b.parameters()):

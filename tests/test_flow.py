@@ -11,6 +11,15 @@ from functa.tasks.flow import (FlowConfig, LatentFlow, LinearTailRQSTransform, b
                                diagonal_gaussian_nll)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: intra-op threads only add contention (and on a busy 2-core box, a lot)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _perturbed(config: FlowConfig, scale: float = 0.3, seed: int = 0) -> LatentFlow:
     """A float64 flow whose zero-initialised read-outs are randomised (init is a permutation)."""
     torch.manual_seed(seed)
@@ -68,7 +77,7 @@ def test_initial_flow_is_base_gaussian():
 def test_linear_tail_spline():
     torch.manual_seed(0)
     K, bound = 5, 1.5
-    w, h, d = torch.randn(K, dtype=torch.float64), torch.randn(K, dtype=torch.float64), torch.randn(K + 1, dtype=torch.float64)
+    w, h, d = torch.randn(3 * K + 1, dtype=torch.float64).split([K, K, K + 1])
     t = LinearTailRQSTransform(w, h, d, bound=bound)
     x = torch.linspace(-3 * bound, 3 * bound, 601, dtype=torch.float64)
     y, ladj = t.call_and_ladj(x)
@@ -80,8 +89,8 @@ def test_linear_tail_spline():
     # outside: straight lines through (±bound, ±bound) with the learned edge slopes (not 1)
     slopes = t.derivatives[[0, -1]]
     assert not torch.allclose(slopes, torch.ones(2, dtype=torch.float64))
-    torch.testing.assert_close(t(torch.tensor([-2 * bound, 2 * bound], dtype=torch.float64)),
-                               torch.tensor([-bound - slopes[0] * bound, bound + slopes[1] * bound], dtype=torch.float64))
+    far = torch.tensor([-2 * bound, 2 * bound], dtype=torch.float64)
+    torch.testing.assert_close(t(far), torch.stack([-bound - slopes[0] * bound, bound + slopes[1] * bound]))
 
 
 def test_diagonal_gaussian_nll_closed_form():
@@ -91,7 +100,8 @@ def test_diagonal_gaussian_nll_closed_form():
     assert diagonal_gaussian_nll(train, test) == pytest.approx(expected, abs=1e-12)
     x = torch.randn(500, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.5, 1.0, 2.0])
     var = x.double().var(0, unbiased=False)
-    assert diagonal_gaussian_nll(x, x) == pytest.approx(0.5 * (math.log(2 * math.pi) + 1) + 0.5 * float(var.log().mean()))
+    closed_form = 0.5 * (math.log(2 * math.pi) + 1) + 0.5 * float(var.log().mean())
+    assert diagonal_gaussian_nll(x, x) == pytest.approx(closed_form)
     assert bits_per_dim(math.log(2.0)) == pytest.approx(1.0)
     assert bits_per_dim(2.0) == pytest.approx(2.0 / math.log(2.0))
 
@@ -109,7 +119,7 @@ def test_training_beats_diagonal_gaussian():
 
     model = LatentFlow(FlowConfig(dim=3, layers=2, hidden=(16,)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(250):
+    for _ in range(200):
         idx = torch.randint(0, len(train), (128,))
         loss = model.loss(train[idx])
         opt.zero_grad()
@@ -118,8 +128,8 @@ def test_training_beats_diagonal_gaussian():
     model.eval()
     with torch.no_grad():
         nll = model.loss(test).item()
-    assert nll < diag - 0.3
-    assert nll < true_nll + 0.15
+    assert nll < diag - 0.4
+    assert nll < true_nll + 0.1
 
 
 def test_sampling():

@@ -19,10 +19,10 @@ the flow's transform. In the normalising direction every one of the ``L`` layers
    spline on ``[-bound, bound]``.
 
 zuko's :class:`~zuko.transforms.MonotonicRQSTransform` has ``3K - 1`` parameters: its two boundary
-derivatives are fixed to 1 and it is the identity outside ``[-bound, bound]``. The paper's spline
-(distrax ``RationalQuadraticSpline``, ``3K + 1`` parameters) learns the boundary derivatives and
-extends linearly with those slopes outside the interval; :class:`LinearTailRQSTransform` adds just
-that on top of zuko's spline. The class-conditional flow feeds a learned 32-d label embedding as
+derivatives are fixed to 1 and it is the identity outside ``[-bound, bound]``. The paper counts
+``3K + 1`` parameters, the parametrisation of distrax's ``RationalQuadraticSpline`` (JAX), which
+learns the boundary derivatives and extends linearly with those slopes outside the interval;
+:class:`LinearTailRQSTransform` adds just that on top of zuko's spline. The class-conditional flow feeds a learned 32-d label embedding as
 context to every conditioner; the base distribution never depends on the label.
 """
 
