@@ -113,6 +113,30 @@ def test_flow_train_sample_interpolate_impute(setup, capsys):
     assert "hidden-region PSNR" in capsys.readouterr().out
 
 
+def test_fid_command_with_a_stand_in_inception(setup, tmp_path, capsys):
+    """The FID code path end to end; a randomly initialised Inception stands in for the real weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from functa.tasks.fid import InceptionFeatures
+
+    tmp, data, run, _, test_fs = setup
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.safetensors"
+    save_file({k: v.contiguous() for k, v in InceptionFeatures().state_dict().items()}, str(weights))
+    renders = tmp_path / "renders"
+    assert main(["--quiet", "render", "-m", str(run), "--functaset", str(test_fs), "--indices", "0:4",
+                 "-o", str(renders)]) == 0
+    capsys.readouterr()
+    assert main(["--quiet", "fid", str(renders / "renders.npz"), "--reference", str(data), "--weights", str(weights),
+                 "--limit", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "FID" in out and "4 samples vs 6 reference images" in out
+    assert float(out.split()[1]) >= 0
+    assert main(["fid", str(renders / "renders.npz"), "--reference", str(data), "--weights",
+                 str(tmp_path / "none.pth")]) == 2
+
+
 def test_diffusion_train_and_sample(setup):
     tmp, _, _, train_fs, _ = setup
     out = tmp / "ddpm"

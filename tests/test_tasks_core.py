@@ -89,7 +89,7 @@ def test_conv_baseline_shapes_and_loss_decreases():
     loss = classification_loss()
     first = float(loss(model, (x, y)).detach())
     Trainer(model, loss, TrainConfig(steps=60, batch_size=64, lr=3e-3)).fit((x, y), progress=False)
-    assert float(loss(model.eval(), (x, y))) < first
+    assert float(loss(model.eval(), (x, y)).detach()) < first
     with pytest.raises(ValueError, match="expected images"):
         model(torch.zeros(1, 3, 28, 28))
 

@@ -90,6 +90,14 @@ def _add_downstream(sub) -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-2)
 
+    p = sub.add_parser("fid", help="Fréchet Inception Distance of rendered samples against a dataset split")
+    p.add_argument("samples", type=Path, help="sample.npz / renders.npz written by a sample or render command")
+    p.add_argument("--reference", required=True, help="image dataset (the real images)")
+    p.add_argument("--weights", required=True, type=Path,
+                   help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or a safetensors copy); not downloaded")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--limit", type=int, help="use the first N reference images")
+
     p = sub.add_parser("interpolate", help="render the path between two items of a functaset")
     p.add_argument("functaset", type=Path)
     p.add_argument("-m", "--model", required=True, type=Path, help="base network")
@@ -140,6 +148,10 @@ def _run_downstream(args: argparse.Namespace, progress: bool) -> None:
                 print(f"{name:>8}: hidden-region PSNR {r[name]['hidden_psnr']:.2f} dB, "
                       f"observed-region PSNR {r[name]['observed_psnr']:.2f} dB")
         print(f"grid: {r['grid']}")
+    elif cmd == "fid":
+        r = ds.fid_score(args.weights, args.reference, args.samples, split=args.split, limit=args.limit,
+                         progress=progress)
+        print(f"FID {r['fid']:.2f} ({r['sample_count']} samples vs {r['reference_count']} reference images)")
     elif cmd == "interpolate":
         r = ds.interpolate_items(args.model, args.functaset, args.out, *args.pair, steps=args.steps, flow=args.flow,
                                  scale=args.scale)
@@ -265,7 +277,7 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"{args.path}: neither a run directory nor a functaset", file=sys.stderr)
             return 2
-    elif args.command in ("classify", "flow", "diffusion", "impute", "interpolate"):
+    elif args.command in ("classify", "flow", "diffusion", "impute", "interpolate", "fid"):
         _run_downstream(args, progress)
     elif args.command == "demo":
         from .demo import run_demo

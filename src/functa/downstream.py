@@ -28,7 +28,7 @@ from .tasks.latents import Standardizer, interpolate, nearest_neighbours
 from .tasks.train import TrainConfig, Trainer
 
 __all__ = ["DEFAULTS", "classify_baseline", "classify_eval", "classify_train", "diffusion_sample", "diffusion_train",
-           "flow_sample", "flow_train", "impute", "interpolate_items", "settings"]
+           "fid_score", "flow_sample", "flow_train", "impute", "interpolate_items", "settings"]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     # functa App. A.7 / spatial functa B.1, sized for CPU minutes.
@@ -430,3 +430,32 @@ def interpolate_items(model: str | Path, functaset: str | Path, out: str | Path,
         res["flow_base"] = render_latents(field, modality, path, out, "flow_path", scale, columns=steps)
     write_json(out / "metrics.json", res)
     return res
+
+
+def fid_score(weights: str | Path, reference: str | Path, samples: str | Path, split: str = "test",
+              limit: int | None = None, batch_size: int = 64, progress: bool = True) -> dict:
+    """FID between images of ``reference[split]`` and rendered ``samples`` (a ``sample.npz`` or any
+    npz with ``values (N, H, W, C)`` in the data's units, as written by the sample/render commands).
+
+    ``weights`` is the user's copy of pytorch-fid's Inception file (nothing is downloaded).
+    """
+    from .tasks.fid import InceptionFeatures, fid
+
+    ref = open_data(reference, split, {"limit": limit})
+    if ref.data.ndim != 4 or ref.data.dtype != np.uint8:
+        raise ValueError(f"{reference}: FID needs 8-bit images (M, H, W, C), got {ref.data.dtype} {ref.data.shape}")
+    path = Path(samples)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: samples file not found")
+    with np.load(path, allow_pickle=False) as z:
+        if "values" not in z:
+            raise ValueError(f"{path}: no 'values' array (expected a sample.npz / renders.npz)")
+        values = z["values"]
+    if values.ndim != 4 or values.shape[-1] != ref.data.shape[-1]:
+        raise ValueError(f"{path}: values of shape {values.shape} do not match the reference images "
+                         f"{ref.data.shape[1:]}")
+    fake = np.clip(np.round(values), 0, 255).astype(np.uint8)
+    net = InceptionFeatures.from_file(weights)
+    score = fid(ref.data, fake, net, batch_size=batch_size)
+    return {"fid": score, "reference": str(reference), "split": split, "reference_count": len(ref.data),
+            "samples": str(samples), "sample_count": len(fake), "weights": str(weights)}
