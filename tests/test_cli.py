@@ -81,6 +81,11 @@ def test_sphere_end_to_end(tmp_path):
                  "-o", str(out)]) == 0
     vals = np.load(out / "renders.npz")["values"]
     assert vals.shape == (2, 12, 24) and 150 < vals.mean() < 350  # back in kelvin
+    imp = tmp_path / "imp"  # fill in the southern hemisphere from the northern one (no prior)
+    assert main(["--quiet", "impute", str(path), "-m", str(run), "-o", str(imp), "--mask", "top-half",
+                 "--indices", "0,1", "--steps", "5"]) == 0
+    r = json.loads((imp / "metrics.json").read_text())
+    assert r["observed_fraction"] == pytest.approx(0.5) and 0 < r["no_prior"]["hidden_rmse_data_units"] < 100
 
 
 def test_resume_continues_a_run(tmp_path):

@@ -396,8 +396,12 @@ def impute(model: str | Path, data: str | Path, out: str | Path, prior: str | Pa
             pred, _ = field.forward_points(x, z)
         mse_hidden = (((pred - y) ** 2) * hidden).sum() / (hidden.sum() * y.shape[0] * y.shape[2])
         mse_obs = (((pred - y) ** 2) * observed).sum() / (observed.sum() * y.shape[0] * y.shape[2])
+        # RMSE in the data's own units (grey levels, kelvin, ...) over the hidden points
+        diff = (modality.from_features(pred) - modality.from_features(y)).reshape(len(idx), -1)
+        hidden_pts = np.repeat(hidden[0, :, 0].numpy().astype(bool), diff.shape[1] // hidden.shape[1])
         metrics[name] = {"hidden_psnr": -10 * math.log10(max(float(mse_hidden), 1e-20)),
-                         "observed_psnr": -10 * math.log10(max(float(mse_obs), 1e-20))}
+                         "observed_psnr": -10 * math.log10(max(float(mse_obs), 1e-20)),
+                         "hidden_rmse_data_units": float(np.sqrt(np.mean(diff[:, hidden_pts] ** 2)))}
         panels.append(modality.save(modality.from_features(pred), out / name, [f"{name}{i:04d}" for i in range(len(idx))]))
     # one row per item: original | observed | no prior | with prior
     rows = [p for item in zip(*panels) for p in item]
