@@ -348,6 +348,8 @@ def diffusion_sample(model_dir: str | Path, out: str | Path, n: int = 64, method
     den, extra, cfg = load_task_model(model_dir, "ddpm")
     std = Standardizer.from_tensors(extra)
     labels = _labels_arg(label, n, den.config.num_classes)
+    if method == "ddim" and steps is None:
+        steps = 50
     u = sample(den, DDPMSchedule.from_dict(cfg["schedule"]), n, labels, method=method, steps=steps,
                guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed), progress=progress)
     return _sample_outputs("ddpm", Path(model_dir), std.inverse(u), cfg, Path(out), scale, model, neighbours, std,
