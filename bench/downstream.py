@@ -42,6 +42,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from functa.fitting import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the functa command line does
     result: dict = {"bench": "downstream", "train": str(args.train), "test": str(args.test),
                     "threads": args.threads, "torch": torch.__version__}
 

@@ -42,6 +42,9 @@ def main(argv=None) -> int:
                    "that `functa encode` accepts)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from functa.fitting import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the functa command line does
     marks = sorted(m * 60 for m in args.minutes)
     cfg = load_config(None, [f"field.latent_dim={args.latent}", "train.steps=1000000000"] + args.overrides, args.preset)
     train_ds, test_ds = open_data(args.data, "train"), open_data(args.data, "test")
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
             horizon = int(learner.step_count / trained_s * marks[-1]) + 1
             learner.config = replace(learner.config, steps=max(horizon, learner.step_count + 1))
         if trained_s >= marks[mark_i]:
-            ev = evaluate_reconstruction(field, test, cfg.train.inner_steps, batch_size=250, limit=args.eval_items)
+            ev = evaluate_reconstruction(field, test, cfg.train.inner_steps, limit=args.eval_items)
             last = ev["per_step"][-1]
             row = {"minutes": marks[mark_i] / 60, "steps": learner.step_count, "test_psnr_of_mean_mse":
                    round(last["psnr_of_mean_mse"], 3), "test_mean_psnr": round(last["mean_psnr"], 3),

@@ -172,6 +172,9 @@ def test_map_imputation_prior_beats_no_prior():
     z_plain = map_fit(field, x, noisy, observed, steps=300, lr=3e-2)
     z_prior = map_fit(field, x, noisy, observed, log_prior=log_prior, prior_weight=0.2, steps=300, lr=3e-2)
     plain, prior = masked_mse(z_plain), masked_mse(z_prior)
+    chunked = map_fit(field, x, noisy, observed, log_prior=log_prior, prior_weight=0.2, steps=300, lr=3e-2,
+                      batch_size=7)  # memory-bounded chunks of items: same result
+    assert torch.allclose(chunked, z_prior, atol=1e-5)
     assert prior < 0.9 * plain, (prior, plain)
     assert all(p.requires_grad for p in field.base_parameters())  # base network untouched
     with pytest.raises(ValueError, match="weight"):

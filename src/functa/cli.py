@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, type=Path, help="output .functaset directory")
     p.add_argument("--split", default="train", choices=["train", "test", "all"])
     p.add_argument("--steps", type=int, help="inner steps (default: as in meta-learning)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, help="items per batch (default: as many as fit ~24 MiB activations)")
     p.add_argument("--augment", help="also encode augmented copies of every image: 'flip,crop', 'crop' or 'flip'")
     p.add_argument("--copies", type=int, default=0, help="number of augmented copies of the split (with --augment)")
     p.add_argument("--pad", type=int, default=4, help="zero padding in pixels before the random crop")
@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from .fitting import tune_cpu_allocator
+
+    tune_cpu_allocator()  # the command line owns its process (FUNCTA_NO_MALLOC_TUNING=1 turns it off)
     from .data import DataError
     from .io import ArtefactError
 

@@ -19,7 +19,7 @@ from .config import RunConfig
 from .data import ArrayDataset, DataError, load_dataset
 from .data.augment import ImageAugmentation
 from .fields import LatentModulatedSiren, SirenConfig
-from .fitting import MetaLearner, evaluate_reconstruction, fit_latents
+from .fitting import MetaLearner, auto_batch_size, evaluate_reconstruction, fit_latents
 from .functaset import Functaset, FunctasetWriter
 from .io import ArtefactError, load_base_network, read_json, save_base_network
 from .modalities import FieldDataset, Modality, get_modality, modality_from_config
@@ -94,11 +94,12 @@ def _small_meta(meta: dict) -> dict:
 
 
 def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "train", steps: int | None = None,
-           batch_size: int = 256, chunk_size: int = 4096, progress: bool = True,
+           batch_size: int | None = None, chunk_size: int = 4096, progress: bool = True,
            augmentation: ImageAugmentation | None = None, copies: int = 0) -> Functaset:
     """Encode every item of ``data[split]`` into latents with the frozen base network ``model``.
 
-    ``steps`` defaults to the inner steps used in meta-learning. With ``augmentation`` and
+    ``steps`` defaults to the inner steps used in meta-learning; ``batch_size`` to
+    :func:`functa.fitting.auto_batch_size` (memory-bounded). With ``augmentation`` and
     ``copies > 0`` the functaset holds the originals followed by ``copies`` augmented copies of
     the whole split (rows of the same image share ``index``). Resumes an interrupted run.
     """
@@ -121,6 +122,7 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
     if copies:
         header["augmentation"] = {**asdict(augmentation), "copies": copies}
     total = m * (1 + copies)
+    batch_size = batch_size or auto_batch_size(field, src.coords.shape[0])
     writer = FunctasetWriter(out, header, total=total, chunk_size=chunk_size)
     x = src.coords[None]
     bar = tqdm(total=total, initial=writer.count, desc=f"encoding {split}", disable=not progress, unit="item")
@@ -146,7 +148,7 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
 
 
 def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: int | None = None,
-             limit: int | None = None, batch_size: int = 256, progress: bool = True) -> dict:
+             limit: int | None = None, batch_size: int | None = None, progress: bool = True) -> dict:
     """PSNR after each inner step (both conventions) and modality metrics on ``data[split]``."""
     field, modality, cfg = load_model(model)
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..fields import LatentModulatedSiren, SirenConfig
 from ..io import ArtefactError, load_tensors, read_json, save_tensors, write_json
 from ..optim import load_optimizer_tensors, lr_at, optimizer_tensors
-from .encode import fit_latents
+from .encode import auto_batch_size, fit_latents
 from .inner import InnerLoop
 from .metrics import PsnrMeter, psnr
 from .outer import OuterObjective
@@ -87,7 +87,7 @@ class MetaLearningConfig:
         return lr_at(step, self.outer_lr, self.schedule, self.warmup_steps, self.steps)
 
 
-def evaluate_reconstruction(field: LatentModulatedSiren, source: BatchSource, steps: int, batch_size: int = 64,
+def evaluate_reconstruction(field: LatentModulatedSiren, source: BatchSource, steps: int, batch_size: int | None = None,
                             limit: int | None = None, extra: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None,
                             progress: bool = False) -> dict:
     """PSNR after each inner step ``0..steps`` on (the first ``limit`` items of) ``source``.
@@ -96,6 +96,7 @@ def evaluate_reconstruction(field: LatentModulatedSiren, source: BatchSource, st
     **extra}`` where ``extra(pred, target)`` may add per-item metrics (averaged) for the final step.
     """
     n = len(source) if limit is None else min(limit, len(source))
+    batch_size = batch_size or auto_batch_size(field, source.coords.shape[0])
     meters = [PsnrMeter() for _ in range(steps + 1)]
     sums: dict[str, float] = {}
     x = source.coords[None]

@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..fields import LatentModulatedSiren
+from ..fitting import auto_batch_size
 from .latents import Standardizer
 
 __all__ = ["MASKS", "flow_log_prior", "grid_mask", "map_fit"]
@@ -25,49 +26,66 @@ __all__ = ["MASKS", "flow_log_prior", "grid_mask", "map_fit"]
 LogPrior = Callable[[Tensor], Tensor]
 
 
-def flow_log_prior(flow, standardizer: Standardizer, labels: Tensor | None = None) -> LogPrior:
-    """Log-density of latents ``z (B, D)`` under ``flow`` trained on ``standardizer(z)``."""
+def flow_log_prior(flow, standardizer: Standardizer) -> LogPrior:
+    """Log-density of latents ``z (B, D)`` under an unconditional ``flow`` trained on ``standardizer(z)``."""
     const = standardizer.log_abs_det()
 
     def log_prior(z: Tensor) -> Tensor:
-        return flow.log_prob(standardizer(z), labels) + const
+        return flow.log_prob(standardizer(z)) + const
 
     return log_prior
 
 
 def map_fit(field: LatentModulatedSiren, x: Tensor, y: Tensor, weight: Tensor, *,
             log_prior: LogPrior | None = None, prior_weight: float = 1.0, steps: int = 300, lr: float = 1e-2,
-            init: Tensor | None = None, progress: bool = False) -> Tensor:
+            init: Tensor | None = None, progress: bool = False, batch_size: int | None = None) -> Tensor:
     """MAP latents ``(B, D)`` for observations ``y (B, N, C)`` at ``x (1|B, N, d)``.
 
     ``weight (B|1, N, 1)`` is 1 on observed points and 0 elsewhere. ``init`` defaults to zero
     latents (the meta-learned starting point); samples from the prior are another choice.
-    The base network is not changed.
+    The base network is not changed. Items are independent (per-item loss, element-wise Adam),
+    so they are fitted in memory-bounded chunks of ``batch_size`` (default
+    :func:`functa.fitting.auto_batch_size`) with the same result.
     """
     if weight.shape[-1] != 1 or weight.shape[-2] != y.shape[1]:
         raise ValueError(f"weight must be (B|1, N, 1) with N={y.shape[1]}, got {tuple(weight.shape)}")
     if log_prior is None and prior_weight:
         prior_weight = 0.0
-    z = (field.zero_latents(y.shape[0]) if init is None else init.detach().clone()).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
-    count = weight.sum(1).clamp_min(1.0).squeeze(-1) * y.shape[2]  # (B|1,)
-    params = [p for p in field.parameters()]
+    b = y.shape[0]
+    z0 = field.zero_latents(b) if init is None else init.detach().clone()
+    chunk = batch_size or auto_batch_size(field, y.shape[1])
+    params = list(field.parameters())
     saved = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
+    out = []
     try:
-        for _ in tqdm(range(steps), desc="MAP fitting", disable=not progress, leave=False):
-            pred, _ = field.forward_points(x, z)
-            mse = (((pred - y) ** 2) * weight).sum((1, 2)) / count
-            loss = mse
-            if prior_weight:
-                loss = loss - prior_weight * log_prior(z) / z.shape[1]
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()
+        bar = tqdm(total=steps * ((b + chunk - 1) // chunk), desc="MAP fitting", disable=not progress, leave=False)
+        for s in range(0, b, chunk):
+            sl = slice(s, s + chunk)
+            xs = x if x.shape[0] == 1 else x[sl]
+            ws = weight if weight.shape[0] == 1 else weight[sl]
+            out.append(_map_fit_chunk(field, xs, y[sl], ws, z0[sl], log_prior, prior_weight, steps, lr, bar))
+        bar.close()
     finally:
         for p, s in zip(params, saved):
             p.requires_grad_(s)
+    return torch.cat(out)
+
+
+def _map_fit_chunk(field, x, y, weight, z0, log_prior, prior_weight, steps, lr, bar) -> Tensor:
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    count = weight.sum(1).clamp_min(1.0).squeeze(-1) * y.shape[2]  # (B|1,)
+    for _ in range(steps):
+        pred, _ = field.forward_points(x, z)
+        loss = (((pred - y) ** 2) * weight).sum((1, 2)) / count
+        if prior_weight:
+            loss = loss - prior_weight * log_prior(z) / z.shape[1]
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+        bar.update(1)
     return z.detach()
 
 
