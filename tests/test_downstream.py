@@ -163,3 +163,13 @@ def test_models_are_tied_to_their_base_network(setup, tmp_path, capsys):
     assert "augmentation" in capsys.readouterr().err
     assert main(["classify", "train", str(tmp_path / "missing"), "-o", str(tmp_path / "c2")]) == 2
     assert "not a functaset" in capsys.readouterr().err
+    # a functaset without labels cannot train a classifier
+    from functa.functaset import FunctasetWriter
+
+    src = Functaset(test_fs)
+    w = FunctasetWriter(tmp_path / "nolabels", src.header, total=len(src))
+    arr = src.arrays()
+    w.append(arr["latents"], arr["mse"], np.full(len(src), -1), arr["index"].numpy())
+    w.close()
+    assert main(["classify", "train", str(tmp_path / "nolabels"), "-o", str(tmp_path / "c3"), *TRAIN]) == 2
+    assert "needs labels" in capsys.readouterr().err

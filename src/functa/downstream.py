@@ -85,7 +85,10 @@ def _pair(train: str | Path, test: str | Path | None):
 
 
 def _num_classes(*label_sets: Tensor) -> int:
-    return int(max(int(lbl.max()) for lbl in label_sets if len(lbl))) + 1
+    for lbl in label_sets:
+        if len(lbl) == 0 or int(lbl.min()) < 0:
+            raise ValueError("this task needs labels, but the functaset has unlabelled items (label -1)")
+    return int(max(int(lbl.max()) for lbl in label_sets)) + 1
 
 
 def _source(fs: Functaset, path: str | Path) -> dict:
