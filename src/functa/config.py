@@ -53,7 +53,7 @@ class RunConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"field": {"width": 256, "depth": 10, "latent_dim": 128}, "train": {"outer_lr": 3e-6, "batch_size": 32}},
     "cpu": {"field": {"width": 128, "depth": 6, "latent_dim": 128},
-            "train": {"outer_lr": 1e-4, "schedule": "cosine", "warmup_steps": 100, "grad_clip": 1.0, "batch_size": 32}},
+            "train": {"outer_lr": 3e-4, "schedule": "cosine", "warmup_steps": 100, "grad_clip": 1.0, "batch_size": 32}},
 }
 
 

@@ -18,7 +18,8 @@ meta-learning uses it instead of ``autograd.grad(create_graph=True)``: the whole
 becomes an ordinary first-order graph, which is cheaper, and which ``torch.compile`` can fuse.
 Performance notes: the shift-only path folds ``w0`` into the weights (one matmul + one add per
 layer), computes ``(sin, cos)`` once in the forward pass and reuses both in the explicit backward
-and in autograd (:class:`_SinCos`), and runs matmuls on 2-D ``(B*N, W)`` views. A trace may have
+and in autograd (:func:`functa.fields.sincos.sin_cos`), and runs matmuls on 2-D ``(B*N, W)`` views through
+:mod:`functa.fields.matmul` (oneDNN for fp32 on the CPU). A trace may have
 batch 1 (shared zero-latent first step) and is broadcast against a per-item ``grad_out``.
 """
 
@@ -32,6 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from .init import BiasInit, init_latent_map_, init_siren_linear_
+from .matmul import matmul_nn, matmul_nt
+from .sincos import sin_cos
 from .meta_sgd import MetaSGDLrs
 
 __all__ = ["SirenConfig", "LatentModulatedSiren", "Trace", "hidden_matmul_flops"]
@@ -115,49 +118,6 @@ class Trace:
     lin: list[Tensor | None]
     scale: list[Tensor | None]
     weights: list[Tensor] = dc_field(default_factory=list)
-
-
-class _SinCos(torch.autograd.Function):
-    """``(sin(pre), cos(pre))`` with a backward that reuses both outputs (no transcendental).
-
-    ``d/dpre``: ``g_pre = g_sin * cos - g_cos * sin``. Saving the outputs instead of ``pre`` means
-    the saved tensors are shared with the consumers (next matmul, explicit backward): no extra memory.
-    The backward is written with differentiable ops, so double backward still works.
-    """
-
-    @staticmethod
-    def forward(ctx, pre: Tensor) -> tuple[Tensor, Tensor]:
-        s, c = torch.sin(pre), torch.cos(pre)
-        ctx.save_for_backward(s, c)
-        return s, c
-
-    @staticmethod
-    def backward(ctx, g_sin: Tensor | None, g_cos: Tensor | None) -> Tensor:
-        s, c = ctx.saved_tensors
-        if g_sin is None:
-            return -(g_cos * s)
-        g = g_sin * c
-        return g if g_cos is None else torch.addcmul(g, g_cos, s, value=-1.0)
-
-
-def sin_cos(pre: Tensor, need_cos: bool = True) -> tuple[Tensor, Tensor | None]:
-    """``sin(pre)`` and (optionally) ``cos(pre)``; in-place on ``pre`` when no graph is recorded."""
-    if not need_cos:
-        return (pre.sin_() if not torch.is_grad_enabled() else torch.sin(pre)), None
-    if not torch.is_grad_enabled():
-        s = torch.sin(pre)
-        return s, pre.cos_()
-    return _SinCos.apply(pre)
-
-
-def _matmul_t(h: Tensor, w: Tensor) -> Tensor:
-    """``h @ w.T`` for ``h (B, N, K)`` as one 2-D matmul (no broadcast copies); returns ``(B, N, M)``."""
-    return (h.reshape(-1, h.shape[-1]) @ w.t()).view(*h.shape[:-1], w.shape[0])
-
-
-def _matmul(h: Tensor, w: Tensor) -> Tensor:
-    """``h @ w`` for ``h (B, N, K)``, ``w (K, M)`` as one 2-D matmul; returns ``(B, N, M)``."""
-    return (h.reshape(-1, h.shape[-1]) @ w).view(*h.shape[:-1], w.shape[1])
 
 
 class LatentModulatedSiren(nn.Module):
@@ -257,7 +217,7 @@ class LatentModulatedSiren(nn.Module):
         for i, layer in enumerate(self.layers):
             ws = layer.weight * w0  # (W, W_in)
             v = ((layer.bias + shift[:, i]) * w0)[:, None, :]  # (B, 1, W)
-            u = _matmul_t(h, ws)  # (Bh, N, W)
+            u = matmul_nt(h, ws)  # (Bh, N, W)
             if not torch.is_grad_enabled() and (u.shape[0] == v.shape[0] or v.shape[0] == 1):
                 pre = u.add_(v)  # no graph: reuse the matmul output
             else:
@@ -268,7 +228,7 @@ class LatentModulatedSiren(nn.Module):
                 trace.lin.append(None)
                 trace.scale.append(None)
                 trace.weights.append(ws)
-        out = _matmul_t(h, self.output.weight) + (self.output.bias + c.output_offset)
+        out = matmul_nt(h, self.output.weight) + (self.output.bias + c.output_offset)
         if out.shape[0] != latents.shape[0]:  # shared coordinates and a single latent
             out = out.expand(latents.shape[0], *out.shape[1:])
         return out, trace
@@ -279,7 +239,7 @@ class LatentModulatedSiren(nn.Module):
         trace = Trace([], [], [], []) if keep_trace else None
         h = x
         for i, layer in enumerate(self.layers):
-            lin = torch.nn.functional.linear(h, layer.weight, layer.bias)
+            lin = matmul_nt(h, layer.weight) + layer.bias
             sc = 1.0 + scale[:, i, None, :]
             z = lin * sc
             z = z + shift[:, i, None, :] if shift is not None else z
@@ -288,7 +248,7 @@ class LatentModulatedSiren(nn.Module):
                 trace.cos.append(cs)
                 trace.lin.append(lin)
                 trace.scale.append(sc)
-        out = torch.nn.functional.linear(h, self.output.weight, self.output.bias) + c.output_offset
+        out = matmul_nt(h, self.output.weight) + (self.output.bias + c.output_offset)
         if out.shape[0] != latents.shape[0]:
             out = out.expand(latents.shape[0], *out.shape[1:])
         return out, trace
@@ -309,7 +269,7 @@ class LatentModulatedSiren(nn.Module):
         if grad_out.shape[-1] == 1:  # outer product: one broadcast multiply instead of a matmul
             g = grad_out * self.output.weight[0]
         else:
-            g = grad_out @ self.output.weight  # (B, N, W)
+            g = matmul_nn(grad_out, self.output.weight)  # (B, N, W)
         g_shift: list[Tensor] = []
         g_scale: list[Tensor] = []
         fast = bool(trace.weights)
@@ -318,7 +278,7 @@ class LatentModulatedSiren(nn.Module):
                 gz = g * trace.cos[i]
                 g_shift.append(gz.sum(1))
                 if i > 0:
-                    g = _matmul(gz, trace.weights[i])
+                    g = matmul_nn(gz, trace.weights[i])
                 continue
             gz = g * (c.w0 * trace.cos[i])
             if c.modulate_shift:
@@ -328,7 +288,7 @@ class LatentModulatedSiren(nn.Module):
                 g_scale.append((gz * trace.lin[i]).sum(1))
                 gz = gz * sc
             if i > 0:
-                g = gz @ self.layers[i].weight
+                g = matmul_nn(gz, self.layers[i].weight)
         parts = []
         if c.modulate_shift:
             gs = torch.stack(g_shift[::-1], 1)

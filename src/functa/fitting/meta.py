@@ -52,7 +52,7 @@ class MetaLearningConfig:
     uses all points.
 
     ``outer_lr=3e-6`` is meant for runs of 10^5-10^6 steps; for short CPU runs use the
-    recommended settings in ``docs/training.md`` (higher lr with warm-up + cosine decay and
+    recommended ``--preset cpu`` (``docs/benchmarks.md``, quality for time: higher lr with warm-up + cosine decay and
     gradient clipping).
     """
 
