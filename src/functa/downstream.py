@@ -148,8 +148,8 @@ def classify_eval(model_dir: str | Path, functaset: str | Path) -> dict:
             "accuracy": accuracy(model, std(arr["latents"]), arr["labels"])}
 
 
-def _images(data: str | Path, split: str) -> tuple[Tensor, Tensor, dict]:
-    ds = open_data(data, split)
+def _images(data: str | Path, split: str, progress: bool = True) -> tuple[Tensor, Tensor, dict]:
+    ds = open_data(data, split, progress=progress)
     if ds.data.ndim != 4:
         raise ValueError(f"{data}: the pixel baseline needs images (M, H, W, C), got {ds.data.shape}")
     max_value = 255.0 if ds.data.dtype == np.uint8 else max(float(ds.data.max()), 1.0)
@@ -163,8 +163,8 @@ def classify_baseline(data: str | Path, out: str | Path, overrides: list[str] | 
                       progress: bool = True) -> dict:
     """Train the pixel-array CNN baseline on the same images, with the same trainer and seeds."""
     s = settings("baseline", overrides)
-    x_tr, y_tr, _ = _images(data, "train")
-    x_te, y_te, _ = _images(data, "test")
+    x_tr, y_tr, _ = _images(data, "train", progress)
+    x_te, y_te, _ = _images(data, "test", progress)
     classes = _num_classes(y_tr, y_te)
     out = Path(out)
     runs = []
@@ -373,7 +373,7 @@ def impute(model: str | Path, data: str | Path, out: str | Path, prior: str | Pa
     from .tasks.inference import flow_log_prior, grid_mask, map_fit
 
     field, modality, base_cfg = load_model(model)
-    src = FieldDataset(open_data(data, split, base_cfg.get("data")), modality)
+    src = FieldDataset(open_data(data, split, base_cfg.get("data"), progress), modality)
     idx = parse_indices(indices, len(src))
     y = src.features(idx)
     observed = torch.from_numpy(grid_mask(modality.shape, mask, fraction, seed)).float()[None, :, None]
@@ -450,7 +450,7 @@ def fid_score(weights: str | Path, reference: str | Path, samples: str | Path, s
     """
     from .tasks.fid import InceptionFeatures, fid
 
-    ref = open_data(reference, split, {"limit": limit})
+    ref = open_data(reference, split, {"limit": limit}, progress)
     if ref.data.ndim != 4 or ref.data.dtype != np.uint8:
         raise ValueError(f"{reference}: FID needs 8-bit images (M, H, W, C), got {ref.data.dtype} {ref.data.shape}")
     path = Path(samples)

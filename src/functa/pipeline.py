@@ -27,10 +27,11 @@ from .modalities import FieldDataset, Modality, get_modality, modality_from_conf
 __all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "open_data", "parse_indices", "render"]
 
 
-def open_data(path: str | Path, split: str, data_cfg: dict | None = None) -> ArrayDataset:
+def open_data(path: str | Path, split: str, data_cfg: dict | None = None, progress: bool = True) -> ArrayDataset:
+    """Load ``split`` of the dataset at ``path`` with the ``data`` section of a run config."""
     d = data_cfg or {}
     return load_dataset(path, split, variable=d.get("variable"), test_fraction=d.get("test_fraction", 0.1),
-                        limit=d.get("limit"))
+                        limit=d.get("limit"), progress=progress)
 
 
 def _infer_modality(ds: ArrayDataset, name: str | None) -> Modality:
@@ -57,9 +58,9 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
     """
     out = Path(out)
     data_cfg = asdict(config.data)
-    train_ds = open_data(data, "train", data_cfg)
+    train_ds = open_data(data, "train", data_cfg, progress)
     try:
-        val_ds = open_data(data, "test", data_cfg)
+        val_ds = open_data(data, "test", data_cfg, progress)
     except DataError:  # data without a test split: validate on the first training items
         val_ds = train_ds
     modality = _infer_modality(train_ds, config.modality)
@@ -105,7 +106,7 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
     """
     field, modality, cfg = load_model(model)
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
-    ds = open_data(data, split, cfg.get("data"))
+    ds = open_data(data, split, cfg.get("data"), progress)
     src = FieldDataset(ds, modality)
     if copies < 0:
         raise ValueError(f"copies must be >= 0, got {copies}")
@@ -152,7 +153,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: in
     """PSNR after each inner step (both conventions) and modality metrics on ``data[split]``."""
     field, modality, cfg = load_model(model)
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
-    src = FieldDataset(open_data(data, split, cfg.get("data")), modality)
+    src = FieldDataset(open_data(data, split, cfg.get("data"), progress), modality)
     res = evaluate_reconstruction(field, src, steps, batch_size=batch_size, limit=limit, extra=modality.metrics,
                                   progress=progress)
     return {"name": "functa-eval", "model": str(model), "data": str(data), "split": split,

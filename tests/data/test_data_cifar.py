@@ -178,3 +178,16 @@ def test_corrupt_jpeg_names_file_and_index(tmp_path):
     np.savez(p, **z)
     with pytest.raises(DataError, match=r"cifar10_jpeg_q75_train\.npz.*JPEG #1"):
         load_dataset(p)
+
+
+def test_progress_bar_only_when_asked(tmp_path, capsys, monkeypatch):
+    """Decoding many JPEGs shows a bar, unless ``progress=False`` (``functa --quiet``)."""
+    import functa.data.cifar as cifar
+
+    monkeypatch.setattr(cifar, "_PROGRESS_MIN", 2)
+    p = tmp_path / "cifar10_jpeg_q75_train.npz"
+    write_jpeg_npz(p, 4, seed=0)
+    load_dataset(p, "train", progress=False)
+    assert "decoding" not in capsys.readouterr().err
+    load_dataset(p, "train")
+    assert "decoding" in capsys.readouterr().err

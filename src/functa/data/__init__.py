@@ -95,6 +95,7 @@ def load_dataset(
     variable: str | None = None,
     test_fraction: float = 0.1,
     limit: int | None = None,
+    progress: bool = True,
 ) -> ArrayDataset:
     """Load the dataset at ``path`` (format sniffed, see module docstring) into memory.
 
@@ -105,6 +106,7 @@ def load_dataset(
         variable: field variable to load from grid / NetCDF files (required when several qualify).
         test_fraction: grids only: the last ``round(test_fraction * M)`` items (at least 1) form "test".
         limit: keep only the first ``limit`` items of the split.
+        progress: show a progress bar while decoding many image files (JPEG npz, image folders).
 
     Returns:
         :class:`ArrayDataset` with ``data`` ``(M, H, W, C)`` uint8 (images) or ``(M, H, W)`` float32 (fields).
@@ -119,11 +121,11 @@ def load_dataset(
     if fmt == "idx":
         return load_idx(p, split, limit)
     if fmt == "cifar-npz":
-        return load_cifar_npz(p, split, limit)
+        return load_cifar_npz(p, split, limit, progress=progress)
     if fmt == "cifar-python":
         return load_cifar_python(p, split, limit)
     if fmt == "image-folder":
-        return load_image_folder(p, split, limit)
+        return load_image_folder(p, split, limit, progress=progress)
     kw = dict(variable=variable, test_fraction=test_fraction, limit=limit)
     if fmt == "grid-npz":
         return load_grid_npz(p, split, **kw)

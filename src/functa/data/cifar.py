@@ -100,13 +100,13 @@ def find_cifar_npz(directory: Path, split: str) -> Path | None:
     return None
 
 
-def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, path: Path) -> np.ndarray:
+def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray, path: Path, progress: bool = True) -> np.ndarray:
     """Decode ``len(offsets) - 1`` JPEGs into ``(N, H, W, 3)`` uint8 (a per-image loop: PIL decodes one at a time)."""
     n = len(offsets) - 1
     if n < 0 or np.any(np.diff(offsets) <= 0) or offsets[0] < 0 or offsets[-1] > buf.size:
         raise DataError(f"{path}: 'offsets' must increase strictly within 0..{buf.size} (len(jpeg_bytes))")
     it: Any = range(n)
-    if n > _PROGRESS_MIN:
+    if progress and n > _PROGRESS_MIN:
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc=f"decoding {path.name}", unit="img", leave=False)
@@ -133,7 +133,7 @@ def _split_from_name(name: str) -> str | None:
     return None
 
 
-def load_cifar_npz(path: Path, split: str, limit: int | None = None) -> ArrayDataset:
+def load_cifar_npz(path: Path, split: str, limit: int | None = None, progress: bool = True) -> ArrayDataset:
     """Load a CIFAR ``.npz`` file (lossless or JPEG layout) or a directory holding such files.
 
     ``split`` in {"train", "test", "all"} selects arrays of the lossless file; a JPEG file holds one split
@@ -178,7 +178,7 @@ def load_cifar_npz(path: Path, split: str, limit: int | None = None) -> ArrayDat
         if len(offsets) != len(y) + 1:
             raise DataError(f"{path}: 'offsets' has {len(offsets)} entries, expected len(y)+1 = {len(y) + 1}")
         n = len(y) if limit is None else min(limit, len(y))
-        x = _decode_jpegs(buf, offsets[: n + 1], path)
+        x = _decode_jpegs(buf, offsets[: n + 1], path, progress)
         meta.update(split=_split_from_name(path.stem), layout="jpeg")
         return ArrayDataset(x, y[:n].astype(np.int64), meta)
 

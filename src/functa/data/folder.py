@@ -83,7 +83,7 @@ def _open_error(f: Path, e: Exception) -> DataError:
     return DataError(f"{f}: cannot read image ({type(e).__name__}: {e})")
 
 
-def load_image_folder(root: Path, split: str, limit: int | None = None) -> ArrayDataset:
+def load_image_folder(root: Path, split: str, limit: int | None = None, progress: bool = True) -> ArrayDataset:
     """Load every image under ``root`` (see module docstring) into ``(M, H, W, C)`` uint8 + labels ``(M,)``."""
     bases, class_names, split_name = _layout(root, split)
     items = [it for b in bases for it in _items(b, class_names)]
@@ -117,7 +117,7 @@ def load_image_folder(root: Path, split: str, limit: int | None = None) -> Array
 
     # pass 2: decode
     it: Any = enumerate(items)
-    if len(items) > _PROGRESS_MIN:
+    if progress and len(items) > _PROGRESS_MIN:
         from tqdm.auto import tqdm
 
         it = tqdm(it, total=len(items), desc=f"reading {root.name}", unit="img", leave=False)
