@@ -1,0 +1,27 @@
+"""Compression with functa (COIN++ and beyond): quantisation, entropy coding, the ``.fta``
+container, patches for large items, the codec itself, and the baselines it is measured against."""
+
+from .container import ContainerError, Header, pack, unpack
+from .entropy import ENTROPY_MODELS, FactorizedModel, fit_entropy_model
+from .model import CodecConfig, CodecError, FunctaCodec
+from .patches import PatchGrid, from_patches, to_patches
+from .quantize import Quantizer, QuantizerConfig, default_std_range
+
+__all__ = [
+    "CodecConfig",
+    "CodecError",
+    "ContainerError",
+    "ENTROPY_MODELS",
+    "FactorizedModel",
+    "FunctaCodec",
+    "Header",
+    "PatchGrid",
+    "Quantizer",
+    "QuantizerConfig",
+    "default_std_range",
+    "fit_entropy_model",
+    "from_patches",
+    "pack",
+    "to_patches",
+    "unpack",
+]

@@ -1,0 +1,144 @@
+"""The ``.fta`` file: a compressed item with what is needed to decode it, and a checksum.
+
+Byte layout (little endian; ``varint`` = unsigned LEB128, at most 5 bytes, no overlong forms):
+
+====== ======= ==============================================================================
+offset size    field
+====== ======= ==============================================================================
+0      4       magic ``b"FTAC"``
+4      1       format version (1)
+5      8       codec id: first 8 bytes of the codec model's SHA-256 (base network, quantiser
+               statistics and entropy tables); decoding with another model is refused
+13     1       modality code (1 image, 2 sphere; see :data:`MODALITY_CODES`)
+14     1       quantiser id: bits (1-16) in the low 5 bits, bit 7 set for per-dimension statistics
+15     1       entropy-model id (0 histogram, 1 per-dimension; see :data:`ENTROPY_CODES`)
+16     1       number of spatial axes ``k`` (1-4)
+17     varint  ``k`` item sizes along the spatial axes (each 1 .. 2^20)
+...    varint  payload length ``L``
+...    L       payload: the range-coded quantised latents of all patches, in patch order
+end-4  4       CRC-32 (zlib) of every preceding byte
+====== ======= ==============================================================================
+
+:func:`unpack` checks the length, magic, version, checksum and every field's range before
+anything is decoded, and raises :class:`ContainerError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+
+__all__ = ["ContainerError", "Header", "pack", "unpack", "MAGIC", "VERSION", "MODALITY_CODES", "ENTROPY_CODES",
+           "MAX_AXIS", "MAX_POINTS"]
+
+MAGIC = b"FTAC"
+VERSION = 1
+MODALITY_CODES = {"image": 1, "sphere": 2}
+ENTROPY_CODES = {"histogram": 0, "per_dimension": 1}
+MAX_AXIS = 2**20
+MAX_POINTS = 2**31
+_FIXED = struct.Struct("<4sB8sBBBB")  # magic, version, codec id, modality, quantiser, entropy, axes
+
+
+class ContainerError(ValueError):
+    """A ``.fta`` byte string is truncated, corrupt, of another version, or for another codec."""
+
+
+@dataclass(frozen=True)
+class Header:
+    codec_id: bytes  # 8 bytes
+    modality: str
+    bits: int
+    per_dimension: bool
+    entropy_model: str
+    shape: tuple[int, ...]
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError("varints are unsigned")
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(5):
+        if pos >= end:
+            raise ContainerError(f"truncated file: {what} runs past the end")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            if i and b == 0:
+                raise ContainerError(f"malformed {what} (overlong encoding)")
+            return value, pos
+    raise ContainerError(f"malformed {what} (varint longer than 5 bytes)")
+
+
+def pack(header: Header, payload: bytes) -> bytes:
+    """Serialise ``header`` and ``payload`` (see the module docstring for the layout)."""
+    if len(header.codec_id) != 8:
+        raise ValueError("codec_id must be 8 bytes")
+    if header.modality not in MODALITY_CODES:
+        raise ValueError(f"modality {header.modality!r} has no container code; known: {sorted(MODALITY_CODES)}")
+    if not 1 <= header.bits <= 16:
+        raise ValueError(f"bits must be in 1..16, got {header.bits}")
+    if not 1 <= len(header.shape) <= 4 or not all(1 <= s <= MAX_AXIS for s in header.shape):
+        raise ValueError(f"item shape {header.shape} outside the container's limits (1-4 axes of 1..{MAX_AXIS})")
+    quant = header.bits | (0x80 if header.per_dimension else 0)
+    out = bytearray(_FIXED.pack(MAGIC, VERSION, header.codec_id, MODALITY_CODES[header.modality], quant,
+                                ENTROPY_CODES[header.entropy_model], len(header.shape)))
+    for s in header.shape:
+        out += _varint(s)
+    out += _varint(len(payload))
+    out += payload
+    out += struct.pack("<I", zlib.crc32(out))
+    return bytes(out)
+
+
+def unpack(data: bytes) -> tuple[Header, bytes]:
+    """Parse and validate a ``.fta`` byte string; returns the header and the payload."""
+    data = bytes(data)
+    if len(data) < _FIXED.size + 2 + 4:
+        raise ContainerError(f"truncated file: {len(data)} bytes is shorter than any .fta file")
+    if data[:4] != MAGIC:
+        raise ContainerError(f"not a functa compressed file (magic {data[:4]!r}, expected {MAGIC!r})")
+    if data[4] != VERSION:
+        raise ContainerError(f"format version {data[4]} is not supported (this library reads version {VERSION})")
+    body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+    if zlib.crc32(body) != crc:
+        raise ContainerError("checksum mismatch: the file is truncated or corrupted")
+    _, _, codec_id, modality_code, quant, entropy_code, axes = _FIXED.unpack_from(body)
+    modality = {v: k for k, v in MODALITY_CODES.items()}.get(modality_code)
+    entropy = {v: k for k, v in ENTROPY_CODES.items()}.get(entropy_code)
+    bits = quant & 0x1F
+    if modality is None:
+        raise ContainerError(f"unknown modality code {modality_code}")
+    if entropy is None:
+        raise ContainerError(f"unknown entropy-model code {entropy_code}")
+    if not 1 <= bits <= 16 or quant & 0x60:
+        raise ContainerError(f"invalid quantiser id 0x{quant:02x}")
+    if not 1 <= axes <= 4:
+        raise ContainerError(f"invalid number of axes {axes}")
+    pos, end = _FIXED.size, len(body)
+    shape = []
+    for i in range(axes):
+        s, pos = _read_varint(body, pos, end, f"size of axis {i}")
+        if not 1 <= s <= MAX_AXIS:
+            raise ContainerError(f"axis {i} has size {s}, outside 1..{MAX_AXIS}")
+        shape.append(s)
+    if math.prod(shape) > MAX_POINTS:
+        raise ContainerError(f"item shape {tuple(shape)} has more than {MAX_POINTS} points")
+    length, pos = _read_varint(body, pos, end, "payload length")
+    if pos + length != end:
+        raise ContainerError(f"payload length {length} does not match the file ({end - pos} bytes remain)")
+    header = Header(codec_id, modality, bits, bool(quant & 0x80), entropy, tuple(shape))
+    return header, body[pos:]

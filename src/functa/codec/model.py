@@ -1,0 +1,267 @@
+"""The functa codec (COIN++): encode an item into latents, quantise, entropy-code, and back.
+
+A :class:`FunctaCodec` bundles a frozen base network, its modality (whose grid is the *patch*
+size), a fitted :class:`~functa.codec.quantize.Quantizer` and a fitted entropy model. It is made
+in one explicit step, :meth:`FunctaCodec.build`, from training latents (the statistics and
+frequency tables are part of the codec, not of each file); there is no unfitted codec to call
+``compress`` on by mistake.
+
+Compressing an item ``(*shape[, C])``: reflect-pad to whole patches, fit one latent per patch with
+``inner_steps`` meta-SGD steps (:func:`functa.fitting.fit_latents`; more steps than in
+meta-learning reuse the learned rates), optionally refine the *quantised* latents by a few Adam
+steps with a straight-through gradient (``refine_steps``), quantise, range-code all patches'
+symbols as one payload, and wrap it in a ``.fta`` container (:mod:`functa.codec.container`).
+Decompressing reverses this without any fitting: decode symbols, dequantise, evaluate the base
+network on every patch grid, stitch.
+
+On disk a codec is a directory: the base network's ``model.safetensors`` and ``config.json``
+(copied byte for byte, so it stays a valid base network) plus ``codec.json`` (settings, codec id)
+and ``codec.safetensors`` (quantiser statistics and entropy tables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..fields import LatentModulatedSiren
+from ..fitting import auto_batch_size, fit_latents, mse_per_item
+from ..io import CONFIG_FILE, MODEL_FILE, ArtefactError, load_base_network, load_tensors, read_json, save_tensors, write_json
+from ..modalities import Modality, modality_from_config
+from .container import Header, pack, unpack
+from .entropy import FactorizedModel, fit_entropy_model
+from .patches import PatchGrid, from_patches, to_patches
+from .quantize import Quantizer, QuantizerConfig
+
+__all__ = ["CodecConfig", "CodecError", "FunctaCodec", "CODEC_FILE", "CODEC_TENSORS"]
+
+CODEC_FILE = "codec.json"
+CODEC_TENSORS = "codec.safetensors"
+FORMAT = "functa-codec"
+FORMAT_VERSION = 1
+
+
+class CodecError(ValueError):
+    """A compressed file cannot be decoded by this codec (corrupt, truncated or made by another)."""
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Settings of a codec. ``inner_steps`` / ``refine_steps`` are encode-time defaults only
+    (decoding never fits); ``inner_steps=None`` uses the meta-learning value."""
+
+    quantizer: QuantizerConfig = QuantizerConfig()
+    entropy_model: str = "per_dimension"
+    inner_steps: int | None = None
+    refine_steps: int = 0
+    refine_lr: float = 0.25  # Adam step in units of one quantisation level
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quantizer, dict):
+            object.__setattr__(self, "quantizer", QuantizerConfig(**self.quantizer))
+        if self.inner_steps is not None and self.inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
+        if self.refine_steps < 0 or not self.refine_lr > 0:
+            raise ValueError("refine_steps must be >= 0 and refine_lr > 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Encoded:
+    symbols: Tensor  # (B*P, D) int64
+    mse: Tensor  # (B*P,) feature-space MSE of the quantised reconstruction per patch
+
+
+class FunctaCodec:
+    """Compress and decompress items of one modality with a meta-learned base network."""
+
+    def __init__(self, field: LatentModulatedSiren, modality: Modality, base_config: dict, quantizer: Quantizer,
+                 entropy: FactorizedModel, config: CodecConfig) -> None:
+        if entropy.kind != config.entropy_model:
+            raise ValueError(f"entropy model {entropy.kind!r} does not match the config ({config.entropy_model!r})")
+        if entropy.num_symbols != config.quantizer.levels:
+            raise ValueError(f"entropy model has {entropy.num_symbols} symbols, the quantiser {config.quantizer.levels}")
+        self.field = field.eval()
+        self.modality, self.base_config = modality, base_config
+        self.quantizer, self.entropy, self.config = quantizer, entropy, config
+        self.codec_id = self._digest()
+
+    # ------------------------------------------------------------------ building and storage
+    @classmethod
+    def build(cls, field: LatentModulatedSiren, modality: Modality, base_config: dict, train_latents: Tensor,
+              config: CodecConfig = CodecConfig()) -> "FunctaCodec":
+        """Freeze quantiser statistics and entropy tables from training latents ``(N, D)``."""
+        if train_latents.ndim != 2 or train_latents.shape[1] != field.config.code_dim:
+            raise ValueError(f"training latents must be (N, {field.config.code_dim}), got {tuple(train_latents.shape)}")
+        quantizer = Quantizer.fit(train_latents, config.quantizer)
+        entropy = fit_entropy_model(config.entropy_model, quantizer.quantize(train_latents), config.quantizer.levels)
+        return cls(field, modality, base_config, quantizer, entropy, config)
+
+    def _digest(self) -> bytes:
+        h = hashlib.sha256()
+        h.update(str(self.base_config.get("sha256", "")).encode())
+        h.update(json.dumps(self.config.quantizer.to_dict(), sort_keys=True).encode())
+        h.update(self.config.entropy_model.encode())
+        for t in (self.quantizer.mean, self.quantizer.std, self.entropy.counts):
+            h.update(t.contiguous().numpy().tobytes())
+        return h.digest()[:8]
+
+    def save(self, directory: str | Path, base_dir: str | Path, extra: dict | None = None) -> Path:
+        """Write the codec directory (base network files copied from ``base_dir``)."""
+        directory, base_dir = Path(directory), Path(base_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in (MODEL_FILE, CONFIG_FILE):
+            if (base_dir / name).resolve() != (directory / name).resolve():
+                shutil.copyfile(base_dir / name, directory / name)
+        tensors = {f"quantizer.{k}": v for k, v in self.quantizer.state().items()}
+        tensors.update({f"entropy.{k}": v for k, v in self.entropy.state().items()})
+        save_tensors(directory / CODEC_TENSORS, tensors)
+        write_json(directory / CODEC_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                            "codec_id": self.codec_id.hex(), "config": self.config.to_dict(),
+                                            "base_network_sha256": self.base_config.get("sha256"),
+                                            "patch_shape": list(self.modality.shape), **(extra or {})})
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FunctaCodec":
+        directory = Path(directory)
+        meta = read_json(directory / CODEC_FILE)
+        if meta.get("format") != FORMAT:
+            raise ArtefactError(f"{directory / CODEC_FILE}: not a functa codec (format {meta.get('format')!r})")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise ArtefactError(f"{directory}: codec format {meta['format_version']} is newer than this library "
+                                f"supports ({FORMAT_VERSION}); upgrade functa")
+        field, base_config = load_base_network(directory)
+        if meta.get("base_network_sha256") != base_config.get("sha256"):
+            raise ArtefactError(f"{directory}: the codec was built for base network {meta.get('base_network_sha256')}, "
+                                f"but the directory holds {base_config.get('sha256')}")
+        config = CodecConfig(**meta["config"])
+        tensors = load_tensors(directory / CODEC_TENSORS)
+        try:
+            quantizer = Quantizer.from_state(config.quantizer, {k[10:]: v for k, v in tensors.items()
+                                                                if k.startswith("quantizer.")})
+            entropy = FactorizedModel.from_state(config.entropy_model, {k[8:]: v for k, v in tensors.items()
+                                                                        if k.startswith("entropy.")})
+        except (KeyError, ValueError) as e:
+            raise ArtefactError(f"{directory / CODEC_TENSORS}: invalid codec tables ({e})") from None
+        codec = cls(field, modality_from_config(base_config["modality"]), base_config, quantizer, entropy, config)
+        if codec.codec_id.hex() != meta.get("codec_id"):
+            raise ArtefactError(f"{directory}: codec id {codec.codec_id.hex()} computed from the files does not match "
+                                f"{CODEC_FILE} ({meta.get('codec_id')}); the tables were modified")
+        return codec
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def patch_shape(self) -> tuple[int, ...]:
+        return tuple(self.modality.shape)
+
+    def _batch(self) -> int:
+        return auto_batch_size(self.field, int(np.prod(self.patch_shape)))
+
+    def encode_patches(self, features: Tensor, inner_steps: int | None = None, refine_steps: int | None = None) -> _Encoded:
+        """Fit, (refine) and quantise latents for patch features ``(M, N, C)`` -> symbols ``(M, D)``."""
+        steps = self.default_inner_steps() if inner_steps is None else inner_steps
+        refine = self.config.refine_steps if refine_steps is None else refine_steps
+        x = self.modality.coordinates()[None]
+        symbols, mses = [], []
+        for start in range(0, features.shape[0], self._batch()):
+            y = features[start:start + self._batch()]
+            z = fit_latents(self.field, x, y, steps).latents
+            if refine:
+                z = self._refine(x, y, z, refine)
+            q = self.quantizer.quantize(z)
+            with torch.no_grad():
+                pred, _ = self.field.forward_points(x, self.quantizer.dequantize(q))
+            symbols.append(q)
+            mses.append(mse_per_item(pred.clamp(0, 1), y))
+        return _Encoded(torch.cat(symbols), torch.cat(mses))
+
+    def default_inner_steps(self) -> int:
+        if self.config.inner_steps is not None:
+            return self.config.inner_steps
+        return int(self.base_config.get("run", {}).get("train", {}).get("inner_steps", 3))
+
+    def _refine(self, x: Tensor, y: Tensor, z: Tensor, steps: int) -> Tensor:
+        """Adam on the latents through the quantiser (straight-through gradient); keeps, per patch,
+        the latents whose *quantised* reconstruction was best (never worse than no refinement)."""
+        step = self.quantizer.step().float()
+        delta = torch.zeros_like(z, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=self.config.refine_lr)
+        best_z, best = z.clone(), torch.full((z.shape[0],), float("inf"))
+        for i in range(steps + 1):
+            cur = z + delta * step
+            zq = self.quantizer.dequantize(self.quantizer.quantize(cur.detach()))
+            zq = cur + (zq - cur).detach()  # straight-through
+            pred, _ = self.field.forward_points(x, zq)
+            mse = mse_per_item(pred, y)
+            better = mse.detach() < best
+            best = torch.where(better, mse.detach(), best)
+            best_z[better] = cur.detach()[better]
+            if i == steps:
+                break
+            opt.zero_grad(set_to_none=True)
+            mse.sum().backward()
+            opt.step()
+        return best_z
+
+    def compress_many(self, items: np.ndarray, inner_steps: int | None = None,
+                      refine_steps: int | None = None) -> list[bytes]:
+        """Compress a stack of same-shape items ``(B, *shape[, C])`` (all their patches fitted in batches)."""
+        items = np.asarray(items)
+        k = len(self.patch_shape)
+        patches, grid = zip(*(to_patches(it, self.patch_shape) for it in items)) if len(items) else ((), ())
+        if not patches:
+            return []
+        feats = self.modality.to_features(np.concatenate(patches))
+        enc = self.encode_patches(feats, inner_steps, refine_steps)
+        per_item = grid[0].num_patches
+        out = []
+        for b in range(len(items)):
+            sym = enc.symbols[b * per_item:(b + 1) * per_item]
+            out.append(pack(self._header(tuple(items.shape[1:1 + k])), self.entropy.encode(sym)))
+        return out
+
+    def compress(self, item: np.ndarray, inner_steps: int | None = None, refine_steps: int | None = None) -> bytes:
+        """Compress one item ``(*shape[, C])`` of any size (padded to whole patches) into ``.fta`` bytes."""
+        return self.compress_many(np.asarray(item)[None], inner_steps, refine_steps)[0]
+
+    def _header(self, shape: tuple[int, ...]) -> Header:
+        q = self.config.quantizer
+        return Header(self.codec_id, self.modality.name, q.bits, q.per_dimension, self.config.entropy_model, shape)
+
+    # ------------------------------------------------------------------ decoding
+    def decompress(self, data: bytes) -> np.ndarray:
+        """``.fta`` bytes -> the item ``(*shape[, C])`` in data units. Raises :class:`CodecError`."""
+        try:
+            header, payload = unpack(data)
+        except ValueError as e:
+            raise CodecError(str(e)) from None
+        if header.codec_id != self.codec_id:
+            raise CodecError(f"the file was made by codec {header.codec_id.hex()}, this is codec {self.codec_id.hex()}")
+        expected = self._header(header.shape)
+        if replace(header, shape=expected.shape) != expected:
+            raise CodecError(f"file settings {header} do not match this codec")
+        if len(header.shape) != len(self.patch_shape):
+            raise CodecError(f"file holds a {len(header.shape)}-axis item, the codec's patches have {len(self.patch_shape)}")
+        grid = PatchGrid(header.shape, self.patch_shape)
+        symbols = self.entropy.decode(payload, grid.num_patches, self.field.config.code_dim)
+        return from_patches(self.render_latents(self.quantizer.dequantize(symbols)), grid)
+
+    def render_latents(self, latents: Tensor) -> np.ndarray:
+        """Latents ``(M, D)`` -> patches ``(M, *patch[, C])`` in data units (memory-bounded batches)."""
+        x = self.modality.coordinates()[None]
+        parts = []
+        with torch.no_grad():
+            for start in range(0, latents.shape[0], self._batch()):
+                pred, _ = self.field.forward_points(x, latents[start:start + self._batch()])
+                parts.append(self.modality.from_features(pred))
+        return np.concatenate(parts) if parts else np.zeros((0, *self.patch_shape), np.float32)
