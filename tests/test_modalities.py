@@ -2,6 +2,8 @@ import json
 
 import numpy as np
 import pytest
+
+from functa.data import DataError
 import torch
 
 from functa.modalities import (ImageModality, SphereModality, available_modalities, get_modality, image_coordinates,
@@ -61,6 +63,13 @@ def test_modality_contract(name, tmp_path):
     paths = mod.save(mod.from_features(feats), tmp_path, ["a", "b"])
     assert all(p.is_file() for p in paths)
     assert name in available_modalities() and get_modality(name) is type(mod)
+    written = mod.write_item(items[0], tmp_path / ("one.png" if name == "image" else "one.npz"))
+    np.testing.assert_allclose(mod.read_item(written), items[0], rtol=1e-6)  # exact for 8-bit images
+    (tmp_path / "junk.png").write_bytes(b"not an image or array")
+    with pytest.raises(DataError, match="junk.png"):
+        mod.read_item(tmp_path / "junk.png")
+    with pytest.raises(DataError, match="no such file"):
+        mod.read_item(tmp_path / "missing.png")
 
 
 def test_sphere_rmse_in_physical_units_latitude_weighted():

@@ -108,6 +108,58 @@ def _add_downstream(sub) -> None:
     p.add_argument("--scale", type=float, default=1.0)
 
 
+def _add_compression(sub) -> None:
+    c = sub.add_parser("codec", help="build a codec (quantiser + entropy model) for a base network")
+    cs = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = cs.add_parser("build", help="fit quantiser statistics and entropy tables on training latents")
+    p.add_argument("-m", "--model", required=True, type=Path, help="base network (a 'functa fit' directory)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="codec directory to write")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="training data: its items (or their patches) are encoded first")
+    src.add_argument("--functaset", type=Path, help="a functaset of this base network")
+    p.add_argument("--split", default="train", choices=["train", "test", "all"])
+    p.add_argument("--limit", type=int, help="use the first N items")
+    p.add_argument("--bits", type=int, default=5, help="bits per latent dimension (COIN++: 5 low rate, 6 high)")
+    p.add_argument("--quantizer", choices=["per-dimension", "global"], default="per-dimension",
+                   help="statistics per latent dimension (thesis 6.4.1) or one for all (COIN++)")
+    p.add_argument("--entropy", choices=["per_dimension", "histogram"], default="per_dimension",
+                   help="per-dimension frequency tables or one shared histogram (COIN++)")
+    p.add_argument("--steps", type=int, help="default encode-time inner steps (default: as in meta-learning)")
+    p.add_argument("--refine", type=int, default=0, help="default refinement steps on the quantised latents")
+
+    p = sub.add_parser("compress", help="compress a file with a codec into a .fta file")
+    p.add_argument("input", type=Path)
+    p.add_argument("-m", "--codec", required=True, type=Path, help="codec directory ('functa codec build')")
+    p.add_argument("-o", "--out", required=True, type=Path)
+    p.add_argument("--steps", type=int, help="inner steps when fitting latents (e.g. 3, 10, 50)")
+    p.add_argument("--refine", type=int, help="Adam steps on the quantised latents (straight-through)")
+
+    p = sub.add_parser("decompress", help="decode a .fta file")
+    p.add_argument("input", type=Path)
+    p.add_argument("-m", "--codec", required=True, type=Path)
+    p.add_argument("-o", "--out", required=True, type=Path, help="output file (e.g. .png for images)")
+
+
+def _run_compression(args: argparse.Namespace, progress: bool) -> None:
+    from . import compression as comp
+
+    if args.command == "codec":
+        r = comp.build_codec(args.model, args.out, data=args.data, functaset=args.functaset, split=args.split,
+                             limit=args.limit, bits=args.bits, per_dimension=args.quantizer == "per-dimension",
+                             entropy_model=args.entropy, inner_steps=args.steps, refine_steps=args.refine,
+                             progress=progress)
+        print(f"wrote codec {r['codec_id']} to {args.out}: {r['train_latents']} training latents, "
+              f"{r['ideal_bits_per_latent_dim']:.3f} bits per latent dimension (of {args.bits})")
+    elif args.command == "compress":
+        r = comp.compress_file(args.codec, args.input, args.out, args.steps, args.refine)
+        quality = f"PSNR {r['psnr_db']:.2f} dB" if "psnr_db" in r else f"RMSE {r['rmse']:.4g}"
+        print(f"wrote {args.out}: {r['bytes']} bytes, {r['bits_per_point']:.4f} bpp, {quality}, "
+              f"{r['patches']} patch(es), {r['encode_s']:.2f} s")
+    else:
+        r = comp.decompress_file(args.codec, args.input, args.out)
+        print(f"wrote {args.out}: shape {tuple(r['shape'])}, {r['decode_s']:.3f} s")
+
+
 def _run_downstream(args: argparse.Namespace, progress: bool) -> None:
     from . import downstream as ds
 
@@ -213,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
 
     _add_downstream(sub)
+    _add_compression(sub)
 
     p = sub.add_parser("info", help="describe a run directory or functaset")
     p.add_argument("path", type=Path)
@@ -279,6 +332,8 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     elif args.command in ("classify", "flow", "diffusion", "impute", "interpolate", "fid"):
         _run_downstream(args, progress)
+    elif args.command in ("codec", "compress", "decompress"):
+        _run_compression(args, progress)
     elif args.command == "demo":
         from .demo import run_demo
 

@@ -59,6 +59,15 @@ class Modality(Protocol):
         """Write items ``(B, *shape[, C])`` (data units) as viewable files; returns the paths."""
         ...
 
+    def read_item(self, path: Path) -> np.ndarray:
+        """One item from a file, of any size along the spatial axes: ``(*size[, C])`` in data units.
+        Raises :class:`~functa.data.DataError` naming the file for unreadable or unsuitable input."""
+        ...
+
+    def write_item(self, item: np.ndarray, path: Path) -> Path:
+        """Write one item ``(*size[, C])`` in data units to ``path`` (atomically; format from the suffix)."""
+        ...
+
     def to_config(self) -> dict:
         """JSON-serialisable description (``name`` included) that :func:`modality_from_config` reads."""
         ...

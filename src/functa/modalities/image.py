@@ -6,14 +6,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import io
+
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from ..data import DataError
+from ..io import atomic_write_bytes
 from .base import grid_centres, register_modality
 
 __all__ = ["ImageModality", "image_coordinates"]
+
+
+def _pil_format(path: Path) -> str:
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image suffix {path.suffix!r}; use e.g. .png")
+    return fmt
 
 
 def image_coordinates(height: int, width: int, convention: Literal["centres", "corners"] = "centres") -> Tensor:
@@ -89,6 +100,26 @@ class ImageModality:
             Image.fromarray(arr[..., 0] if self.channels == 1 else arr).save(p)
             paths.append(p)
         return paths
+
+    def read_item(self, path: Path) -> np.ndarray:
+        """An image file (PNG, JPEG, ...) as ``(H, W, channels)`` uint8 (converted to grey / RGB)."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("L" if self.channels == 1 else "RGB"))
+        except Exception as e:  # PIL raises many exception types for corrupt files
+            raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
+        return arr.reshape(*arr.shape[:2], self.channels)
+
+    def write_item(self, item: np.ndarray, path: Path) -> Path:
+        """Write ``(H, W, C)`` data units as an 8-bit image (format from the suffix, e.g. ``.png``)."""
+        arr = np.clip(np.round(np.asarray(item) / self.max_value * 255.0), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr[..., 0] if self.channels == 1 else arr).save(buf, format=_pil_format(Path(path)))
+        atomic_write_bytes(path, buf.getvalue())
+        return Path(path)
 
     def to_config(self) -> dict:
         return {"name": self.name, "height": self.height, "width": self.width, "channels": self.channels,

@@ -7,6 +7,7 @@ the config, so renders and metrics come back in physical units (e.g. kelvin).
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -16,6 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..data import DataError
+from ..io import atomic_write_bytes
 from .base import register_modality
 
 __all__ = ["SphereModality", "sphere_coordinates", "latitude_weights"]
@@ -130,6 +133,35 @@ class SphereModality:
                      units=np.array(self.units))
             paths.append(p)
         return paths
+
+    def read_item(self, path: Path) -> np.ndarray:
+        """A field ``(lat, lon)`` from ``.npy`` or ``.npz`` (array ``values``, as :meth:`save` writes)."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arr = z["values"] if isinstance(z, np.lib.npyio.NpzFile) else np.asarray(z)
+        except TypeError:  # np.load of a .npy returns an array, which is not a context manager
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{path}: cannot read a field (need .npy or .npz with 'values'; {e})") from None
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+            raise DataError(f"{path}: a field must be a finite 2-D numeric array, got {arr.dtype} {arr.shape}")
+        return arr.astype(np.float32)
+
+    def write_item(self, item: np.ndarray, path: Path) -> Path:
+        """Write a field as ``.npz`` (``values``, ``lat``, ``lon``, ``units``) or ``.npy``."""
+        path = Path(path)
+        buf = io.BytesIO()
+        values = np.asarray(item, dtype=np.float32)
+        if path.suffix == ".npy":
+            np.save(buf, values)
+        else:
+            lat, lon = self.grid(values.shape)
+            np.savez(buf, values=values, lat=lat.numpy(), lon=lon.numpy(), units=np.array(self.units))
+        atomic_write_bytes(path, buf.getvalue())
+        return path
 
     def to_config(self) -> dict:
         return {"name": self.name, "lat": self.lat, "lon": self.lon, "vmin": self.vmin, "vmax": self.vmax,
