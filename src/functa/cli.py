@@ -134,6 +134,18 @@ def _add_compression(sub) -> None:
     p.add_argument("--steps", type=int, help="inner steps when fitting latents (e.g. 3, 10, 50)")
     p.add_argument("--refine", type=int, help="Adam steps on the quantised latents (straight-through)")
 
+    p = sub.add_parser("codec-bench", help="rate-distortion table and plot: functa codecs vs JPEG, JPEG 2000, WebP, AVIF")
+    p.add_argument("data", help="image dataset")
+    p.add_argument("-m", "--codec", dest="codecs", action="append", required=True, type=Path,
+                   help="functa codec directory (repeat: one RD point each)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="directory for rd.json and rd.png")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--limit", type=int, help="first N images")
+    p.add_argument("--standard", nargs="*", help="standard codecs (default: all available)")
+    p.add_argument("--targets", type=float, nargs="+", help="target bpp of the standard codecs")
+    p.add_argument("--steps", type=int, help="functa inner steps at encode time")
+    p.add_argument("--refine", type=int, help="functa refinement steps on the quantised latents")
+
     p = sub.add_parser("decompress", help="decode a .fta file")
     p.add_argument("input", type=Path)
     p.add_argument("-m", "--codec", required=True, type=Path)
@@ -155,6 +167,17 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
         quality = f"PSNR {r['psnr_db']:.2f} dB" if "psnr_db" in r else f"RMSE {r['rmse']:.4g}"
         print(f"wrote {args.out}: {r['bytes']} bytes, {r['bits_per_point']:.4f} bpp, {quality}, "
               f"{r['patches']} patch(es), {r['encode_s']:.2f} s")
+    elif args.command == "codec-bench":
+        kw = {"targets": tuple(args.targets)} if args.targets else {}
+        r = comp.codec_bench(args.data, args.codecs, args.out, split=args.split, limit=args.limit,
+                             standard=args.standard, inner_steps=args.steps, refine_steps=args.refine,
+                             progress=progress, **kw)
+        for name, pts in r["results"].items():
+            for p in sorted(pts, key=lambda q: q["bpp"]):
+                print(f"{name:>9} {p['bpp']:7.3f} bpp  {p['psnr']:6.2f} dB  {p['label']}")
+        for name, v in r["bd_rate_percent_functa_vs"].items():
+            print(f"BD-rate functa vs {name}: " + ("curves do not overlap" if v is None else f"{v:+.1f}%"))
+        print(f"wrote {args.out / 'rd.json'}" + (f" and {r['plot']}" if r.get("plot") else " (pip install matplotlib for rd.png)"))
     else:
         r = comp.decompress_file(args.codec, args.input, args.out)
         print(f"wrote {args.out}: shape {tuple(r['shape'])}, {r['decode_s']:.3f} s")
@@ -332,7 +355,7 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     elif args.command in ("classify", "flow", "diffusion", "impute", "interpolate", "fid"):
         _run_downstream(args, progress)
-    elif args.command in ("codec", "compress", "decompress"):
+    elif args.command in ("codec", "compress", "decompress", "codec-bench"):
         _run_compression(args, progress)
     elif args.command == "demo":
         from .demo import run_demo

@@ -20,7 +20,7 @@ from .functaset import Functaset
 from .io import ArtefactError, atomic_write_bytes
 from .pipeline import load_model, open_data
 
-__all__ = ["build_codec", "compress_file", "decompress_file", "psnr_8bit", "bits_per_point"]
+__all__ = ["build_codec", "codec_bench", "compress_file", "decompress_file", "psnr_8bit", "bits_per_point"]
 
 
 def bits_per_point(num_bytes: int, shape: tuple[int, ...]) -> float:
@@ -117,3 +117,82 @@ def decompress_file(codec_dir: str | Path, source: str | Path, out: str | Path) 
     decode_s = time.perf_counter() - t
     codec.modality.write_item(item, Path(out))
     return {"input": str(path), "output": str(out), "shape": list(item.shape), "decode_s": decode_s}
+
+
+DEFAULT_TARGETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, split: str = "test",
+                limit: int | None = None, standard: list[str] | None = None,
+                targets: tuple[float, ...] = DEFAULT_TARGETS, inner_steps: int | None = None,
+                refine_steps: int | None = None, progress: bool = True) -> dict:
+    """Rate-distortion table of functa codecs and standard codecs on the images of ``data[split]``.
+
+    Every functa codec directory gives one point (file and payload bpp, mean PSNR, encode and
+    decode time per image); every standard codec gives a curve over ``targets`` (bpp, binary search
+    per image). Writes ``rd.json`` (and ``rd.png`` when matplotlib is installed) into ``out`` and
+    returns the table with the BD-rate of the functa curve against each standard codec.
+    """
+    from .codec.baselines import available_codecs
+    from .codec.rd import bd_rate, functa_point, standard_point
+
+    out = Path(out)
+    ds = open_data(data, split, {"limit": limit}, progress)
+    images = np.asarray(ds.data)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"{data}: the codec benchmark needs 8-bit images (N, H, W, C), got {images.dtype} {images.shape}")
+    standard = available_codecs() if standard is None else list(standard)
+    missing = sorted(set(standard) - set(available_codecs()))
+    if missing:
+        raise ValueError(f"codecs {missing} are not available in this Pillow build; available: {available_codecs()}")
+    results: dict[str, list[dict]] = {"functa": []}
+    for path in tqdm(codecs, desc="functa codecs", disable=not progress):
+        codec = FunctaCodec.load(path)
+        q = codec.config.quantizer
+        label = (f"{Path(path).name}: latent {codec.field.config.code_dim}, {q.bits} bits, "
+                 f"{'per-dim' if q.per_dimension else 'global'} quantiser, {codec.config.entropy_model} entropy")
+        results["functa"].append(functa_point(codec, images, label, inner_steps, refine_steps).to_dict())
+    for name in standard:
+        pts = [standard_point(images, name, t) for t in tqdm(targets, desc=name, disable=not progress)]
+        results[name] = [p.to_dict() for p in pts]
+    curve = sorted(results["functa"], key=lambda p: p["bpp"])
+    bd = {}
+    for name in standard:
+        bd[name] = bd_rate([p["bpp"] for p in curve], [p["psnr"] for p in curve],
+                           [p["bpp"] for p in results[name]], [p["psnr"] for p in results[name]])
+    table = {"name": "functa-codec-bench", "data": str(data), "split": split, "images": int(len(images)),
+             "image_shape": list(images.shape[1:]), "psnr": "mean over images of per-image PSNR (8-bit)",
+             "rate": "bits per pixel of the whole file (functa: also payload_bpp)",
+             "results": results, "bd_rate_percent_functa_vs": bd}
+    from .io import write_json
+
+    write_json(out / "rd.json", table)
+    table["plot"] = _plot_rd(table, out / "rd.png")
+    return table
+
+
+def _plot_rd(table: dict, path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, pts in table["results"].items():
+        pts = sorted(pts, key=lambda p: p["bpp"])
+        ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], "o-" if name == "functa" else ".--", label=name)
+        if name == "functa" and pts and pts[0].get("payload_bpp") is not None:
+            ax.plot([p["payload_bpp"] for p in pts], [p["psnr"] for p in pts], "o:", alpha=0.6,
+                    label="functa (payload only)")
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"{Path(table['data']).name} ({table['images']} images, {'x'.join(map(str, table['image_shape']))})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)

@@ -1,0 +1,83 @@
+"""Standard-codec baselines at a target rate, bpp accounting, BD-rate, and ``functa codec-bench``."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from functa.codec.baselines import STANDARD_CODECS, at_rate, available_codecs, encode_image, psnr_uint8
+from functa.codec.rd import bd_rate
+from functa.compression import bits_per_point, psnr_8bit
+
+
+def _image(seed=0, h=32, w=48):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([np.sin(xx / 5.0 + c) * np.cos(yy / 7.0) for c in range(3)], -1) * 90 + 128
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_bpp_and_psnr_hand_computed():
+    assert bits_per_point(100, (32, 32)) == 800 / 1024  # channels are not counted (COIN++)
+    a = np.zeros((2, 2, 1), np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 255  # one of four values off by the full range: MSE 1/4 -> 6.02 dB
+    assert psnr_uint8(a, b) == pytest.approx(10 * np.log10(4))
+    assert psnr_8bit(a.astype(float) + 0.4, b) == pytest.approx(10 * np.log10(4))  # rounds to 8 bits first
+
+
+@pytest.mark.parametrize("codec", available_codecs())
+def test_binary_search_respects_the_budget_and_quality_grows_with_rate(codec):
+    img = _image()
+    pts = [at_rate(img, codec, t) for t in (2.0, 4.0, 8.0)]
+    spec = STANDARD_CODECS[codec]
+    lowest = spec.lo if spec.higher_is_better else spec.hi
+    for t, p in zip((2.0, 4.0, 8.0), pts):
+        data, dec = encode_image(img, codec, p.knob)
+        assert len(data) == p.bytes and p.bpp == pytest.approx(8 * len(data) / (32 * 48))
+        assert p.psnr == pytest.approx(psnr_uint8(dec, img))
+        if p.bpp > t:  # only when even the lowest quality is over budget
+            assert p.knob == lowest
+    assert pts[2].psnr >= pts[1].psnr >= pts[0].psnr and pts[2].bpp > pts[0].bpp
+
+
+def test_bd_rate():
+    r = [0.5, 1.0, 2.0, 4.0]
+    p = [25.0, 28.0, 31.0, 34.0]
+    assert bd_rate(r, p, r, p) == pytest.approx(0.0, abs=1e-9)
+    assert bd_rate([x * 0.8 for x in r], p, r, p) == pytest.approx(-20.0, abs=1e-6)  # same PSNR at 20% fewer bits
+    assert bd_rate(r, p, [x * 2 for x in r], p) == pytest.approx(-50.0, abs=1e-6)
+    assert bd_rate(r, p, r, [x + 20 for x in p]) is None  # no PSNR overlap
+    assert bd_rate([1.0], [30.0], r, p) is None
+
+
+def test_codec_bench_command(tmp_path, capsys):
+    from functa.cli import main
+
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 3)):
+        d = tmp_path / "imgs" / split
+        d.mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(_image(i, 8, 8)).save(d / f"{i}.png")
+    fast = ["--set", "field.width=16", "--set", "field.depth=3", "--set", "field.latent_dim=8",
+            "--set", "train.batch_size=4", "--set", "train.eval_items=4"]
+    assert main(["--quiet", "fit", str(tmp_path / "imgs"), "-o", str(tmp_path / "run"), "--steps", "2", *fast]) == 0
+    codecs = []
+    for bits in (3, 6):
+        c = tmp_path / f"codec{bits}"
+        assert main(["--quiet", "codec", "build", "-m", str(tmp_path / "run"), "--data", str(tmp_path / "imgs"),
+                     "-o", str(c), "--bits", str(bits)]) == 0
+        codecs += ["-m", str(c)]
+    out = tmp_path / "rd"
+    assert main(["--quiet", "codec-bench", str(tmp_path / "imgs"), *codecs, "-o", str(out),
+                 "--standard", "jpeg", "webp", "--targets", "4", "16"]) == 0
+    table = json.loads((out / "rd.json").read_text())
+    assert table["images"] == 3 and set(table["results"]) == {"functa", "jpeg", "webp"}
+    f = sorted(table["results"]["functa"], key=lambda p: p["bpp"])
+    assert len(f) == 2 and f[0]["payload_bpp"] < f[0]["bpp"]
+    assert f[0]["bpp"] < f[1]["bpp"]  # 3 bits per latent dimension cost less than 6
+    assert (out / "rd.png").is_file()
+    assert "BD-rate functa vs jpeg" in capsys.readouterr().out
