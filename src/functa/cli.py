@@ -145,6 +145,9 @@ def _add_compression(sub) -> None:
     p.add_argument("--targets", type=float, nargs="+", help="target bpp of the standard codecs")
     p.add_argument("--steps", type=int, help="functa inner steps at encode time")
     p.add_argument("--refine", type=int, help="functa refinement steps on the quantised latents")
+    p.add_argument("--coin", type=float, nargs="+", default=[], metavar="BPP",
+                   help="also COIN (a SIREN overfitted per image) at these rates")
+    p.add_argument("--coin-steps", type=int, default=2000, help="Adam steps per COIN image")
 
     p = sub.add_parser("decompress", help="decode a .fta file")
     p.add_argument("input", type=Path)
@@ -171,7 +174,7 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
         kw = {"targets": tuple(args.targets)} if args.targets else {}
         r = comp.codec_bench(args.data, args.codecs, args.out, split=args.split, limit=args.limit,
                              standard=args.standard, inner_steps=args.steps, refine_steps=args.refine,
-                             progress=progress, **kw)
+                             coin_targets=tuple(args.coin), coin_steps=args.coin_steps, progress=progress, **kw)
         for name, pts in r["results"].items():
             for p in sorted(pts, key=lambda q: q["bpp"]):
                 print(f"{name:>9} {p['bpp']:7.3f} bpp  {p['psnr']:6.2f} dB  {p['label']}")

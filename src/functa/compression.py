@@ -125,16 +125,18 @@ DEFAULT_TARGETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, split: str = "test",
                 limit: int | None = None, standard: list[str] | None = None,
                 targets: tuple[float, ...] = DEFAULT_TARGETS, inner_steps: int | None = None,
-                refine_steps: int | None = None, progress: bool = True) -> dict:
+                refine_steps: int | None = None, coin_targets: tuple[float, ...] = (), coin_steps: int = 2000,
+                progress: bool = True) -> dict:
     """Rate-distortion table of functa codecs and standard codecs on the images of ``data[split]``.
 
     Every functa codec directory gives one point (file and payload bpp, mean PSNR, encode and
     decode time per image); every standard codec gives a curve over ``targets`` (bpp, binary search
-    per image). Writes ``rd.json`` (and ``rd.png`` when matplotlib is installed) into ``out`` and
+    per image); ``coin_targets`` add COIN points (one SIREN overfitted per image, ``coin_steps`` Adam
+    steps). Writes ``rd.json`` (and ``rd.png`` when matplotlib is installed) into ``out`` and
     returns the table with the BD-rate of the functa curve against each standard codec.
     """
     from .codec.baselines import available_codecs
-    from .codec.rd import bd_rate, functa_point, standard_point
+    from .codec.rd import bd_rate, coin_point, functa_point, standard_point
 
     out = Path(out)
     ds = open_data(data, split, {"limit": limit}, progress)
@@ -155,9 +157,12 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
     for name in standard:
         pts = [standard_point(images, name, t) for t in tqdm(targets, desc=name, disable=not progress)]
         results[name] = [p.to_dict() for p in pts]
+    if coin_targets:
+        results["coin"] = [coin_point(images, t, coin_steps).to_dict()
+                           for t in tqdm(coin_targets, desc="COIN", disable=not progress)]
     curve = sorted(results["functa"], key=lambda p: p["bpp"])
     bd = {}
-    for name in standard:
+    for name in [n for n in results if n != "functa"]:
         bd[name] = bd_rate([p["bpp"] for p in curve], [p["psnr"] for p in curve],
                            [p["bpp"] for p in results[name]], [p["psnr"] for p in results[name]])
     table = {"name": "functa-codec-bench", "data": str(data), "split": split, "images": int(len(images)),

@@ -73,9 +73,10 @@ def test_codec_bench_command(tmp_path, capsys):
         codecs += ["-m", str(c)]
     out = tmp_path / "rd"
     assert main(["--quiet", "codec-bench", str(tmp_path / "imgs"), *codecs, "-o", str(out),
-                 "--standard", "jpeg", "webp", "--targets", "4", "16"]) == 0
+                 "--standard", "jpeg", "webp", "--targets", "4", "16", "--coin", "20", "--coin-steps", "5"]) == 0
     table = json.loads((out / "rd.json").read_text())
-    assert table["images"] == 3 and set(table["results"]) == {"functa", "jpeg", "webp"}
+    assert table["images"] == 3 and set(table["results"]) == {"functa", "jpeg", "webp", "coin"}
+    assert table["results"]["coin"][0]["payload_bpp"] <= 20
     f = sorted(table["results"]["functa"], key=lambda p: p["bpp"])
     assert len(f) == 2 and f[0]["payload_bpp"] < f[0]["bpp"]
     assert f[0]["bpp"] < f[1]["bpp"]  # 3 bits per latent dimension cost less than 6

@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .baselines import at_rate, psnr_uint8
+from .coin import CoinCodec
 from .container import unpack
 from .model import FunctaCodec
 
-__all__ = ["RDPoint", "bd_rate", "functa_point", "standard_point"]
+__all__ = ["RDPoint", "bd_rate", "coin_point", "functa_point", "standard_point"]
 
 
 @dataclass
@@ -67,6 +68,28 @@ def standard_point(images: np.ndarray, codec: str, target_bpp: float) -> RDPoint
     pts = [at_rate(img, codec, target_bpp) for img in images]
     return RDPoint(codec, f"{codec}@{target_bpp:g}", float(np.mean([p.bpp for p in pts])),
                    float(np.mean([p.psnr for p in pts])), len(images))
+
+
+def coin_point(images: np.ndarray, target_bpp: float, steps: int = 2000, lr: float = 1e-3,
+               batch: int = 256) -> RDPoint:
+    """COIN with the widest 2-hidden-layer SIREN within ``target_bpp`` (16-bit weights); one RD point."""
+    h, w, ch = images.shape[1:]
+    codec = CoinCodec.for_rate(target_bpp, h, w, channels=ch, steps=steps, lr=lr)
+    sizes, psnrs, enc_s, dec_s = [], [], 0.0, 0.0
+    for start in range(0, len(images), batch):
+        part = images[start:start + batch]
+        t = time.perf_counter()
+        files = codec.compress_many(part)
+        enc_s += time.perf_counter() - t
+        t = time.perf_counter()
+        decoded = [codec.decompress(f) for f in files]
+        dec_s += time.perf_counter() - t
+        sizes += [len(f) for f in files]
+        psnrs += [psnr_uint8(np.clip(np.round(o), 0, 255).astype(np.uint8), im) for o, im in zip(decoded, part)]
+    n, c = len(images), codec.config
+    return RDPoint("coin", f"COIN {c.hidden_layers}x{c.width}, {steps} steps", 8.0 * float(np.mean(sizes)) / (h * w),
+                   float(np.mean(psnrs)), n, payload_bpp=c.bits_per_pixel(h, w), encode_s_per_item=enc_s / n,
+                   decode_s_per_item=dec_s / n)
 
 
 def bd_rate(rate_a: list[float], psnr_a: list[float], rate_b: list[float], psnr_b: list[float]) -> float | None:
