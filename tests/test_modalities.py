@@ -98,3 +98,26 @@ def test_image_quantised_psnr_and_errors():
         ImageModality(channels=2)
     with pytest.raises(ValueError, match="unknown modality"):
         get_modality("audio-xyz")
+
+
+def test_patch_dataset_crops_are_slices_and_depend_only_on_index():
+    from functa.data import ArrayDataset
+    from functa.modalities import PatchDataset
+
+    data = np.arange(3 * 10 * 12 * 3, dtype=np.int64).reshape(3, 10, 12, 3).astype(np.uint8)
+    ds = ArrayDataset(data=data, labels=None, meta={"source": "toy"})
+    mod = ImageModality(height=4, width=5, channels=3)
+    a = PatchDataset(ds, mod, crops_per_item=7, seed=2)
+    idx = np.array([0, 6, 7, 20, 13])
+    crops, starts = a.crops(idx), a.offsets(idx)
+    for k, i in enumerate(idx):
+        r, c = starts[k]
+        assert np.array_equal(crops[k], data[i // 7, r:r + 4, c:c + 5])
+    assert np.array_equal(PatchDataset(ds, mod, crops_per_item=7, seed=2).crops(idx[::-1]), crops[::-1])
+    many = a.offsets(np.arange(5000))
+    assert many.min(0).tolist() == [0, 0] and many.max(0).tolist() == [6, 7]  # every origin reachable
+    assert len(a) == 21 and a.features(idx).shape == (5, 20, 3)
+    with pytest.raises(ValueError, match="smaller than the patches"):
+        PatchDataset(ds, ImageModality(height=11, width=5, channels=3))
+    with pytest.raises(ValueError, match="cannot be cut into patches"):
+        sphere().with_shape((2, 2))

@@ -35,6 +35,13 @@ class DataConfig:
     variable: str | None = None
     test_fraction: float = 0.1
     limit: int | None = None
+    patch: list[int] | None = None  # meta-learn on random crops of this size (COIN++ patches for large items)
+
+    def __post_init__(self) -> None:
+        if self.patch is not None:
+            object.__setattr__(self, "patch", [int(p) for p in self.patch])
+            if not self.patch or min(self.patch) < 1:
+                raise ValueError(f"data.patch must be a list of positive sizes, got {self.patch}")
 
 
 @dataclass(frozen=True)

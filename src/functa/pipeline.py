@@ -22,7 +22,7 @@ from .fields import LatentModulatedSiren, SirenConfig
 from .fitting import MetaLearner, auto_batch_size, evaluate_reconstruction, fit_latents
 from .functaset import Functaset, FunctasetWriter
 from .io import ArtefactError, load_base_network, read_json, save_base_network
-from .modalities import FieldDataset, Modality, get_modality, modality_from_config
+from .modalities import FieldDataset, Modality, PatchDataset, get_modality, modality_from_config
 
 __all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "open_data", "parse_indices", "render"]
 
@@ -53,8 +53,9 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
         time_limit_s: float | None = None) -> dict:
     """Meta-learn a base network on the ``train`` split of ``data``; writes ``out/``.
 
-    Resumes if ``out`` holds an unfinished run with the same field settings. Returns the final
-    ``config.json`` content.
+    Resumes if ``out`` holds an unfinished run with the same field settings. With ``data.patch``
+    the base network is meta-learned on random crops of that size (its modality grid is the patch;
+    large items are then compressed patch by patch). Returns the final ``config.json`` content.
     """
     out = Path(out)
     data_cfg = asdict(config.data)
@@ -64,6 +65,8 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
     except DataError:  # data without a test split: validate on the first training items
         val_ds = train_ds
     modality = _infer_modality(train_ds, config.modality)
+    if config.data.patch:
+        modality = modality.with_shape(tuple(config.data.patch))
     if (out / "config.json").exists():
         prev = read_json(out / "config.json")
         if prev.get("modality"):
@@ -72,7 +75,7 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
     torch.manual_seed(config.train.seed)
     field = LatentModulatedSiren(field_cfg)
     learner = MetaLearner(field, config.train)
-    train_src, val_src = FieldDataset(train_ds, modality), FieldDataset(val_ds, modality)
+    train_src, val_src = _sources(train_ds, val_ds, modality, config.data.patch is not None, config.train.seed)
     t0 = time.perf_counter()
 
     def extra() -> dict[str, Any]:
@@ -88,6 +91,13 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
     info["training"].update(wall_s=time.perf_counter() - t0, final_eval=final)
     save_base_network(out, field, **info)
     return read_json(out / "config.json")
+
+
+def _sources(train_ds: ArrayDataset, val_ds: ArrayDataset, modality: Modality, patches: bool, seed: int):
+    """Batch sources: whole items, or random crops of the modality's grid (``data.patch``)."""
+    if not patches:
+        return FieldDataset(train_ds, modality), FieldDataset(val_ds, modality)
+    return PatchDataset(train_ds, modality, seed=seed), PatchDataset(val_ds, modality, crops_per_item=1, seed=seed + 1)
 
 
 def _small_meta(meta: dict) -> dict:
@@ -150,10 +160,15 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
 
 def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: int | None = None,
              limit: int | None = None, batch_size: int | None = None, progress: bool = True) -> dict:
-    """PSNR after each inner step (both conventions) and modality metrics on ``data[split]``."""
+    """PSNR after each inner step (both conventions) and modality metrics on ``data[split]``.
+
+    A base network meta-learned on patches (``data.patch``) is evaluated on one random crop per item.
+    """
     field, modality, cfg = load_model(model)
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
-    src = FieldDataset(open_data(data, split, cfg.get("data"), progress), modality)
+    ds = open_data(data, split, cfg.get("data"), progress)
+    patches = bool(cfg.get("data", {}).get("patch")) and tuple(ds.data.shape[1:1 + len(modality.shape)]) != modality.shape
+    src = PatchDataset(ds, modality, crops_per_item=1, seed=1) if patches else FieldDataset(ds, modality)
     res = evaluate_reconstruction(field, src, steps, batch_size=batch_size, limit=limit, extra=modality.metrics,
                                   progress=progress)
     return {"name": "functa-eval", "model": str(model), "data": str(data), "split": split,

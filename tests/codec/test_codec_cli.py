@@ -61,3 +61,28 @@ def test_clear_errors(base, tmp_path, capsys):
     assert main(["--quiet", "codec", "build", "-m", str(base / "run"), "--data", str(base / "imgs"), "-o", str(codec)]) == 0
     assert main(["compress", str(tmp_path / "missing.png"), "-m", str(codec), "-o", str(tmp_path / "a.fta")]) == 2
     assert "missing.png: no such file" in capsys.readouterr().err
+
+
+def test_meta_learning_on_patches_then_compressing_large_images(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    for split, count in (("train", 6), ("test", 2)):
+        d = tmp_path / "big" / split
+        d.mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["--quiet", "fit", str(tmp_path / "big"), "-o", str(run), "--steps", "3", *FAST,
+                 "--set", "data.patch=[8,8]"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["modality"]["height"], cfg["modality"]["width"]) == (8, 8) and cfg["data"]["patch"] == [8, 8]
+    assert main(["--quiet", "eval", str(tmp_path / "big"), "-m", str(run)]) == 0  # one crop per test item
+    codec = tmp_path / "codec"
+    assert main(["--quiet", "codec", "build", "-m", str(run), "--data", str(tmp_path / "big"), "-o", str(codec)]) == 0
+    assert json.loads((codec / "codec.json").read_text())["built_from"]["count"] == 6 * 9  # 3 x 3 patches each
+    capsys.readouterr()
+    src = tmp_path / "big" / "test" / "0.png"
+    assert main(["compress", str(src), "-m", str(codec), "-o", str(tmp_path / "a.fta")]) == 0
+    assert "9 patch(es)" in capsys.readouterr().out
+    assert main(["decompress", str(tmp_path / "a.fta"), "-m", str(codec), "-o", str(tmp_path / "a.png")]) == 0
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.size == (24, 20)

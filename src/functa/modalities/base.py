@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Modality", "FieldDataset", "register_modality", "get_modality", "modality_from_config",
+__all__ = ["Modality", "FieldDataset", "PatchDataset", "register_modality", "get_modality", "modality_from_config",
            "available_modalities", "grid_centres"]
 
 
@@ -70,6 +70,11 @@ class Modality(Protocol):
 
     def to_config(self) -> dict:
         """JSON-serialisable description (``name`` included) that :func:`modality_from_config` reads."""
+        ...
+
+    def with_shape(self, shape: tuple[int, ...]) -> "Modality":
+        """The same modality on another grid (the patch size of a base network trained on crops).
+        Raises ``ValueError`` where items cannot be cut into patches."""
         ...
 
 
@@ -132,3 +137,60 @@ class FieldDataset:
         if self.data.labels is None:
             return np.full(len(indices), -1, dtype=np.int64)
         return np.asarray(self.data.labels)[np.asarray(indices)].astype(np.int64)
+
+
+@dataclass
+class PatchDataset:
+    """Random crops of the modality's grid (the patch size) from larger items: a batch source for
+    meta-learning on patches (COIN++ §4.2.3).
+
+    Index ``i`` is crop number ``i % crops_per_item`` of item ``i // crops_per_item``; its offset is a
+    hash of ``(seed, i)``, so a crop depends only on its index and a resumed run sees the same crops.
+    ``len`` is ``items * crops_per_item``.
+    """
+
+    data: Any  # ArrayDataset
+    modality: Modality
+    crops_per_item: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.coords = self.modality.coordinates()
+        self.patch = tuple(int(p) for p in self.modality.shape)
+        self.item_shape = tuple(self.data.data.shape[1:1 + len(self.patch)])
+        if any(s < p for s, p in zip(self.item_shape, self.patch)):
+            raise ValueError(f"{self.data.meta.get('source', 'dataset')}: items of grid {self.item_shape} are smaller "
+                             f"than the patches {self.patch}")
+        if self.crops_per_item < 1:
+            raise ValueError(f"crops_per_item must be >= 1, got {self.crops_per_item}")
+
+    def __len__(self) -> int:
+        return len(self.data) * self.crops_per_item
+
+    def offsets(self, indices: np.ndarray) -> np.ndarray:
+        """Crop origins ``(B, k)``: a SplitMix64 hash of ``(seed, index, axis)``, uniform per axis."""
+        i = np.asarray(indices, dtype=np.uint64)[:, None]
+        axis = np.arange(len(self.patch), dtype=np.uint64)[None, :]
+        with np.errstate(over="ignore"):
+            x = (np.uint64(self.seed) * np.uint64(0xD1B54A32D192ED03) + i * np.uint64(0x9E3779B97F4A7C15)
+                 + axis * np.uint64(0xBF58476D1CE4E5B9))
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            x = x ^ (x >> np.uint64(31))
+        room = np.array([s - p + 1 for s, p in zip(self.item_shape, self.patch)], dtype=np.uint64)
+        return (x % room[None, :]).astype(np.int64)
+
+    def crops(self, indices: np.ndarray) -> np.ndarray:
+        """Crops ``(B, *patch[, C])`` in data units (one fancy-indexing gather)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        items = self.data.take(indices // self.crops_per_item)
+        start, k = self.offsets(indices), len(self.patch)
+        index = [np.arange(len(indices)).reshape(-1, *([1] * k))]
+        for a, p in enumerate(self.patch):
+            shape = [1] * k
+            shape[a] = p
+            index.append(start[:, a].reshape(-1, *([1] * k)) + np.arange(p).reshape(shape))
+        return items[tuple(index)]
+
+    def features(self, indices: np.ndarray) -> Tensor:
+        return self.modality.to_features(self.crops(indices))

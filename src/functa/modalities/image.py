@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -120,6 +120,11 @@ class ImageModality:
         Image.fromarray(arr[..., 0] if self.channels == 1 else arr).save(buf, format=_pil_format(Path(path)))
         atomic_write_bytes(path, buf.getvalue())
         return Path(path)
+
+    def with_shape(self, shape: tuple[int, ...]) -> "ImageModality":
+        if len(shape) != 2:
+            raise ValueError(f"image patches are (height, width), got {tuple(shape)}")
+        return replace(self, height=int(shape[0]), width=int(shape[1]))
 
     def to_config(self) -> dict:
         return {"name": self.name, "height": self.height, "width": self.width, "channels": self.channels,

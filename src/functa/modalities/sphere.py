@@ -163,6 +163,10 @@ class SphereModality:
         atomic_write_bytes(path, buf.getvalue())
         return path
 
+    def with_shape(self, shape: tuple[int, ...]) -> "SphereModality":
+        raise ValueError("fields on the sphere are fitted whole; their coordinates come from the lat/lon grid, "
+                         "so they cannot be cut into patches")
+
     def to_config(self) -> dict:
         return {"name": self.name, "lat": self.lat, "lon": self.lon, "vmin": self.vmin, "vmax": self.vmax,
                 "units": self.units}
