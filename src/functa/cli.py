@@ -126,6 +126,8 @@ def _add_compression(sub) -> None:
                    help="per-dimension frequency tables or one shared histogram (COIN++)")
     p.add_argument("--steps", type=int, help="default encode-time inner steps (default: as in meta-learning)")
     p.add_argument("--refine", type=int, default=0, help="default refinement steps on the quantised latents")
+    p.add_argument("--rate-weight", type=float, default=0.0,
+                   help="default λ of rate-aware refinement: minimise MSE + λ·bits per point (needs --refine)")
 
     p = sub.add_parser("compress", help="compress a file with a codec into a .fta file")
     p.add_argument("input", type=Path)
@@ -133,6 +135,7 @@ def _add_compression(sub) -> None:
     p.add_argument("-o", "--out", required=True, type=Path)
     p.add_argument("--steps", type=int, help="inner steps when fitting latents (e.g. 3, 10, 50)")
     p.add_argument("--refine", type=int, help="Adam steps on the quantised latents (straight-through)")
+    p.add_argument("--rate-weight", type=float, help="λ: refine on MSE + λ·bits per point (rate-aware fitting)")
 
     p = sub.add_parser("codec-bench", help="rate-distortion table and plot: functa codecs vs JPEG, JPEG 2000, WebP, AVIF")
     p.add_argument("data", help="image dataset")
@@ -145,6 +148,7 @@ def _add_compression(sub) -> None:
     p.add_argument("--targets", type=float, nargs="+", help="target bpp of the standard codecs")
     p.add_argument("--steps", type=int, help="functa inner steps at encode time")
     p.add_argument("--refine", type=int, help="functa refinement steps on the quantised latents")
+    p.add_argument("--rate-weight", type=float, help="functa rate-aware refinement weight λ")
     p.add_argument("--coin", type=float, nargs="+", default=[], metavar="BPP",
                    help="also COIN (a SIREN overfitted per image) at these rates")
     p.add_argument("--coin-steps", type=int, default=2000, help="Adam steps per COIN image")
@@ -157,16 +161,18 @@ def _add_compression(sub) -> None:
 
 def _run_compression(args: argparse.Namespace, progress: bool) -> None:
     from . import compression as comp
+    from .codec import EncodeSettings
 
     if args.command == "codec":
         r = comp.build_codec(args.model, args.out, data=args.data, functaset=args.functaset, split=args.split,
                              limit=args.limit, bits=args.bits, per_dimension=args.quantizer == "per-dimension",
-                             entropy_model=args.entropy, inner_steps=args.steps, refine_steps=args.refine,
+                             entropy_model=args.entropy,
+                             encode=EncodeSettings(args.steps, args.refine, rate_weight=args.rate_weight),
                              progress=progress)
         print(f"wrote codec {r['codec_id']} to {args.out}: {r['train_latents']} training latents, "
               f"{r['ideal_bits_per_latent_dim']:.3f} bits per latent dimension (of {args.bits})")
     elif args.command == "compress":
-        r = comp.compress_file(args.codec, args.input, args.out, args.steps, args.refine)
+        r = comp.compress_file(args.codec, args.input, args.out, args.steps, args.refine, args.rate_weight)
         quality = f"PSNR {r['psnr_db']:.2f} dB" if "psnr_db" in r else f"RMSE {r['rmse']:.4g}"
         print(f"wrote {args.out}: {r['bytes']} bytes, {r['bits_per_point']:.4f} bpp, {quality}, "
               f"{r['patches']} patch(es), {r['encode_s']:.2f} s")
@@ -174,6 +180,7 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
         kw = {"targets": tuple(args.targets)} if args.targets else {}
         r = comp.codec_bench(args.data, args.codecs, args.out, split=args.split, limit=args.limit,
                              standard=args.standard, inner_steps=args.steps, refine_steps=args.refine,
+                             rate_weight=args.rate_weight,
                              coin_targets=tuple(args.coin), coin_steps=args.coin_steps, progress=progress, **kw)
         for name, pts in r["results"].items():
             for p in sorted(pts, key=lambda q: q["bpp"]):

@@ -14,13 +14,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .codec import CodecConfig, FunctaCodec, QuantizerConfig, to_patches
+from .codec import CodecConfig, EncodeSettings, FunctaCodec, QuantizerConfig, to_patches
 from .fitting import auto_batch_size, fit_latents
 from .functaset import Functaset
 from .io import ArtefactError, atomic_write_bytes
 from .pipeline import load_model, open_data
 
-__all__ = ["build_codec", "codec_bench", "compress_file", "decompress_file", "psnr_8bit", "bits_per_point"]
+__all__ = ["build_codec", "codec_bench", "compress_file", "decompress_file", "encode_settings", "psnr_8bit",
+           "bits_per_point"]
 
 
 def bits_per_point(num_bytes: int, shape: tuple[int, ...]) -> float:
@@ -63,14 +64,13 @@ def _training_latents(model: Path, data: str | Path | None, functaset: str | Pat
 def build_codec(model: str | Path, out: str | Path, data: str | Path | None = None,
                 functaset: str | Path | None = None, split: str = "train", limit: int | None = None,
                 bits: int = 5, per_dimension: bool = True, entropy_model: str = "per_dimension",
-                inner_steps: int | None = None, refine_steps: int = 0, progress: bool = True) -> dict:
+                encode: EncodeSettings = EncodeSettings(), progress: bool = True) -> dict:
     """Freeze a codec for the base network ``model``: quantiser statistics and entropy tables are
     fitted on the latents of a functaset of that network or of (the patches of) ``data[split]``."""
     model, out = Path(model), Path(out)
     field, modality, cfg = load_model(model)
     latents, source = _training_latents(model, data, functaset, split, limit, progress)
-    config = CodecConfig(QuantizerConfig(bits=bits, per_dimension=per_dimension), entropy_model, inner_steps,
-                         refine_steps)
+    config = CodecConfig(QuantizerConfig(bits=bits, per_dimension=per_dimension), entropy_model, encode)
     codec = FunctaCodec.build(field, modality, cfg, latents, config)
     sym = codec.quantizer.quantize(latents)
     stats = {"train_latents": int(latents.shape[0]),
@@ -81,14 +81,22 @@ def build_codec(model: str | Path, out: str | Path, data: str | Path | None = No
             "built_from": source}
 
 
+def encode_settings(codec: FunctaCodec, **given) -> EncodeSettings:
+    """The codec's default :class:`EncodeSettings` with the given (non-``None``) values replaced."""
+    from dataclasses import replace
+
+    return replace(codec.config.encode, **{k: v for k, v in given.items() if v is not None})
+
+
 def compress_file(codec_dir: str | Path, source: str | Path, out: str | Path, inner_steps: int | None = None,
-                  refine_steps: int | None = None) -> dict:
+                  refine_steps: int | None = None, rate_weight: float | None = None) -> dict:
     """Compress one file (an image, a field, ...) into a ``.fta`` file; reports size, rate and PSNR."""
     codec = FunctaCodec.load(codec_dir)
+    settings = encode_settings(codec, inner_steps=inner_steps, refine_steps=refine_steps, rate_weight=rate_weight)
     item = codec.modality.read_item(Path(source))
     k = len(codec.patch_shape)
     t = time.perf_counter()
-    data = codec.compress(item, inner_steps, refine_steps)
+    data = codec.compress(item, settings)
     encode_s = time.perf_counter() - t
     atomic_write_bytes(out, data)
     recon = codec.decompress(data)
@@ -125,7 +133,7 @@ DEFAULT_TARGETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, split: str = "test",
                 limit: int | None = None, standard: list[str] | None = None,
                 targets: tuple[float, ...] = DEFAULT_TARGETS, inner_steps: int | None = None,
-                refine_steps: int | None = None, coin_targets: tuple[float, ...] = (), coin_steps: int = 2000,
+                refine_steps: int | None = None, rate_weight: float | None = None, coin_targets: tuple[float, ...] = (), coin_steps: int = 2000,
                 progress: bool = True) -> dict:
     """Rate-distortion table of functa codecs and standard codecs on the images of ``data[split]``.
 
@@ -153,7 +161,8 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
         q = codec.config.quantizer
         label = (f"{Path(path).name}: latent {codec.field.config.code_dim}, {q.bits} bits, "
                  f"{'per-dim' if q.per_dimension else 'global'} quantiser, {codec.config.entropy_model} entropy")
-        results["functa"].append(functa_point(codec, images, label, inner_steps, refine_steps).to_dict())
+        settings = encode_settings(codec, inner_steps=inner_steps, refine_steps=refine_steps, rate_weight=rate_weight)
+        results["functa"].append(functa_point(codec, images, label, settings).to_dict())
     for name in standard:
         pts = [standard_point(images, name, t) for t in tqdm(targets, desc=name, disable=not progress)]
         results[name] = [p.to_dict() for p in pts]

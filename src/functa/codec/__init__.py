@@ -3,7 +3,7 @@ container, patches for large items, the codec itself, and the baselines it is me
 
 from .container import ContainerError, Header, pack, unpack
 from .entropy import ENTROPY_MODELS, FactorizedModel, fit_entropy_model
-from .model import CodecConfig, CodecError, FunctaCodec
+from .model import CodecConfig, CodecError, EncodeSettings, FunctaCodec
 from .patches import PatchGrid, from_patches, to_patches
 from .quantize import Quantizer, QuantizerConfig, default_std_range
 
@@ -11,6 +11,7 @@ __all__ = [
     "CodecConfig",
     "CodecError",
     "ContainerError",
+    "EncodeSettings",
     "ENTROPY_MODELS",
     "FactorizedModel",
     "FunctaCodec",

@@ -9,7 +9,8 @@ frequency tables are part of the codec, not of each file); there is no unfitted 
 Compressing an item ``(*shape[, C])``: reflect-pad to whole patches, fit one latent per patch with
 ``inner_steps`` meta-SGD steps (:func:`functa.fitting.fit_latents`; more steps than in
 meta-learning reuse the learned rates), optionally refine the *quantised* latents by a few Adam
-steps with a straight-through gradient (``refine_steps``), quantise, range-code all patches'
+steps with a straight-through gradient, optionally against a rate-distortion objective
+(:class:`EncodeSettings`), quantise, range-code all patches'
 symbols as one payload, and wrap it in a ``.fta`` container (:mod:`functa.codec.container`).
 Decompressing reverses this without any fitting: decode symbols, dequantise, evaluate the base
 network on every patch grid, stitch.
@@ -40,7 +41,7 @@ from .entropy import FactorizedModel, fit_entropy_model
 from .patches import PatchGrid, from_patches, to_patches
 from .quantize import Quantizer, QuantizerConfig
 
-__all__ = ["CodecConfig", "CodecError", "FunctaCodec", "CODEC_FILE", "CODEC_TENSORS"]
+__all__ = ["CodecConfig", "CodecError", "EncodeSettings", "FunctaCodec", "CODEC_FILE", "CODEC_TENSORS"]
 
 CODEC_FILE = "codec.json"
 CODEC_TENSORS = "codec.safetensors"
@@ -53,23 +54,44 @@ class CodecError(ValueError):
 
 
 @dataclass(frozen=True)
+class EncodeSettings:
+    """How latents are fitted when compressing (decoding never fits).
+
+    ``inner_steps``: meta-SGD steps from zero (``None``: as in meta-learning). ``refine_steps``:
+    Adam steps on the latents through the quantiser afterwards, ``refine_lr`` in quantisation levels.
+    ``rate_weight`` (λ): refinement minimises ``MSE + λ · bits per point`` instead of the MSE
+    (rate-aware fitting, thesis §6.4.3), with the entropy model's code lengths interpolated between
+    levels as the differentiable rate; it needs ``refine_steps > 0``.
+    """
+
+    inner_steps: int | None = None
+    refine_steps: int = 0
+    refine_lr: float = 0.25
+    rate_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.inner_steps is not None and self.inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
+        if self.refine_steps < 0 or not self.refine_lr > 0 or self.rate_weight < 0:
+            raise ValueError("refine_steps >= 0, refine_lr > 0 and rate_weight >= 0 are required")
+        if self.rate_weight > 0 and self.refine_steps == 0:
+            raise ValueError("rate_weight acts through the refinement steps; set refine_steps > 0")
+
+
+@dataclass(frozen=True)
 class CodecConfig:
-    """Settings of a codec. ``inner_steps`` / ``refine_steps`` are encode-time defaults only
-    (decoding never fits); ``inner_steps=None`` uses the meta-learning value."""
+    """Settings of a codec: quantiser and entropy model (frozen into the tables) and the default
+    :class:`EncodeSettings`."""
 
     quantizer: QuantizerConfig = QuantizerConfig()
     entropy_model: str = "per_dimension"
-    inner_steps: int | None = None
-    refine_steps: int = 0
-    refine_lr: float = 0.25  # Adam step in units of one quantisation level
+    encode: EncodeSettings = EncodeSettings()
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):
             object.__setattr__(self, "quantizer", QuantizerConfig(**self.quantizer))
-        if self.inner_steps is not None and self.inner_steps < 0:
-            raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
-        if self.refine_steps < 0 or not self.refine_lr > 0:
-            raise ValueError("refine_steps must be >= 0 and refine_lr > 0")
+        if isinstance(self.encode, dict):
+            object.__setattr__(self, "encode", EncodeSettings(**self.encode))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,17 +189,17 @@ class FunctaCodec:
     def _batch(self) -> int:
         return auto_batch_size(self.field, int(np.prod(self.patch_shape)))
 
-    def encode_patches(self, features: Tensor, inner_steps: int | None = None, refine_steps: int | None = None) -> _Encoded:
+    def encode_patches(self, features: Tensor, settings: EncodeSettings | None = None) -> _Encoded:
         """Fit, (refine) and quantise latents for patch features ``(M, N, C)`` -> symbols ``(M, D)``."""
-        steps = self.default_inner_steps() if inner_steps is None else inner_steps
-        refine = self.config.refine_steps if refine_steps is None else refine_steps
+        s = self.config.encode if settings is None else settings
+        steps = self.default_inner_steps() if s.inner_steps is None else s.inner_steps
         x = self.modality.coordinates()[None]
         symbols, mses = [], []
         for start in range(0, features.shape[0], self._batch()):
             y = features[start:start + self._batch()]
             z = fit_latents(self.field, x, y, steps).latents
-            if refine:
-                z = self._refine(x, y, z, refine)
+            if s.refine_steps:
+                z = self._refine(x, y, z, s)
             q = self.quantizer.quantize(z)
             with torch.no_grad():
                 pred, _ = self.field.forward_points(x, self.quantizer.dequantize(q))
@@ -186,35 +208,57 @@ class FunctaCodec:
         return _Encoded(torch.cat(symbols), torch.cat(mses))
 
     def default_inner_steps(self) -> int:
-        if self.config.inner_steps is not None:
-            return self.config.inner_steps
         return int(self.base_config.get("run", {}).get("train", {}).get("inner_steps", 3))
 
-    def _refine(self, x: Tensor, y: Tensor, z: Tensor, steps: int) -> Tensor:
-        """Adam on the latents through the quantiser (straight-through gradient); keeps, per patch,
-        the latents whose *quantised* reconstruction was best (never worse than no refinement)."""
+    def _code_lengths(self) -> Tensor:
+        """``-log2 p`` of every symbol per latent dimension, ``(D, S)`` float32."""
+        return -torch.from_numpy(self.entropy.table(self.field.config.code_dim)).log2().float()
+
+    def _soft_bits(self, z: Tensor, lengths: Tensor) -> Tensor:
+        """Differentiable code length per item ``(B,)``: ``-log2 p`` interpolated between the two
+        levels around each (continuous) latent."""
+        q, k = self.config.quantizer, self.config.quantizer.clip
+        t = ((z - self.quantizer.mean.float()) / self.quantizer.std.float()).clamp(-k, k)
+        u = (t + k) * ((q.levels - 1) / (2 * k))
+        lo = u.detach().floor().clamp(0, q.levels - 2)
+        frac = u - lo
+        table = lengths.expand(z.shape[0], -1, -1)
+        below = table.gather(2, lo.long()[..., None])[..., 0]
+        above = table.gather(2, lo.long()[..., None] + 1)[..., 0]
+        return ((1 - frac) * below + frac * above).sum(1)
+
+    def _refine(self, x: Tensor, y: Tensor, z: Tensor, s: EncodeSettings) -> Tensor:
+        """Adam on the latents through the quantiser (straight-through gradient) on ``MSE + λ·bpp``;
+        keeps, per patch, the latents whose *quantised* objective was best (never worse than none)."""
         step = self.quantizer.step().float()
+        lengths = self._code_lengths() if s.rate_weight > 0 else None
+        per_point = s.rate_weight / x.shape[1]
         delta = torch.zeros_like(z, requires_grad=True)
-        opt = torch.optim.Adam([delta], lr=self.config.refine_lr)
+        opt = torch.optim.Adam([delta], lr=s.refine_lr)
         best_z, best = z.clone(), torch.full((z.shape[0],), float("inf"))
-        for i in range(steps + 1):
+        for i in range(s.refine_steps + 1):
             cur = z + delta * step
-            zq = self.quantizer.dequantize(self.quantizer.quantize(cur.detach()))
+            q = self.quantizer.quantize(cur.detach())
+            zq = self.quantizer.dequantize(q)
             zq = cur + (zq - cur).detach()  # straight-through
             pred, _ = self.field.forward_points(x, zq)
-            mse = mse_per_item(pred, y)
-            better = mse.detach() < best
-            best = torch.where(better, mse.detach(), best)
+            loss = mse_per_item(pred, y)
+            objective = loss.detach()
+            if lengths is not None:
+                exact = lengths.gather(1, q.t()).t().sum(1)  # bits of the symbols actually coded
+                objective = objective + per_point * exact
+                loss = loss + per_point * self._soft_bits(cur, lengths)
+            better = objective < best
+            best = torch.where(better, objective, best)
             best_z[better] = cur.detach()[better]
-            if i == steps:
+            if i == s.refine_steps:
                 break
             opt.zero_grad(set_to_none=True)
-            mse.sum().backward()
+            loss.sum().backward()
             opt.step()
         return best_z
 
-    def compress_many(self, items: np.ndarray, inner_steps: int | None = None,
-                      refine_steps: int | None = None) -> list[bytes]:
+    def compress_many(self, items: np.ndarray, settings: EncodeSettings | None = None) -> list[bytes]:
         """Compress a stack of same-shape items ``(B, *shape[, C])`` (all their patches fitted in batches)."""
         items = np.asarray(items)
         k = len(self.patch_shape)
@@ -222,7 +266,7 @@ class FunctaCodec:
         if not patches:
             return []
         feats = self.modality.to_features(np.concatenate(patches))
-        enc = self.encode_patches(feats, inner_steps, refine_steps)
+        enc = self.encode_patches(feats, settings)
         per_item = grid[0].num_patches
         out = []
         for b in range(len(items)):
@@ -230,17 +274,17 @@ class FunctaCodec:
             out.append(pack(self._header(tuple(items.shape[1:1 + k])), self.entropy.encode(sym)))
         return out
 
-    def compress(self, item: np.ndarray, inner_steps: int | None = None, refine_steps: int | None = None) -> bytes:
+    def compress(self, item: np.ndarray, settings: EncodeSettings | None = None) -> bytes:
         """Compress one item ``(*shape[, C])`` of any size (padded to whole patches) into ``.fta`` bytes."""
-        return self.compress_many(np.asarray(item)[None], inner_steps, refine_steps)[0]
+        return self.compress_many(np.asarray(item)[None], settings)[0]
 
     def _header(self, shape: tuple[int, ...]) -> Header:
         q = self.config.quantizer
         return Header(self.codec_id, self.modality.name, q.bits, q.per_dimension, self.config.entropy_model, shape)
 
     # ------------------------------------------------------------------ decoding
-    def decompress(self, data: bytes) -> np.ndarray:
-        """``.fta`` bytes -> the item ``(*shape[, C])`` in data units. Raises :class:`CodecError`."""
+    def _symbols(self, data: bytes) -> tuple[Tensor, PatchGrid]:
+        """Validate a file against this codec and decode its symbols ``(P, D)``."""
         try:
             header, payload = unpack(data)
         except ValueError as e:
@@ -253,8 +297,23 @@ class FunctaCodec:
         if len(header.shape) != len(self.patch_shape):
             raise CodecError(f"file holds a {len(header.shape)}-axis item, the codec's patches have {len(self.patch_shape)}")
         grid = PatchGrid(header.shape, self.patch_shape)
-        symbols = self.entropy.decode(payload, grid.num_patches, self.field.config.code_dim)
-        return from_patches(self.render_latents(self.quantizer.dequantize(symbols)), grid)
+        return self.entropy.decode(payload, grid.num_patches, self.field.config.code_dim), grid
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        """``.fta`` bytes -> the item ``(*shape[, C])`` in data units. Raises :class:`CodecError`."""
+        return self.decompress_many([data])[0]
+
+    def decompress_many(self, files: list[bytes]) -> list[np.ndarray]:
+        """Decode several files; the patches of all of them are rendered in shared batches."""
+        decoded = [self._symbols(f) for f in files]
+        if not decoded:
+            return []
+        patches = self.render_latents(self.quantizer.dequantize(torch.cat([s for s, _ in decoded])))
+        out, start = [], 0
+        for _, grid in decoded:
+            out.append(from_patches(patches[start:start + grid.num_patches], grid))
+            start += grid.num_patches
+        return out
 
     def render_latents(self, latents: Tensor) -> np.ndarray:
         """Latents ``(M, D)`` -> patches ``(M, *patch[, C])`` in data units (memory-bounded batches)."""

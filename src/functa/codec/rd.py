@@ -17,7 +17,7 @@ import numpy as np
 from .baselines import at_rate, psnr_uint8
 from .coin import CoinCodec
 from .container import unpack
-from .model import FunctaCodec
+from .model import EncodeSettings, FunctaCodec
 
 __all__ = ["RDPoint", "bd_rate", "coin_point", "functa_point", "standard_point"]
 
@@ -39,8 +39,8 @@ class RDPoint:
         return asdict(self)
 
 
-def functa_point(codec: FunctaCodec, images: np.ndarray, label: str, inner_steps: int | None = None,
-                 refine_steps: int | None = None, batch: int = 256) -> RDPoint:
+def functa_point(codec: FunctaCodec, images: np.ndarray, label: str, settings: EncodeSettings | None = None,
+                 batch: int = 256) -> RDPoint:
     """Compress and decompress ``images (N, H, W, C)`` uint8 with ``codec``; one RD point."""
     h, w = images.shape[1:3]
     sizes, payloads, psnrs = [], [], []
@@ -48,10 +48,10 @@ def functa_point(codec: FunctaCodec, images: np.ndarray, label: str, inner_steps
     for start in range(0, len(images), batch):
         part = images[start:start + batch]
         t = time.perf_counter()
-        files = codec.compress_many(part, inner_steps, refine_steps)
+        files = codec.compress_many(part, settings)
         enc_s += time.perf_counter() - t
         t = time.perf_counter()
-        decoded = [codec.decompress(f) for f in files]
+        decoded = codec.decompress_many(files)
         dec_s += time.perf_counter() - t
         for f, img, out in zip(files, part, decoded):
             sizes.append(len(f))
