@@ -122,8 +122,10 @@ def _add_compression(sub) -> None:
     p.add_argument("--bits", type=int, default=5, help="bits per latent dimension (COIN++: 5 low rate, 6 high)")
     p.add_argument("--quantizer", choices=["per-dimension", "global"], default="per-dimension",
                    help="statistics per latent dimension (thesis 6.4.1) or one for all (COIN++)")
-    p.add_argument("--entropy", choices=["per_dimension", "histogram"], default="per_dimension",
-                   help="per-dimension frequency tables or one shared histogram (COIN++)")
+    p.add_argument("--entropy", choices=["per_dimension", "histogram", "autoregressive"], default="per_dimension",
+                   help="per-dimension frequency tables, one shared histogram (COIN++), or an autoregressive "
+                        "flow (FlowCOIN; trained here, see --ar-steps)")
+    p.add_argument("--ar-steps", type=int, default=3000, help="training steps of the autoregressive entropy model")
     p.add_argument("--steps", type=int, help="default encode-time inner steps (default: as in meta-learning)")
     p.add_argument("--refine", type=int, default=0, help="default refinement steps on the quantised latents")
     p.add_argument("--rate-weight", type=float, default=0.0,
@@ -161,14 +163,14 @@ def _add_compression(sub) -> None:
 
 def _run_compression(args: argparse.Namespace, progress: bool) -> None:
     from . import compression as comp
-    from .codec import EncodeSettings
+    from .codec import AutoregressiveConfig, EncodeSettings
 
     if args.command == "codec":
         r = comp.build_codec(args.model, args.out, data=args.data, functaset=args.functaset, split=args.split,
                              limit=args.limit, bits=args.bits, per_dimension=args.quantizer == "per-dimension",
                              entropy_model=args.entropy,
                              encode=EncodeSettings(args.steps, args.refine, rate_weight=args.rate_weight),
-                             progress=progress)
+                             autoregressive=AutoregressiveConfig(steps=args.ar_steps), progress=progress)
         print(f"wrote codec {r['codec_id']} to {args.out}: {r['train_latents']} training latents, "
               f"{r['ideal_bits_per_latent_dim']:.3f} bits per latent dimension (of {args.bits})")
     elif args.command == "compress":

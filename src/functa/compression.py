@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .codec import CodecConfig, EncodeSettings, FunctaCodec, QuantizerConfig, to_patches
+from .codec import AutoregressiveConfig, CodecConfig, EncodeSettings, FunctaCodec, QuantizerConfig, to_patches
 from .fitting import auto_batch_size, fit_latents
 from .functaset import Functaset
 from .io import ArtefactError, atomic_write_bytes
@@ -64,14 +64,16 @@ def _training_latents(model: Path, data: str | Path | None, functaset: str | Pat
 def build_codec(model: str | Path, out: str | Path, data: str | Path | None = None,
                 functaset: str | Path | None = None, split: str = "train", limit: int | None = None,
                 bits: int = 5, per_dimension: bool = True, entropy_model: str = "per_dimension",
-                encode: EncodeSettings = EncodeSettings(), progress: bool = True) -> dict:
+                encode: EncodeSettings = EncodeSettings(), autoregressive: AutoregressiveConfig | None = None,
+                progress: bool = True) -> dict:
     """Freeze a codec for the base network ``model``: quantiser statistics and entropy tables are
     fitted on the latents of a functaset of that network or of (the patches of) ``data[split]``."""
     model, out = Path(model), Path(out)
     field, modality, cfg = load_model(model)
     latents, source = _training_latents(model, data, functaset, split, limit, progress)
-    config = CodecConfig(QuantizerConfig(bits=bits, per_dimension=per_dimension), entropy_model, encode)
-    codec = FunctaCodec.build(field, modality, cfg, latents, config)
+    config = CodecConfig(QuantizerConfig(bits=bits, per_dimension=per_dimension), entropy_model, encode,
+                         autoregressive or AutoregressiveConfig())
+    codec = FunctaCodec.build(field, modality, cfg, latents, config, progress)
     sym = codec.quantizer.quantize(latents)
     stats = {"train_latents": int(latents.shape[0]),
              "ideal_bits_per_latent_dim": codec.entropy.bits(sym) / sym.numel(),

@@ -25,11 +25,12 @@ def base(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("quantizer, entropy", [("per-dimension", "per_dimension"), ("global", "histogram")])
+@pytest.mark.parametrize("quantizer, entropy", [("per-dimension", "per_dimension"), ("global", "histogram"),
+                                               ("per-dimension", "autoregressive")])
 def test_build_compress_decompress(base, tmp_path, capsys, quantizer, entropy):
     codec = tmp_path / "codec"
     assert main(["--quiet", "codec", "build", "-m", str(base / "run"), "--data", str(base / "imgs"), "-o", str(codec),
-                 "--bits", "6", "--quantizer", quantizer, "--entropy", entropy]) == 0
+                 "--bits", "6", "--quantizer", quantizer, "--entropy", entropy, "--ar-steps", "20"]) == 0
     meta = json.loads((codec / "codec.json").read_text())
     assert meta["config"]["quantizer"] == {"bits": 6, "per_dimension": quantizer == "per-dimension", "std_range": None}
     assert meta["config"]["entropy_model"] == entropy and meta["built_from"]["count"] == 16

@@ -2,12 +2,15 @@
 container, patches for large items, the codec itself, and the baselines it is measured against."""
 
 from .container import ContainerError, Header, pack, unpack
+from .autoregressive import AutoregressiveConfig, AutoregressiveModel
 from .entropy import ENTROPY_MODELS, FactorizedModel, fit_entropy_model
 from .model import CodecConfig, CodecError, EncodeSettings, FunctaCodec
 from .patches import PatchGrid, from_patches, to_patches
 from .quantize import Quantizer, QuantizerConfig, default_std_range
 
 __all__ = [
+    "AutoregressiveConfig",
+    "AutoregressiveModel",
     "CodecConfig",
     "CodecError",
     "ContainerError",

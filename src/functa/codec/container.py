@@ -11,8 +11,8 @@ offset size    field
                statistics and entropy tables); decoding with another model is refused
 13     1       modality code (1 image, 2 sphere; see :data:`MODALITY_CODES`)
 14     1       quantiser id: bits (1-16) in the low 5 bits, bit 7 set for per-dimension statistics
-15     1       entropy-model id (0 histogram, 1 per-dimension, 2 raw float16 (COIN); see
-               :data:`ENTROPY_CODES`)
+15     1       entropy-model id (0 histogram, 1 per-dimension, 2 raw float16 (COIN),
+               3 autoregressive; see :data:`ENTROPY_CODES`)
 16     1       number of spatial axes ``k`` (1-4)
 17     varint  ``k`` item sizes along the spatial axes (each 1 .. 2^20)
 ...    varint  payload length ``L``
@@ -37,7 +37,7 @@ __all__ = ["ContainerError", "Header", "pack", "unpack", "MAGIC", "VERSION", "MO
 MAGIC = b"FTAC"
 VERSION = 1
 MODALITY_CODES = {"image": 1, "sphere": 2}
-ENTROPY_CODES = {"histogram": 0, "per_dimension": 1, "raw16": 2}
+ENTROPY_CODES = {"histogram": 0, "per_dimension": 1, "raw16": 2, "autoregressive": 3}
 MAX_AXIS = 2**20
 MAX_POINTS = 2**31
 _FIXED = struct.Struct("<4sB8sBBBB")  # magic, version, codec id, modality, quantiser, entropy, axes

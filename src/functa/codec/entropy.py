@@ -6,7 +6,8 @@ A *factorised* model gives every latent dimension ``d`` a categorical distributi
 - ``histogram`` (COIN++ §4.2.3): one distribution shared by all dimensions, the frequency of each
   symbol in the training latents pooled over dimensions (COIN++ only reports this model's ideal
   code length; here it drives a real coder);
-- ``per_dimension``: one frequency table per dimension (dimensions have different spreads).
+- ``per_dimension``: one frequency table per dimension (dimensions have different spreads);
+- ``autoregressive``: not factorised; see :mod:`functa.codec.autoregressive` (FlowCOIN).
 
 Counts of zero are raised to one (COIN++'s ``min_count``) so every symbol stays codable.
 :meth:`FactorizedModel.encode` range-codes a ``(P, D)`` block of symbols (``P`` patches of one item)
@@ -24,9 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ENTROPY_MODELS", "FactorizedModel", "fit_entropy_model"]
+__all__ = ["ENTROPY_MODELS", "FACTORIZED", "FactorizedModel", "entropy_from_state", "fit_entropy_model"]
 
-ENTROPY_MODELS = ("histogram", "per_dimension")
+FACTORIZED = ("histogram", "per_dimension")
+ENTROPY_MODELS = FACTORIZED + ("autoregressive",)
 
 
 def _coder():
@@ -44,11 +46,11 @@ class FactorizedModel:
     kind: str
     counts: Tensor  # int64
 
-    names: ClassVar[tuple[str, ...]] = ENTROPY_MODELS
+    names: ClassVar[tuple[str, ...]] = FACTORIZED
 
     def __post_init__(self) -> None:
-        if self.kind not in ENTROPY_MODELS:
-            raise ValueError(f"unknown entropy model {self.kind!r}; choose from {ENTROPY_MODELS}")
+        if self.kind not in FACTORIZED:
+            raise ValueError(f"unknown factorised entropy model {self.kind!r}; choose from {FACTORIZED}")
         if self.counts.ndim != 2 or self.counts.shape[1] < 2:
             raise ValueError(f"counts must be (D, S>=2), got {tuple(self.counts.shape)}")
         if int(self.counts.min()) < 1:
@@ -101,11 +103,21 @@ class FactorizedModel:
         return cls(kind, state["counts"].long())
 
 
-def fit_entropy_model(kind: str, symbols: Tensor, num_symbols: int) -> FactorizedModel:
-    """Fit a model of ``kind`` to training symbols ``(N, D)`` (zero counts raised to one)."""
+def fit_entropy_model(kind: str, symbols: Tensor, num_symbols: int, autoregressive=None, progress: bool = False):
+    """Fit a model of ``kind`` to training symbols ``(N, D)``.
+
+    Factorised models count (zero counts raised to one); ``autoregressive`` trains an
+    :class:`~functa.codec.autoregressive.AutoregressiveModel` with ``autoregressive`` (its config).
+    """
     if kind not in ENTROPY_MODELS:
         raise ValueError(f"unknown entropy model {kind!r}; choose from {ENTROPY_MODELS}")
     sym = symbols.reshape(-1, symbols.shape[-1]).long()
+    if kind == "autoregressive":
+        from .autoregressive import AutoregressiveConfig, AutoregressiveModel
+
+        model = AutoregressiveModel(sym.shape[1], num_symbols, autoregressive or AutoregressiveConfig())
+        model.fit(sym, progress)
+        return model
     if kind == "histogram":
         counts = torch.bincount(sym.reshape(-1), minlength=num_symbols)[None]
     else:
@@ -113,3 +125,12 @@ def fit_entropy_model(kind: str, symbols: Tensor, num_symbols: int) -> Factorize
         flat = (torch.arange(d)[None, :] * num_symbols + sym).reshape(-1)
         counts = torch.bincount(flat, minlength=d * num_symbols).reshape(d, num_symbols)
     return FactorizedModel(kind, counts.clamp_min(1))
+
+
+def entropy_from_state(kind: str, state: dict[str, Tensor], dim: int, num_symbols: int, autoregressive=None):
+    """Rebuild a fitted entropy model from :meth:`state` tensors."""
+    if kind == "autoregressive":
+        from .autoregressive import AutoregressiveConfig, AutoregressiveModel
+
+        return AutoregressiveModel.from_state(dim, num_symbols, autoregressive or AutoregressiveConfig(), state)
+    return FactorizedModel.from_state(kind, state)

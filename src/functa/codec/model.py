@@ -37,7 +37,8 @@ from ..fitting import auto_batch_size, fit_latents, mse_per_item
 from ..io import CONFIG_FILE, MODEL_FILE, ArtefactError, load_base_network, load_tensors, read_json, save_tensors, write_json
 from ..modalities import Modality, modality_from_config
 from .container import Header, pack, unpack
-from .entropy import FactorizedModel, fit_entropy_model
+from .autoregressive import AutoregressiveConfig
+from .entropy import FACTORIZED, entropy_from_state, fit_entropy_model
 from .patches import PatchGrid, from_patches, to_patches
 from .quantize import Quantizer, QuantizerConfig
 
@@ -86,10 +87,13 @@ class CodecConfig:
     quantizer: QuantizerConfig = QuantizerConfig()
     entropy_model: str = "per_dimension"
     encode: EncodeSettings = EncodeSettings()
+    autoregressive: AutoregressiveConfig = AutoregressiveConfig()  # used by entropy_model="autoregressive"
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):
             object.__setattr__(self, "quantizer", QuantizerConfig(**self.quantizer))
+        if isinstance(self.autoregressive, dict):
+            object.__setattr__(self, "autoregressive", AutoregressiveConfig(**self.autoregressive))
         if isinstance(self.encode, dict):
             object.__setattr__(self, "encode", EncodeSettings(**self.encode))
 
@@ -107,7 +111,7 @@ class FunctaCodec:
     """Compress and decompress items of one modality with a meta-learned base network."""
 
     def __init__(self, field: LatentModulatedSiren, modality: Modality, base_config: dict, quantizer: Quantizer,
-                 entropy: FactorizedModel, config: CodecConfig) -> None:
+                 entropy, config: CodecConfig) -> None:
         if entropy.kind != config.entropy_model:
             raise ValueError(f"entropy model {entropy.kind!r} does not match the config ({config.entropy_model!r})")
         if entropy.num_symbols != config.quantizer.levels:
@@ -120,12 +124,13 @@ class FunctaCodec:
     # ------------------------------------------------------------------ building and storage
     @classmethod
     def build(cls, field: LatentModulatedSiren, modality: Modality, base_config: dict, train_latents: Tensor,
-              config: CodecConfig = CodecConfig()) -> "FunctaCodec":
-        """Freeze quantiser statistics and entropy tables from training latents ``(N, D)``."""
+              config: CodecConfig = CodecConfig(), progress: bool = False) -> "FunctaCodec":
+        """Freeze quantiser statistics and entropy model from training latents ``(N, D)``."""
         if train_latents.ndim != 2 or train_latents.shape[1] != field.config.code_dim:
             raise ValueError(f"training latents must be (N, {field.config.code_dim}), got {tuple(train_latents.shape)}")
         quantizer = Quantizer.fit(train_latents, config.quantizer)
-        entropy = fit_entropy_model(config.entropy_model, quantizer.quantize(train_latents), config.quantizer.levels)
+        entropy = fit_entropy_model(config.entropy_model, quantizer.quantize(train_latents), config.quantizer.levels,
+                                    config.autoregressive, progress)
         return cls(field, modality, base_config, quantizer, entropy, config)
 
     def _digest(self) -> bytes:
@@ -133,8 +138,11 @@ class FunctaCodec:
         h.update(str(self.base_config.get("sha256", "")).encode())
         h.update(json.dumps(self.config.quantizer.to_dict(), sort_keys=True).encode())
         h.update(self.config.entropy_model.encode())
-        for t in (self.quantizer.mean, self.quantizer.std, self.entropy.counts):
-            h.update(t.contiguous().numpy().tobytes())
+        h.update(json.dumps(self.config.autoregressive.to_dict(), sort_keys=True).encode()
+                 if self.config.entropy_model == "autoregressive" else b"")
+        tables = [self.quantizer.mean, self.quantizer.std] + [v for _, v in sorted(self.entropy.state().items())]
+        for t in tables:
+            h.update(t.detach().contiguous().numpy().tobytes())
         return h.digest()[:8]
 
     def save(self, directory: str | Path, base_dir: str | Path, extra: dict | None = None) -> Path:
@@ -171,9 +179,10 @@ class FunctaCodec:
         try:
             quantizer = Quantizer.from_state(config.quantizer, {k[10:]: v for k, v in tensors.items()
                                                                 if k.startswith("quantizer.")})
-            entropy = FactorizedModel.from_state(config.entropy_model, {k[8:]: v for k, v in tensors.items()
-                                                                        if k.startswith("entropy.")})
-        except (KeyError, ValueError) as e:
+            entropy = entropy_from_state(config.entropy_model, {k[8:]: v for k, v in tensors.items()
+                                                                if k.startswith("entropy.")},
+                                         field.config.code_dim, config.quantizer.levels, config.autoregressive)
+        except (KeyError, ValueError, RuntimeError) as e:
             raise ArtefactError(f"{directory / CODEC_TENSORS}: invalid codec tables ({e})") from None
         codec = cls(field, modality_from_config(base_config["modality"]), base_config, quantizer, entropy, config)
         if codec.codec_id.hex() != meta.get("codec_id"):
@@ -212,6 +221,9 @@ class FunctaCodec:
 
     def _code_lengths(self) -> Tensor:
         """``-log2 p`` of every symbol per latent dimension, ``(D, S)`` float32."""
+        if self.config.entropy_model not in FACTORIZED:
+            raise ValueError(f"rate-aware refinement needs a factorised entropy model {FACTORIZED}, "
+                             f"this codec uses {self.config.entropy_model!r}")
         return -torch.from_numpy(self.entropy.table(self.field.config.code_dim)).log2().float()
 
     def _soft_bits(self, z: Tensor, lengths: Tensor) -> Tensor:

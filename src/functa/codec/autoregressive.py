@@ -1,0 +1,167 @@
+"""An autoregressive flow over quantised latents, usable by a range coder (FlowCOIN, thesis §6.4.2).
+
+The thesis models the quantised latents with a neural spline flow and reports the ideal code
+length ``-log2 Q(q)``. A stack of flow layers gives only a joint density, which an arithmetic coder
+cannot use symbol by symbol. Here the model is a single *autoregressive* flow layer: a masked MLP
+(MADE, :class:`zuko.nn.MaskedMLP`) maps the levels ``q_<d`` of the earlier dimensions to a mixture of
+``K`` logistics for dimension ``d``; its CDF ``F_d(x | q_<d)`` is the layer's monotone transform.
+The probability of level ``s`` is the CDF mass of its bin,
+
+    P(q_d = s | q_<d) = F_d(s + 1/2 | q_<d) - F_d(s - 1/2 | q_<d)     (outer bins open-ended),
+
+which is exact and sums to one, so it is both the training likelihood (no dequantisation bound
+needed) and the coding distribution: dimension by dimension, the range coder gets the ``(P, S)``
+table of every patch's next symbol.
+
+Encoder and decoder evaluate the network in the same sequence of calls (one pass per dimension,
+later dimensions zero; their weights are masked to exact zeros), so both sides see bit-identical
+tables on the same machine and library build. As with most learned entropy models, decoding on a
+different CPU or BLAS may in rare cases compute a different table and fail; the factorised models
+(integer counts) have no such caveat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["AutoregressiveConfig", "AutoregressiveModel"]
+
+
+@dataclass(frozen=True)
+class AutoregressiveConfig:
+    hidden: tuple[int, ...] = (256, 256)
+    components: int = 4
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.components < 1 or not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"invalid autoregressive model config {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AutoregressiveModel(nn.Module):
+    """``P(q) = prod_d P(q_d | q_<d)`` over symbols ``(B, D)`` in ``[0, S)``."""
+
+    kind = "autoregressive"
+
+    def __init__(self, dim: int, num_symbols: int, config: AutoregressiveConfig = AutoregressiveConfig()) -> None:
+        super().__init__()
+        import zuko
+
+        self.dim, self.num_symbols, self.config = dim, num_symbols, config
+        k = config.components
+        out_dim = torch.arange(dim).repeat_interleave(3 * k)  # output o belongs to dimension out_dim[o]
+        adjacency = torch.arange(dim)[None, :] < out_dim[:, None]  # (D*3K, D): d sees j < d
+        self.net = zuko.nn.MaskedMLP(adjacency, config.hidden, activation=nn.ELU)
+        # edges of the level bins in level units: -inf, 0.5, 1.5, ..., S-1.5, +inf
+        self.register_buffer("edges", torch.arange(num_symbols - 1, dtype=torch.float32) + 0.5, persistent=False)
+
+    # ------------------------------------------------------------------ densities
+    def _inputs(self, symbols: Tensor) -> Tensor:
+        return symbols.float() * (2.0 / (self.num_symbols - 1)) - 1.0
+
+    def _mixture(self, symbols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mixture logits, means and log-scales in level units, each ``(B, D, K)``."""
+        k = self.config.components
+        h = self.net(self._inputs(symbols)).reshape(symbols.shape[0], self.dim, 3, k)
+        centre = (self.num_symbols - 1) / 2
+        means = centre + h[:, :, 1] * centre
+        return h[:, :, 0], means, h[:, :, 2].clamp(-7.0, 7.0)
+
+    def _bin_probs(self, logits: Tensor, means: Tensor, log_scales: Tensor) -> Tensor:
+        """``(..., K)`` mixture parameters -> probabilities of the ``S`` levels ``(..., S)``."""
+        w = torch.softmax(logits, -1)[..., None, :]
+        z = (self.edges[:, None] - means[..., None, :]) * torch.exp(-log_scales)[..., None, :]
+        cdf = (w * torch.sigmoid(z)).sum(-1)  # (..., S-1)
+        zeros, ones = torch.zeros_like(cdf[..., :1]), torch.ones_like(cdf[..., :1])
+        return torch.diff(torch.cat([zeros, cdf, ones], -1), dim=-1).clamp_min(1e-12)
+
+    def log2_prob(self, symbols: Tensor) -> Tensor:
+        """``log2 P(q)`` per item ``(B,)`` (one network pass: all conditionals from the given symbols)."""
+        probs = self._bin_probs(*self._mixture(symbols))  # (B, D, S)
+        return torch.log2(probs.gather(2, symbols.long()[..., None])[..., 0]).sum(1)
+
+    def bits(self, symbols: Tensor) -> float:
+        with torch.no_grad():
+            return float(-self.log2_prob(symbols.reshape(-1, self.dim)).sum())
+
+    # ------------------------------------------------------------------ training
+    def fit(self, symbols: Tensor, progress: bool = False) -> list[float]:
+        """Maximum likelihood on training symbols ``(N, D)`` (Adam, cosine decay); returns bits/dim."""
+        from tqdm.auto import tqdm
+
+        c = self.config
+        g = torch.Generator().manual_seed(c.seed)
+        torch.manual_seed(c.seed)
+        opt = torch.optim.Adam(self.parameters(), lr=c.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(c.steps, 1))
+        history = []
+        self.train()
+        for step in tqdm(range(c.steps), desc="entropy model", disable=not progress):
+            idx = torch.randint(0, symbols.shape[0], (min(c.batch_size, symbols.shape[0]),), generator=g)
+            loss = -self.log2_prob(symbols[idx]).mean() / self.dim
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 100 == 0 or step == c.steps - 1:
+                history.append(float(loss.detach()))
+        self.eval()
+        return history
+
+    # ------------------------------------------------------------------ coding
+    def _tables(self, symbols: Tensor, d: int) -> np.ndarray:
+        """Probabilities ``(P, S)`` of dimension ``d`` given ``symbols[:, :d]`` (later entries ignored)."""
+        context = symbols.clone()
+        context[:, d:] = 0  # identical inputs on the encoder and the decoder side
+        with torch.no_grad():
+            logits, means, log_scales = self._mixture(context)
+            probs = self._bin_probs(logits[:, d], means[:, d], log_scales[:, d])
+        return probs.double().numpy()
+
+    def encode(self, symbols: Tensor) -> bytes:
+        from .entropy import _coder
+
+        c = _coder()
+        sym = symbols.reshape(-1, self.dim).long()
+        if sym.numel() and (int(sym.min()) < 0 or int(sym.max()) >= self.num_symbols):
+            raise ValueError(f"symbols must lie in [0, {self.num_symbols})")
+        enc = c.stream.queue.RangeEncoder()
+        model = c.stream.model.Categorical(perfect=False)
+        for d in range(self.dim):
+            enc.encode(sym[:, d].numpy().astype(np.int32), model, self._tables(sym, d))
+        return enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0")
+
+    def decode(self, data: bytes, count: int, dim: int) -> Tensor:
+        from .entropy import _coder
+
+        if dim != self.dim:
+            raise ValueError(f"latents have {dim} dimensions, the entropy model was fitted on {self.dim}")
+        c = _coder()
+        words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
+        dec = c.stream.queue.RangeDecoder(words)
+        model = c.stream.model.Categorical(perfect=False)
+        sym = torch.zeros(count, self.dim, dtype=torch.long)
+        for d in range(self.dim):
+            sym[:, d] = torch.from_numpy(np.asarray(dec.decode(model, self._tables(sym, d)), dtype=np.int64))
+        return sym
+
+    def state(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_state(cls, dim: int, num_symbols: int, config: AutoregressiveConfig,
+                   state: dict[str, Tensor]) -> "AutoregressiveModel":
+        model = cls(dim, num_symbols, config)
+        model.load_state_dict(state)
+        return model.eval()
