@@ -170,11 +170,13 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
                              limit=args.limit, bits=args.bits, per_dimension=args.quantizer == "per-dimension",
                              entropy_model=args.entropy,
                              encode=EncodeSettings(args.steps, args.refine, rate_weight=args.rate_weight),
-                             autoregressive=AutoregressiveConfig(steps=args.ar_steps), progress=progress)
+                             autoregressive=AutoregressiveConfig(steps=args.ar_steps), progress=progress,
+                             device=args.device)
         print(f"wrote codec {r['codec_id']} to {args.out}: {r['train_latents']} training latents, "
               f"{r['ideal_bits_per_latent_dim']:.3f} bits per latent dimension (of {args.bits})")
     elif args.command == "compress":
-        r = comp.compress_file(args.codec, args.input, args.out, args.steps, args.refine, args.rate_weight)
+        r = comp.compress_file(args.codec, args.input, args.out, args.steps, args.refine, args.rate_weight,
+                               device=args.device)
         quality = f"PSNR {r['psnr_db']:.2f} dB" if "psnr_db" in r else f"RMSE {r['rmse']:.4g}"
         print(f"wrote {args.out}: {r['bytes']} bytes, {r['bits_per_point']:.4f} bpp, {quality}, "
               f"{r['patches']} patch(es), {r['encode_s']:.2f} s")
@@ -183,7 +185,8 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
         r = comp.codec_bench(args.data, args.codecs, args.out, split=args.split, limit=args.limit,
                              standard=args.standard, inner_steps=args.steps, refine_steps=args.refine,
                              rate_weight=args.rate_weight,
-                             coin_targets=tuple(args.coin), coin_steps=args.coin_steps, progress=progress, **kw)
+                             coin_targets=tuple(args.coin), coin_steps=args.coin_steps, progress=progress,
+                             device=args.device, **kw)
         for name, pts in r["results"].items():
             for p in sorted(pts, key=lambda q: q["bpp"]):
                 print(f"{name:>9} {p['bpp']:7.3f} bpp  {p['psnr']:6.2f} dB  {p['label']}")
@@ -191,7 +194,7 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
             print(f"BD-rate functa vs {name}: " + ("curves do not overlap" if v is None else f"{v:+.1f}%"))
         print(f"wrote {args.out / 'rd.json'}" + (f" and {r['plot']}" if r.get("plot") else " (pip install matplotlib for rd.png)"))
     else:
-        r = comp.decompress_file(args.codec, args.input, args.out)
+        r = comp.decompress_file(args.codec, args.input, args.out, device=args.device)
         print(f"wrote {args.out}: shape {tuple(r['shape'])}, {r['decode_s']:.3f} s")
 
 
@@ -258,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "neural fields, encode datasets into functasets, render at any resolution.")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--device", default="auto",
+                        help="where fit / encode / eval / render / compress run: 'auto' (CUDA if available, else CPU), "
+                             "'cpu', 'cuda', 'cuda:1', ...")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fit", help="meta-learn a base network on a dataset (resumes an interrupted run)")
@@ -317,6 +323,9 @@ def _run(args: argparse.Namespace) -> int:
     from .config import load_config
 
     progress = not args.quiet
+    from .device import resolve_device
+
+    resolve_device(args.device)  # fail early and clearly when the device is not usable here
     if args.command == "fit":
         overrides = list(args.overrides)
         if args.steps is not None:
@@ -324,7 +333,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.modality:
             overrides.append(f"modality={json.dumps(args.modality)}")
         cfg = load_config(args.config, overrides, preset=args.preset)
-        result = pipeline.fit(args.data, args.out, cfg, progress=progress, time_limit_s=args.time_limit)
+        result = pipeline.fit(args.data, args.out, cfg, progress=progress, time_limit_s=args.time_limit,
+                              device=args.device)
         final = result["training"]["final_eval"]["per_step"][-1]
         print(f"saved base network to {args.out} (sha256 {result['sha256'][:12]}); validation PSNR "
               f"{final['psnr_of_mean_mse']:.2f} dB (of mean MSE), {final['mean_psnr']:.2f} dB (mean of items)")
@@ -335,17 +345,18 @@ def _run(args: argparse.Namespace) -> int:
 
             aug = ImageAugmentation(tuple(a.strip() for a in args.augment.split(",")), pad=args.pad, seed=args.seed)
         fs = pipeline.encode(args.model, args.data, args.out, split=args.split, steps=args.steps,
-                             batch_size=args.batch_size, progress=progress, augmentation=aug, copies=args.copies)
+                             batch_size=args.batch_size, progress=progress, augmentation=aug, copies=args.copies,
+                             device=args.device)
         s = fs.manifest["summary"]
         print(f"wrote {len(fs)} latents of dim {fs.header['latent_dim']} to {args.out}: PSNR "
               f"{s['psnr_of_mean_mse']:.2f} dB (of mean MSE), {s['mean_psnr']:.2f} dB (mean of items)")
     elif args.command == "render":
         res = pipeline.render(args.model, args.out, functaset=args.functaset, data=args.data, split=args.split,
-                              indices=args.indices, scale=args.scale, shape=args.shape)
+                              indices=args.indices, scale=args.scale, shape=args.shape, device=args.device)
         print(f"rendered {res['count']} items at {'x'.join(map(str, res['shape']))} to {args.out} (grid: {res['grid']})")
     elif args.command == "eval":
         res = pipeline.evaluate(args.model, args.data, split=args.split, steps=args.steps, limit=args.limit,
-                                progress=progress)
+                                progress=progress, device=args.device)
         print(pipeline.format_table(res))
         if args.json:
             from .io import write_json

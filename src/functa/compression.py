@@ -38,8 +38,8 @@ def psnr_8bit(a: np.ndarray, b: np.ndarray, max_value: float = 255.0) -> float:
 
 
 def _training_latents(model: Path, data: str | Path | None, functaset: str | Path | None, split: str,
-                      limit: int | None, progress: bool) -> tuple[torch.Tensor, dict]:
-    field, modality, cfg = load_model(model)
+                      limit: int | None, progress: bool, device: str) -> tuple[torch.Tensor, dict]:
+    field, modality, cfg = load_model(model, device)
     if functaset is not None:
         fs = Functaset(functaset)
         fs.check_base_network(cfg["sha256"])
@@ -56,7 +56,7 @@ def _training_latents(model: Path, data: str | Path | None, functaset: str | Pat
     for start in tqdm(range(0, len(ds), batch), desc="encoding training patches", disable=not progress):
         items = ds.take(np.arange(start, min(start + batch, len(ds))))
         patches = np.concatenate([to_patches(it, tuple(modality.shape))[0] for it in items])
-        out.append(fit_latents(field, x, modality.to_features(patches), steps).latents)
+        out.append(fit_latents(field, x, modality.to_features(patches), steps).latents.cpu())
     latents = torch.cat(out)
     return latents, {"data": str(data), "split": split, "items": len(ds), "count": int(latents.shape[0])}
 
@@ -65,12 +65,12 @@ def build_codec(model: str | Path, out: str | Path, data: str | Path | None = No
                 functaset: str | Path | None = None, split: str = "train", limit: int | None = None,
                 bits: int = 5, per_dimension: bool = True, entropy_model: str = "per_dimension",
                 encode: EncodeSettings = EncodeSettings(), autoregressive: AutoregressiveConfig | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, device: str = "cpu") -> dict:
     """Freeze a codec for the base network ``model``: quantiser statistics and entropy tables are
     fitted on the latents of a functaset of that network or of (the patches of) ``data[split]``."""
     model, out = Path(model), Path(out)
     field, modality, cfg = load_model(model)
-    latents, source = _training_latents(model, data, functaset, split, limit, progress)
+    latents, source = _training_latents(model, data, functaset, split, limit, progress, device)
     config = CodecConfig(QuantizerConfig(bits=bits, per_dimension=per_dimension), entropy_model, encode,
                          autoregressive or AutoregressiveConfig())
     codec = FunctaCodec.build(field, modality, cfg, latents, config, progress)
@@ -91,9 +91,9 @@ def encode_settings(codec: FunctaCodec, **given) -> EncodeSettings:
 
 
 def compress_file(codec_dir: str | Path, source: str | Path, out: str | Path, inner_steps: int | None = None,
-                  refine_steps: int | None = None, rate_weight: float | None = None) -> dict:
+                  refine_steps: int | None = None, rate_weight: float | None = None, device: str = "cpu") -> dict:
     """Compress one file (an image, a field, ...) into a ``.fta`` file; reports size, rate and PSNR."""
-    codec = FunctaCodec.load(codec_dir)
+    codec = FunctaCodec.load(codec_dir, device)
     settings = encode_settings(codec, inner_steps=inner_steps, refine_steps=refine_steps, rate_weight=rate_weight)
     item = codec.modality.read_item(Path(source))
     k = len(codec.patch_shape)
@@ -113,9 +113,9 @@ def compress_file(codec_dir: str | Path, source: str | Path, out: str | Path, in
     return res
 
 
-def decompress_file(codec_dir: str | Path, source: str | Path, out: str | Path) -> dict:
+def decompress_file(codec_dir: str | Path, source: str | Path, out: str | Path, device: str = "cpu") -> dict:
     """Decode a ``.fta`` file made by this codec and write the item (format from ``out``'s suffix)."""
-    codec = FunctaCodec.load(codec_dir)
+    codec = FunctaCodec.load(codec_dir, device)
     path = Path(source)
     if not path.is_file():
         raise ArtefactError(f"{path}: no such file")
@@ -159,7 +159,7 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
         raise ValueError(f"codecs {missing} are not available in this Pillow build; available: {available_codecs()}")
     results: dict[str, list[dict]] = {"functa": []}
     for path in tqdm(codecs, desc="functa codecs", disable=not progress):
-        codec = FunctaCodec.load(path)
+        codec = FunctaCodec.load(path, device)
         q = codec.config.quantizer
         label = (f"{Path(path).name}: latent {codec.field.config.code_dim}, {q.bits} bits, "
                  f"{'per-dim' if q.per_dimension else 'global'} quantiser, {codec.config.entropy_model} entropy")

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .data import ArrayDataset, DataError, load_dataset
 from .data.augment import ImageAugmentation
+from .device import resolve_device
 from .fields import LatentModulatedSiren, SirenConfig
 from .fitting import MetaLearner, auto_batch_size, evaluate_reconstruction, fit_latents
 from .functaset import Functaset, FunctasetWriter
@@ -40,9 +41,10 @@ def _infer_modality(ds: ArrayDataset, name: str | None) -> Modality:
     return get_modality(name).from_dataset(ds)
 
 
-def load_model(run_dir: str | Path) -> tuple[LatentModulatedSiren, Modality, dict]:
-    """Base network, modality and config of a ``fit`` output directory."""
+def load_model(run_dir: str | Path, device: str | torch.device | None = "cpu") -> tuple[LatentModulatedSiren, Modality, dict]:
+    """Base network (on ``device``; ``"auto"``: CUDA if available), modality and config of a ``fit`` directory."""
     field, config = load_base_network(run_dir)
+    field.to(resolve_device(device))
     if "modality" not in config:
         raise ArtefactError(f"{run_dir}: base network has no modality config")
     field.eval()
@@ -50,7 +52,7 @@ def load_model(run_dir: str | Path) -> tuple[LatentModulatedSiren, Modality, dic
 
 
 def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = True,
-        time_limit_s: float | None = None) -> dict:
+        time_limit_s: float | None = None, device: str | torch.device | None = "cpu") -> dict:
     """Meta-learn a base network on the ``train`` split of ``data``; writes ``out/``.
 
     Resumes if ``out`` holds an unfinished run with the same field settings. With ``data.patch``
@@ -73,7 +75,7 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
             modality = modality_from_config(prev["modality"])  # keep the normalisation of the run
     field_cfg = SirenConfig(in_dim=modality.in_dim, out_dim=modality.out_channels, **config.field)
     torch.manual_seed(config.train.seed)
-    field = LatentModulatedSiren(field_cfg)
+    field = LatentModulatedSiren(field_cfg).to(resolve_device(device))
     learner = MetaLearner(field, config.train)
     train_src, val_src = _sources(train_ds, val_ds, modality, config.data.patch is not None, config.train.seed)
     t0 = time.perf_counter()
@@ -106,7 +108,8 @@ def _small_meta(meta: dict) -> dict:
 
 def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "train", steps: int | None = None,
            batch_size: int | None = None, chunk_size: int = 4096, progress: bool = True,
-           augmentation: ImageAugmentation | None = None, copies: int = 0) -> Functaset:
+           augmentation: ImageAugmentation | None = None, copies: int = 0,
+           device: str | torch.device | None = "cpu") -> Functaset:
     """Encode every item of ``data[split]`` into latents with the frozen base network ``model``.
 
     ``steps`` defaults to the inner steps used in meta-learning; ``batch_size`` to
@@ -114,7 +117,7 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
     ``copies > 0`` the functaset holds the originals followed by ``copies`` augmented copies of
     the whole split (rows of the same image share ``index``). Resumes an interrupted run.
     """
-    field, modality, cfg = load_model(model)
+    field, modality, cfg = load_model(model, device)
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
     ds = open_data(data, split, cfg.get("data"), progress)
     src = FieldDataset(ds, modality)
@@ -159,12 +162,13 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
 
 
 def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: int | None = None,
-             limit: int | None = None, batch_size: int | None = None, progress: bool = True) -> dict:
+             limit: int | None = None, batch_size: int | None = None, progress: bool = True,
+             device: str | torch.device | None = "cpu") -> dict:
     """PSNR after each inner step (both conventions) and modality metrics on ``data[split]``.
 
     A base network meta-learned on patches (``data.patch``) is evaluated on one random crop per item.
     """
-    field, modality, cfg = load_model(model)
+    field, modality, cfg = load_model(model, device)
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
     ds = open_data(data, split, cfg.get("data"), progress)
     patches = bool(cfg.get("data", {}).get("patch")) and tuple(ds.data.shape[1:1 + len(modality.shape)]) != modality.shape
@@ -206,14 +210,14 @@ def parse_indices(spec: str | None, n: int) -> np.ndarray:
 
 def render(model: str | Path, out: str | Path, functaset: str | Path | None = None, data: str | Path | None = None,
            split: str = "test", indices: str | None = None, scale: float = 1.0,
-           shape: tuple[int, ...] | None = None) -> dict:
+           shape: tuple[int, ...] | None = None, device: str | torch.device | None = "cpu") -> dict:
     """Render fields at any resolution, from a functaset or by encoding items of ``data``.
 
     ``scale`` multiplies the native grid (``scale=4``: 4x super-resolution) unless ``shape`` is
     given. Writes one file per item, a ``grid.png`` contact sheet and ``renders.npz``
     (``values`` in data units, ``indices``); with ``data`` also the originals for comparison.
     """
-    field, modality, cfg = load_model(model)
+    field, modality, cfg = load_model(model, device)
     out = Path(out)
     target_shape = tuple(shape) if shape else tuple(int(round(s * scale)) for s in modality.shape)
     originals = None
@@ -231,8 +235,8 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
     else:
         raise ValueError("render needs a functaset or data to encode")
     with torch.no_grad():
-        coords = modality.coordinates(target_shape)
-        values = modality.from_features(field.forward_points(coords[None], latents)[0], target_shape)
+        coords = modality.coordinates(target_shape).to(field.device)
+        values = modality.from_features(field.forward_points(coords[None], latents.to(field.device))[0], target_shape)
     names = [f"item{int(i):06d}_{'x'.join(map(str, target_shape))}" for i in idx]
     paths = modality.save(values, out, names)
     written = {"renders": [str(p) for p in paths]}

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..device import resolve_device
 from ..fields import LatentModulatedSiren
 from ..fitting import auto_batch_size, fit_latents, mse_per_item
 from ..io import CONFIG_FILE, MODEL_FILE, ArtefactError, load_base_network, load_tensors, read_json, save_tensors, write_json
@@ -162,7 +163,9 @@ class FunctaCodec:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "FunctaCodec":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "FunctaCodec":
+        """Load a codec directory; the base network runs on ``device`` (``"auto"``: CUDA if available;
+        the quantiser and entropy tables stay on the CPU)."""
         directory = Path(directory)
         meta = read_json(directory / CODEC_FILE)
         if meta.get("format") != FORMAT:
@@ -184,7 +187,8 @@ class FunctaCodec:
                                          field.config.code_dim, config.quantizer.levels, config.autoregressive)
         except (KeyError, ValueError, RuntimeError) as e:
             raise ArtefactError(f"{directory / CODEC_TENSORS}: invalid codec tables ({e})") from None
-        codec = cls(field, modality_from_config(base_config["modality"]), base_config, quantizer, entropy, config)
+        codec = cls(field.to(resolve_device(device)), modality_from_config(base_config["modality"]), base_config, quantizer, entropy,
+                    config)
         if codec.codec_id.hex() != meta.get("codec_id"):
             raise ArtefactError(f"{directory}: codec id {codec.codec_id.hex()} computed from the files does not match "
                                 f"{CODEC_FILE} ({meta.get('codec_id')}); the tables were modified")
@@ -202,18 +206,19 @@ class FunctaCodec:
         """Fit, (refine) and quantise latents for patch features ``(M, N, C)`` -> symbols ``(M, D)``."""
         s = self.config.encode if settings is None else settings
         steps = self.default_inner_steps() if s.inner_steps is None else s.inner_steps
-        x = self.modality.coordinates()[None]
+        dev = self.field.device
+        x = self.modality.coordinates()[None].to(dev)
         symbols, mses = [], []
         for start in range(0, features.shape[0], self._batch()):
-            y = features[start:start + self._batch()]
+            y = features[start:start + self._batch()].to(dev)
             z = fit_latents(self.field, x, y, steps).latents
             if s.refine_steps:
                 z = self._refine(x, y, z, s)
-            q = self.quantizer.quantize(z)
+            q = self.quantizer.quantize(z.cpu())
             with torch.no_grad():
-                pred, _ = self.field.forward_points(x, self.quantizer.dequantize(q))
+                pred, _ = self.field.forward_points(x, self.quantizer.dequantize(q).to(dev))
             symbols.append(q)
-            mses.append(mse_per_item(pred.clamp(0, 1), y))
+            mses.append(mse_per_item(pred.clamp(0, 1), y).cpu())
         return _Encoded(torch.cat(symbols), torch.cat(mses))
 
     def default_inner_steps(self) -> int:
@@ -230,7 +235,8 @@ class FunctaCodec:
         """Differentiable code length per item ``(B,)``: ``-log2 p`` interpolated between the two
         levels around each (continuous) latent."""
         q, k = self.config.quantizer, self.config.quantizer.clip
-        t = ((z - self.quantizer.mean.float()) / self.quantizer.std.float()).clamp(-k, k)
+        mean, std = self.quantizer.mean.float().to(z.device), self.quantizer.std.float().to(z.device)
+        t = ((z - mean) / std).clamp(-k, k)
         u = (t + k) * ((q.levels - 1) / (2 * k))
         lo = u.detach().floor().clamp(0, q.levels - 2)
         frac = u - lo
@@ -242,16 +248,16 @@ class FunctaCodec:
     def _refine(self, x: Tensor, y: Tensor, z: Tensor, s: EncodeSettings) -> Tensor:
         """Adam on the latents through the quantiser (straight-through gradient) on ``MSE + λ·bpp``;
         keeps, per patch, the latents whose *quantised* objective was best (never worse than none)."""
-        step = self.quantizer.step().float()
-        lengths = self._code_lengths() if s.rate_weight > 0 else None
+        step = self.quantizer.step().float().to(z.device)
+        lengths = self._code_lengths().to(z.device) if s.rate_weight > 0 else None
         per_point = s.rate_weight / x.shape[1]
         delta = torch.zeros_like(z, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=s.refine_lr)
-        best_z, best = z.clone(), torch.full((z.shape[0],), float("inf"))
+        best_z, best = z.clone(), torch.full((z.shape[0],), float("inf"), device=z.device)
         for i in range(s.refine_steps + 1):
             cur = z + delta * step
-            q = self.quantizer.quantize(cur.detach())
-            zq = self.quantizer.dequantize(q)
+            q = self.quantizer.quantize(cur.detach().cpu()).to(z.device)
+            zq = self.quantizer.dequantize(q.cpu()).to(z.device)
             zq = cur + (zq - cur).detach()  # straight-through
             pred, _ = self.field.forward_points(x, zq)
             loss = mse_per_item(pred, y)
@@ -329,10 +335,10 @@ class FunctaCodec:
 
     def render_latents(self, latents: Tensor) -> np.ndarray:
         """Latents ``(M, D)`` -> patches ``(M, *patch[, C])`` in data units (memory-bounded batches)."""
-        x = self.modality.coordinates()[None]
+        x = self.modality.coordinates()[None].to(self.field.device)
         parts = []
         with torch.no_grad():
             for start in range(0, latents.shape[0], self._batch()):
-                pred, _ = self.field.forward_points(x, latents[start:start + self._batch()])
+                pred, _ = self.field.forward_points(x, latents[start:start + self._batch()].to(self.field.device))
                 parts.append(self.modality.from_features(pred))
         return np.concatenate(parts) if parts else np.zeros((0, *self.patch_shape), np.float32)

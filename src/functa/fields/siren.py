@@ -153,6 +153,11 @@ class LatentModulatedSiren(nn.Module):
             params += list(self.latent_map.parameters())
         return params
 
+    @property
+    def device(self) -> torch.device:
+        """Device of the base network's weights (inputs are moved here by the fitting code)."""
+        return self.output.weight.device
+
     def zero_latents(self, batch: int, device=None, dtype=None) -> Tensor:
         """Initial per-datum codes ``(B, code_dim)``: zeros, as in the paper."""
         p = self.output.weight

@@ -44,13 +44,17 @@ def fit_latents(field: LatentModulatedSiren, x: Tensor, y: Tensor, steps: int = 
     """Fit latents to a batch with ``steps`` meta-SGD steps from zero, using the learned rates.
 
     Args:
-        x: ``(1|B, N, d)`` coordinates; ``y``: ``(B, N, C)`` features in ``[0, 1]``.
+        x: ``(1|B, N, d)`` coordinates; ``y``: ``(B, N, C)`` features in ``[0, 1]`` (moved to the
+            field's device; the results stay there).
         weight: optional ``(B|1, N, 1)`` 0/1 mask of observed points.
         track_steps: also return the MSE after each step ``0..steps``.
         shared_first_step: evaluate the zero-latent first step once per batch (same results).
         compile: run through ``torch.compile`` (fuses the elementwise work; compiles once per
             input shape, tens of seconds).
     """
+    dev = field.device
+    x, y = x.to(dev), y.to(dev)
+    weight = None if weight is None else weight.to(dev)
     inner = InnerLoop(steps, first_order=True, shared_first_step=shared_first_step)
     if track_steps:
         hist = inner.history(field, x, y, weight)

@@ -99,10 +99,10 @@ def evaluate_reconstruction(field: LatentModulatedSiren, source: BatchSource, st
     batch_size = batch_size or auto_batch_size(field, source.coords.shape[0])
     meters = [PsnrMeter() for _ in range(steps + 1)]
     sums: dict[str, float] = {}
-    x = source.coords[None]
+    x = source.coords[None].to(field.device)
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
         idx = np.arange(start, min(start + batch_size, n))
-        y = source.features(idx)
+        y = source.features(idx).to(field.device)
         enc = fit_latents(field, x, y, steps, track_steps=True)
         for k, m in enumerate(meters):
             m.update(enc.mse_per_step[k])
@@ -133,7 +133,10 @@ class MetaLearner:
 
     # ------------------------------------------------------------------ one step
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        """One outer step on features ``y (B, N, C)`` at ``x (1, N, d)``; returns loss and PSNR."""
+        """One outer step on features ``y (B, N, C)`` at ``x (1, N, d)``; returns loss and PSNR.
+
+        Inputs are moved to the field's device (a no-op on the CPU)."""
+        x, y = x.to(self.field.device), y.to(self.field.device)
         lr = self.config.lr_at(self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
