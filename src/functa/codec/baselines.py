@@ -10,8 +10,8 @@ codec      Pillow plugin               quality knob searched
 =========  ==========================  =================================
 jpeg       libjpeg(-turbo), 4:2:0      ``quality`` 1..95
 jpeg2000   OpenJPEG                    ``quality_layers=[ratio]`` 1..400
-webp       libwebp (lossy)             ``quality`` 0..100
-avif       libavif                     ``quality`` 0..100
+webp       libwebp (lossy, method 6)   ``quality`` 0..100
+avif       libavif (speed 6)           ``quality`` 0..100
 =========  ==========================  =================================
 """
 
@@ -79,7 +79,7 @@ def encode_image(image: np.ndarray, codec: str, knob: float) -> tuple[bytes, np.
     elif codec == "webp":
         img.save(buf, format="WEBP", quality=int(knob), method=6)
     else:
-        img.save(buf, format="AVIF", quality=int(knob), speed=4)
+        img.save(buf, format="AVIF", quality=int(knob), speed=6)
     data = buf.getvalue()
     with Image.open(io.BytesIO(data)) as dec:
         out = np.asarray(dec.convert("L" if image.shape[-1] == 1 else "RGB"))
