@@ -154,6 +154,8 @@ def _add_compression(sub) -> None:
     p.add_argument("--coin", type=float, nargs="+", default=[], metavar="BPP",
                    help="also COIN (a SIREN overfitted per image) at these rates")
     p.add_argument("--coin-steps", type=int, default=2000, help="Adam steps per COIN image")
+    p.add_argument("--baselines-from", type=Path, help="reuse the standard-codec / COIN curves of an earlier rd.json "
+                   "of the same images (use with --standard to skip measuring them again)")
 
     p = sub.add_parser("decompress", help="decode a .fta file")
     p.add_argument("input", type=Path)
@@ -186,12 +188,13 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
                              standard=args.standard, inner_steps=args.steps, refine_steps=args.refine,
                              rate_weight=args.rate_weight,
                              coin_targets=tuple(args.coin), coin_steps=args.coin_steps, progress=progress,
-                             device=args.device, **kw)
+                             baselines_from=args.baselines_from, device=args.device, **kw)
         for name, pts in r["results"].items():
             for p in sorted(pts, key=lambda q: q["bpp"]):
-                print(f"{name:>9} {p['bpp']:7.3f} bpp  {p['psnr']:6.2f} dB  {p['label']}")
-        for name, v in r["bd_rate_percent_functa_vs"].items():
-            print(f"BD-rate functa vs {name}: " + ("curves do not overlap" if v is None else f"{v:+.1f}%"))
+                print(f"{name:>50} {p['bpp']:7.3f} bpp  {p['psnr']:6.2f} dB  {p['label']}")
+        for name, row in r["bd_rate_percent"].items():
+            for other, v in row.items():
+                print(f"BD-rate {name} vs {other}: " + ("curves do not overlap" if v is None else f"{v:+.1f}%"))
         print(f"wrote {args.out / 'rd.json'}" + (f" and {r['plot']}" if r.get("plot") else " (pip install matplotlib for rd.png)"))
     else:
         r = comp.decompress_file(args.codec, args.input, args.out, device=args.device)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .codec import AutoregressiveConfig, CodecConfig, EncodeSettings, FunctaCodec, QuantizerConfig, to_patches
 from .fitting import auto_batch_size, fit_latents
 from .functaset import Functaset
-from .io import ArtefactError, atomic_write_bytes
+from .io import ArtefactError, atomic_write_bytes, read_json
 from .pipeline import load_model, open_data
 
 __all__ = ["build_codec", "codec_bench", "compress_file", "decompress_file", "encode_settings", "psnr_8bit",
@@ -135,15 +135,18 @@ DEFAULT_TARGETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, split: str = "test",
                 limit: int | None = None, standard: list[str] | None = None,
                 targets: tuple[float, ...] = DEFAULT_TARGETS, inner_steps: int | None = None,
-                refine_steps: int | None = None, rate_weight: float | None = None, coin_targets: tuple[float, ...] = (), coin_steps: int = 2000,
-                progress: bool = True) -> dict:
+                refine_steps: int | None = None, rate_weight: float | None = None,
+                coin_targets: tuple[float, ...] = (), coin_steps: int = 2000, baselines_from: str | Path | None = None,
+                progress: bool = True, device: str = "cpu") -> dict:
     """Rate-distortion table of functa codecs and standard codecs on the images of ``data[split]``.
 
     Every functa codec directory gives one point (file and payload bpp, mean PSNR, encode and
-    decode time per image); every standard codec gives a curve over ``targets`` (bpp, binary search
-    per image); ``coin_targets`` add COIN points (one SIREN overfitted per image, ``coin_steps`` Adam
-    steps). Writes ``rd.json`` (and ``rd.png`` when matplotlib is installed) into ``out`` and
-    returns the table with the BD-rate of the functa curve against each standard codec.
+    decode time per image) on the curve of its scheme (quantiser statistics and entropy model);
+    every standard codec gives a curve over ``targets`` (bpp, binary search per image);
+    ``coin_targets`` add COIN points (one SIREN overfitted per image, ``coin_steps`` Adam steps).
+    ``baselines_from`` reuses the standard-codec and COIN curves of an earlier ``rd.json`` of the
+    same images (they are slow to measure). Writes ``rd.json`` (and ``rd.png`` when matplotlib is installed) into ``out`` and
+    returns the table with the BD-rate (%) of every functa curve against every other curve.
     """
     from .codec.baselines import available_codecs
     from .codec.rd import bd_rate, coin_point, functa_point, standard_point
@@ -157,29 +160,38 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
     missing = sorted(set(standard) - set(available_codecs()))
     if missing:
         raise ValueError(f"codecs {missing} are not available in this Pillow build; available: {available_codecs()}")
-    results: dict[str, list[dict]] = {"functa": []}
+    results: dict[str, list[dict]] = {}
     for path in tqdm(codecs, desc="functa codecs", disable=not progress):
         codec = FunctaCodec.load(path, device)
         q = codec.config.quantizer
-        label = (f"{Path(path).name}: latent {codec.field.config.code_dim}, {q.bits} bits, "
-                 f"{'per-dim' if q.per_dimension else 'global'} quantiser, {codec.config.entropy_model} entropy")
+        curve = f"functa ({'per-dim' if q.per_dimension else 'global'} quantiser, {codec.config.entropy_model} entropy)"
+        label = f"{Path(path).name}: latent {codec.field.config.code_dim}, {q.bits} bits"
         settings = encode_settings(codec, inner_steps=inner_steps, refine_steps=refine_steps, rate_weight=rate_weight)
-        results["functa"].append(functa_point(codec, images, label, settings).to_dict())
+        results.setdefault(curve, []).append(functa_point(codec, images, label, settings).to_dict())
+    if baselines_from is not None:
+        previous = read_json(baselines_from)
+        if previous.get("data") != str(data) or previous.get("split") != split or previous.get("images") != len(images):
+            raise ValueError(f"{baselines_from}: its baselines were measured on other images "
+                             f"({previous.get('data')}, {previous.get('split')}, {previous.get('images')} images)")
+        results.update({k: v for k, v in previous["results"].items() if not k.startswith("functa")})
     for name in standard:
         pts = [standard_point(images, name, t) for t in tqdm(targets, desc=name, disable=not progress)]
         results[name] = [p.to_dict() for p in pts]
     if coin_targets:
         results["coin"] = [coin_point(images, t, coin_steps).to_dict()
                            for t in tqdm(coin_targets, desc="COIN", disable=not progress)]
-    curve = sorted(results["functa"], key=lambda p: p["bpp"])
-    bd = {}
-    for name in [n for n in results if n != "functa"]:
-        bd[name] = bd_rate([p["bpp"] for p in curve], [p["psnr"] for p in curve],
-                           [p["bpp"] for p in results[name]], [p["psnr"] for p in results[name]])
+    bd: dict[str, dict[str, float | None]] = {}
+    for name, pts in results.items():
+        if not name.startswith("functa"):
+            continue
+        a = sorted(pts, key=lambda p: p["bpp"])
+        bd[name] = {other: bd_rate([p["bpp"] for p in a], [p["psnr"] for p in a], [p["bpp"] for p in b],
+                                   [p["psnr"] for p in b])
+                    for other, b in results.items() if other != name}
     table = {"name": "functa-codec-bench", "data": str(data), "split": split, "images": int(len(images)),
              "image_shape": list(images.shape[1:]), "psnr": "mean over images of per-image PSNR (8-bit)",
              "rate": "bits per pixel of the whole file (functa: also payload_bpp)",
-             "results": results, "bd_rate_percent_functa_vs": bd}
+             "results": results, "bd_rate_percent": bd}
     from .io import write_json
 
     write_json(out / "rd.json", table)
@@ -198,10 +210,11 @@ def _plot_rd(table: dict, path: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, pts in table["results"].items():
         pts = sorted(pts, key=lambda p: p["bpp"])
-        ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], "o-" if name == "functa" else ".--", label=name)
-        if name == "functa" and pts and pts[0].get("payload_bpp") is not None:
-            ax.plot([p["payload_bpp"] for p in pts], [p["psnr"] for p in pts], "o:", alpha=0.6,
-                    label="functa (payload only)")
+        functa = name.startswith("functa")
+        line = ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], "o-" if functa else ".--", label=name)[0]
+        if functa:
+            ax.plot([p["payload_bpp"] for p in pts], [p["psnr"] for p in pts], "o:", alpha=0.5, color=line.get_color(),
+                    label=f"{name}, payload only")
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(f"{Path(table['data']).name} ({table['images']} images, {'x'.join(map(str, table['image_shape']))})")

@@ -75,10 +75,17 @@ def test_codec_bench_command(tmp_path, capsys):
     assert main(["--quiet", "codec-bench", str(tmp_path / "imgs"), *codecs, "-o", str(out),
                  "--standard", "jpeg", "webp", "--targets", "4", "16", "--coin", "20", "--coin-steps", "5"]) == 0
     table = json.loads((out / "rd.json").read_text())
-    assert table["images"] == 3 and set(table["results"]) == {"functa", "jpeg", "webp", "coin"}
+    curve = "functa (per-dim quantiser, per_dimension entropy)"
+    assert table["images"] == 3 and set(table["results"]) == {curve, "jpeg", "webp", "coin"}
     assert table["results"]["coin"][0]["payload_bpp"] <= 20
-    f = sorted(table["results"]["functa"], key=lambda p: p["bpp"])
+    assert set(table["bd_rate_percent"][curve]) == {"jpeg", "webp", "coin"}
+    f = sorted(table["results"][curve], key=lambda p: p["bpp"])
     assert len(f) == 2 and f[0]["payload_bpp"] < f[0]["bpp"]
     assert f[0]["bpp"] < f[1]["bpp"]  # 3 bits per latent dimension cost less than 6
     assert (out / "rd.png").is_file()
-    assert "BD-rate functa vs jpeg" in capsys.readouterr().out
+    assert f"BD-rate {curve} vs jpeg" in capsys.readouterr().out
+    # the slow baselines can be reused for another set of functa codecs
+    assert main(["--quiet", "codec-bench", str(tmp_path / "imgs"), codecs[0], codecs[1], "-o", str(tmp_path / "rd2"),
+                 "--standard", "--baselines-from", str(out / "rd.json")]) == 0
+    again = json.loads((tmp_path / "rd2" / "rd.json").read_text())
+    assert again["results"]["jpeg"] == table["results"]["jpeg"] and len(again["results"][curve]) == 1
