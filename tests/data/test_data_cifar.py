@@ -191,3 +191,11 @@ def test_progress_bar_only_when_asked(tmp_path, capsys, monkeypatch):
     assert "decoding" not in capsys.readouterr().err
     load_dataset(p, "train")
     assert "decoding" in capsys.readouterr().err
+
+
+def test_single_split_file_refuses_the_other_split(tmp_path):
+    p = tmp_path / "cifar10_jpeg_q75_train.npz"
+    write_jpeg_npz(p, 3, seed=0)
+    assert load_dataset(p).meta["split"] == "train" and len(load_dataset(p, "all")) == 3
+    with pytest.raises(DataError, match=r"holds the 'train' split, not 'test'"):
+        load_dataset(p, "test")

@@ -95,3 +95,8 @@ def test_era5_needs_variable(shared_data):
     assert "t2m" in str(e.value) and "d2m" in str(e.value)
     ds = load_dataset(path, variable="t2m", split="all")
     assert ds.data.shape == (1, 105, 237) and 250 < ds.data.mean() < 320
+
+
+def test_single_idx_file_refuses_the_other_split(shared_data):
+    with pytest.raises(DataError, match=r"holds the 'test' split, not 'train'"):
+        load_dataset(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz", "train")

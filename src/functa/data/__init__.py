@@ -90,7 +90,7 @@ def sniff_format(path: str | Path) -> str:
 
 def load_dataset(
     path: str | Path,
-    split: str = "train",
+    split: str | None = None,
     *,
     variable: str | None = None,
     test_fraction: float = 0.1,
@@ -101,8 +101,9 @@ def load_dataset(
 
     Args:
         path: file or directory.
-        split: "train", "test" or "all". Files that hold a single split (one idx file, a JPEG CIFAR npz)
-            ignore it and record the split named by the file.
+        split: "train", "test" or "all"; ``None`` (default): "train", or for a file holding a single
+            split (one idx file, a JPEG CIFAR npz) that split. Such a file asked for the other split
+            by name refuses (``DataError``) rather than returning the wrong data; "all" returns it.
         variable: field variable to load from grid / NetCDF files (required when several qualify).
         test_fraction: grids only: the last ``round(test_fraction * M)`` items (at least 1) form "test".
         limit: keep only the first ``limit`` items of the split.
@@ -112,6 +113,8 @@ def load_dataset(
         :class:`ArrayDataset` with ``data`` ``(M, H, W, C)`` uint8 (images) or ``(M, H, W)`` float32 (fields).
     """
     p = Path(path).expanduser()
+    single = split is None
+    split = "train" if split is None else split
     if split not in _SPLITS:
         raise DataError(f"{p}: unknown split {split!r}; expected one of {list(_SPLITS)}")
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
@@ -119,9 +122,9 @@ def load_dataset(
     limit = None if limit is None else int(limit)
     fmt = sniff_format(p)
     if fmt == "idx":
-        return load_idx(p, split, limit)
+        return load_idx(p, None if single else split, limit)
     if fmt == "cifar-npz":
-        return load_cifar_npz(p, split, limit, progress=progress)
+        return load_cifar_npz(p, None if single else split, limit, progress=progress)
     if fmt == "cifar-python":
         return load_cifar_python(p, split, limit)
     if fmt == "image-folder":

@@ -133,13 +133,16 @@ def _split_from_name(name: str) -> str | None:
     return None
 
 
-def load_cifar_npz(path: Path, split: str, limit: int | None = None, progress: bool = True) -> ArrayDataset:
+def load_cifar_npz(path: Path, split: str | None, limit: int | None = None, progress: bool = True) -> ArrayDataset:
     """Load a CIFAR ``.npz`` file (lossless or JPEG layout) or a directory holding such files.
 
     ``split`` in {"train", "test", "all"} selects arrays of the lossless file; a JPEG file holds one split
-    (named in the file name), so ``split`` is ignored when ``path`` is such a file.
+    (named in the file name): asking it for the other split raises :class:`DataError` (no silent
+    substitution), ``"all"`` returns what it holds. ``split=None``: the JPEG file's own split, else "train".
     """
     source = path
+    if split is None and (path.is_dir() or LOSSLESS_KEYS <= set(npz_keys(path))):
+        split = "train"
     if path.is_dir():
         found = find_cifar_npz(path, "test" if split == "test" else "train")
         if found is None:
@@ -177,9 +180,13 @@ def load_cifar_npz(path: Path, split: str, limit: int | None = None, progress: b
             raise DataError(f"{path}: 'jpeg_bytes' must be uint8, found {buf.dtype}")
         if len(offsets) != len(y) + 1:
             raise DataError(f"{path}: 'offsets' has {len(offsets)} entries, expected len(y)+1 = {len(y) + 1}")
+        file_split = _split_from_name(path.stem)
+        if split in ("train", "test") and file_split not in (None, split):
+            raise DataError(f"{path}: this JPEG archive holds the {file_split!r} split, not {split!r}; point at a "
+                            f"directory holding both archives (or the lossless one) to get both splits")
         n = len(y) if limit is None else min(limit, len(y))
         x = _decode_jpegs(buf, offsets[: n + 1], path, progress)
-        meta.update(split=_split_from_name(path.stem), layout="jpeg")
+        meta.update(split=file_split, layout="jpeg")
         return ArrayDataset(x, y[:n].astype(np.int64), meta)
 
     raise DataError(

@@ -146,14 +146,17 @@ def _split_of(name: str) -> str | None:
     return None
 
 
-def load_idx(path: Path, split: str, limit: int | None = None) -> ArrayDataset:
+def load_idx(path: Path, split: str | None, limit: int | None = None) -> ArrayDataset:
     """Load an idx image dataset from a directory (``split`` picks ``train-*`` / ``t10k-*``) or a single file.
 
     Returns images ``(M, H, W, 1)`` uint8 and labels ``(M,)`` int64 (``None`` if no labels file is found).
     ``split="all"`` concatenates train and test. For a single images file the matching
     ``*-labels-idx1-ubyte[.gz]`` next to it is used if present and the split is taken from the file name
-    (the ``split`` argument is ignored).
+    (asking a ``train-*`` file for ``"test"`` or the reverse raises :class:`DataError`). ``split=None``:
+    "train" for a directory, the file's own split for a file.
     """
+    if split is None and path.is_dir():
+        split = "train"
     if path.is_dir() and split == "all":
         parts = [load_idx(path, s) for s in ("train", "test") if find_idx_pair(path, s)[0] is not None]
         if not parts:
@@ -180,6 +183,9 @@ def load_idx(path: Path, split: str, limit: int | None = None) -> ArrayDataset:
                     labels_path = cand
                     break
         split_name = _split_of(path.name)
+        if split in ("train", "test") and split_name not in (None, split):
+            raise DataError(f"{path}: this file holds the {split_name!r} split, not {split!r}; point at the "
+                            "directory holding both splits")
 
     images = _as_images(read_idx(images_path), images_path)
     labels = None
