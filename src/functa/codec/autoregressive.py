@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .entropy import _coder, bytes_to_words, words_to_bytes
+
 __all__ = ["AutoregressiveConfig", "AutoregressiveModel"]
 
 
@@ -130,8 +132,6 @@ class AutoregressiveModel(nn.Module):
         return probs.double().numpy()
 
     def encode(self, symbols: Tensor) -> bytes:
-        from .entropy import _coder
-
         c = _coder()
         sym = symbols.reshape(-1, self.dim).long()
         if sym.numel() and (int(sym.min()) < 0 or int(sym.max()) >= self.num_symbols):
@@ -140,16 +140,13 @@ class AutoregressiveModel(nn.Module):
         model = c.stream.model.Categorical(perfect=False)
         for d in range(self.dim):
             enc.encode(sym[:, d].numpy().astype(np.int32), model, self._tables(sym, d))
-        return enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0")
+        return words_to_bytes(enc.get_compressed())
 
     def decode(self, data: bytes, count: int, dim: int) -> Tensor:
-        from .entropy import _coder
-
         if dim != self.dim:
             raise ValueError(f"latents have {dim} dimensions, the entropy model was fitted on {self.dim}")
         c = _coder()
-        words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
-        dec = c.stream.queue.RangeDecoder(words)
+        dec = c.stream.queue.RangeDecoder(bytes_to_words(data))
         model = c.stream.model.Categorical(perfect=False)
         sym = torch.zeros(count, self.dim, dtype=torch.long)
         for d in range(self.dim):

@@ -31,6 +31,16 @@ FACTORIZED = ("histogram", "per_dimension")
 ENTROPY_MODELS = FACTORIZED + ("autoregressive",)
 
 
+def words_to_bytes(words: np.ndarray) -> bytes:
+    """The range coder's ``uint32`` words as little-endian bytes, trailing zero bytes dropped."""
+    return words.astype("<u4").tobytes().rstrip(b"\0")
+
+
+def bytes_to_words(data: bytes) -> np.ndarray:
+    """Inverse of :func:`words_to_bytes` (missing words read as zeros, as the decoder does anyway)."""
+    return np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
+
+
 def _coder():
     try:
         import constriction
@@ -84,12 +94,12 @@ class FactorizedModel:
         probs = np.tile(self.table(sym.shape[1]), (sym.shape[0], 1))
         enc = c.stream.queue.RangeEncoder()
         enc.encode(sym.reshape(-1).numpy().astype(np.int32), c.stream.model.Categorical(perfect=False), probs)
-        return enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0")
+        return words_to_bytes(enc.get_compressed())
 
     def decode(self, data: bytes, count: int, dim: int) -> Tensor:
         """Inverse of :meth:`encode` for ``count`` latents of ``dim`` dimensions -> ``(count, dim)`` int64."""
         c = _coder()
-        words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
+        words = bytes_to_words(data)
         probs = np.tile(self.table(dim), (count, 1))
         dec = c.stream.queue.RangeDecoder(words)
         out = dec.decode(c.stream.model.Categorical(perfect=False), probs)
