@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .codec import AutoregressiveConfig, CodecConfig, EncodeSettings, FunctaCodec, QuantizerConfig, to_patches
 from .fitting import auto_batch_size, fit_latents
+from .data import MixedSizesError, load_image_list
 from .functaset import Functaset
 from .io import ArtefactError, atomic_write_bytes, read_json
 from .pipeline import load_model, open_data
@@ -152,10 +153,7 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
     from .codec.rd import bd_rate, coin_point, functa_point, standard_point
 
     out = Path(out)
-    ds = open_data(data, split, {"limit": limit}, progress)
-    images = np.asarray(ds.data)
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(f"{data}: the codec benchmark needs 8-bit images (N, H, W, C), got {images.dtype} {images.shape}")
+    images = _bench_images(data, split, limit, progress)
     standard = available_codecs() if standard is None else list(standard)
     missing = sorted(set(standard) - set(available_codecs()))
     if missing:
@@ -188,8 +186,10 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
         bd[name] = {other: bd_rate([p["bpp"] for p in a], [p["psnr"] for p in a], [p["bpp"] for p in b],
                                    [p["psnr"] for p in b])
                     for other, b in results.items() if other != name}
+    shapes = sorted({img.shape for img in images})
     table = {"name": "functa-codec-bench", "data": str(data), "split": split, "images": int(len(images)),
-             "image_shape": list(images.shape[1:]), "psnr": "mean over images of per-image PSNR (8-bit)",
+             "image_shape": list(shapes[0]) if len(shapes) == 1 else "mixed",
+             "image_shapes": [list(s) for s in shapes], "psnr": "mean over images of per-image PSNR (8-bit)",
              "rate": "bits per pixel of the whole file (functa: also payload_bpp)",
              "results": results, "bd_rate_percent": bd}
     from .io import write_json
@@ -197,6 +197,17 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
     write_json(out / "rd.json", table)
     table["plot"] = _plot_rd(table, out / "rd.png")
     return table
+
+
+def _bench_images(data: str | Path, split: str, limit: int | None, progress: bool) -> list[np.ndarray]:
+    """8-bit images ``(H, W, C)`` of ``data[split]``; a folder of images of different sizes gives them all."""
+    try:
+        ds = open_data(data, split, {"limit": limit}, progress)
+    except MixedSizesError:
+        return load_image_list(Path(data), split, limit)
+    if ds.data.ndim != 4 or ds.data.dtype != np.uint8:
+        raise ValueError(f"{data}: the codec benchmark needs 8-bit images (N, H, W, C), got {ds.data.dtype} {ds.data.shape}")
+    return list(ds.data)
 
 
 def _plot_rd(table: dict, path: Path) -> str | None:
@@ -217,7 +228,9 @@ def _plot_rd(table: dict, path: Path) -> str | None:
                     label=f"{name}, payload only")
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("PSNR (dB)")
-    ax.set_title(f"{Path(table['data']).name} ({table['images']} images, {'x'.join(map(str, table['image_shape']))})")
+    shape = table["image_shape"]
+    ax.set_title(f"{Path(table['data']).name} ({table['images']} images, "
+                 f"{'x'.join(map(str, shape)) if isinstance(shape, list) else 'mixed sizes'})")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -89,3 +89,29 @@ def test_codec_bench_command(tmp_path, capsys):
                  "--standard", "--baselines-from", str(out / "rd.json")]) == 0
     again = json.loads((tmp_path / "rd2" / "rd.json").read_text())
     assert again["results"]["jpeg"] == table["results"]["jpeg"] and len(again["results"][curve]) == 1
+
+
+def test_rd_points_on_images_of_different_sizes(tmp_path):
+    from functa.codec import CodecConfig, FunctaCodec
+    from functa.codec.rd import coin_point, functa_point, standard_point
+    from functa.data import MixedSizesError, load_dataset, load_image_list
+    from functa.fields import LatentModulatedSiren, SirenConfig
+    from functa.modalities import get_modality
+    import torch
+
+    for i, (h, w) in enumerate([(8, 8), (13, 21), (8, 8)]):
+        Image.fromarray(_image(i, h, w)).save(tmp_path / f"{i}.png")
+    with pytest.raises(MixedSizesError, match="differs"):
+        load_dataset(tmp_path)
+    images = load_image_list(tmp_path)
+    assert [im.shape for im in images] == [(8, 8, 3), (13, 21, 3), (8, 8, 3)]
+    torch.manual_seed(0)
+    mod = get_modality("image")(height=8, width=8, channels=3)
+    field = LatentModulatedSiren(SirenConfig(in_dim=2, out_dim=3, width=8, depth=3, latent_dim=4))
+    codec = FunctaCodec.build(field, mod, {"sha256": "0" * 64}, torch.randn(20, 4), CodecConfig())
+    p = functa_point(codec, images, "toy")
+    sizes = [len(codec.compress(im)) for im in images]
+    assert p.count == 3 and p.bpp == pytest.approx(np.mean([8 * n / (im.shape[0] * im.shape[1])
+                                                           for n, im in zip(sizes, images)]))
+    assert standard_point(images, "jpeg", 8.0).count == 3
+    assert coin_point(images, 20.0, steps=2).count == 3

@@ -39,57 +39,60 @@ class RDPoint:
         return asdict(self)
 
 
-def functa_point(codec: FunctaCodec, images: np.ndarray, label: str, settings: EncodeSettings | None = None,
-                 batch: int = 256) -> RDPoint:
-    """Compress and decompress ``images (N, H, W, C)`` uint8 with ``codec``; one RD point."""
-    h, w = images.shape[1:3]
-    sizes, payloads, psnrs = [], [], []
-    enc_s = dec_s = 0.0
-    for start in range(0, len(images), batch):
-        part = images[start:start + batch]
+def _batches(images: list[np.ndarray], batch: int):
+    """Same-shape stacks of at most ``batch`` images ``(B, H, W, C)`` (images keep their order within a shape)."""
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for img in images:
+        by_shape.setdefault(img.shape, []).append(img)
+    for group in by_shape.values():
+        for start in range(0, len(group), batch):
+            yield np.stack(group[start:start + batch])
+
+
+def _measure(images: list[np.ndarray], compress, decompress, batch: int) -> dict:
+    """Compress and decode every image; per-image bpp, payload bpp and PSNR, and total times."""
+    bpp, payload, psnrs, enc_s, dec_s = [], [], [], 0.0, 0.0
+    for part in _batches(images, batch):
         t = time.perf_counter()
-        files = codec.compress_many(part, settings)
+        files = compress(part)
         enc_s += time.perf_counter() - t
         t = time.perf_counter()
-        decoded = codec.decompress_many(files)
+        decoded = decompress(files)
         dec_s += time.perf_counter() - t
+        pixels = part.shape[1] * part.shape[2]
         for f, img, out in zip(files, part, decoded):
-            sizes.append(len(f))
-            payloads.append(len(unpack(f)[1]))
+            bpp.append(8.0 * len(f) / pixels)
+            payload.append(8.0 * len(unpack(f)[1]) / pixels)
             psnrs.append(psnr_uint8(np.clip(np.round(out), 0, 255).astype(np.uint8), img))
     n = len(images)
-    return RDPoint("functa", label, 8.0 * float(np.mean(sizes)) / (h * w), float(np.mean(psnrs)), n,
-                   payload_bpp=8.0 * float(np.mean(payloads)) / (h * w), encode_s_per_item=enc_s / n,
-                   decode_s_per_item=dec_s / n)
+    return dict(bpp=float(np.mean(bpp)), psnr=float(np.mean(psnrs)), count=n, payload_bpp=float(np.mean(payload)),
+                encode_s_per_item=enc_s / n, decode_s_per_item=dec_s / n)
 
 
-def standard_point(images: np.ndarray, codec: str, target_bpp: float) -> RDPoint:
+def functa_point(codec: FunctaCodec, images: list[np.ndarray] | np.ndarray, label: str,
+                 settings: EncodeSettings | None = None, batch: int = 256) -> RDPoint:
+    """Compress and decompress images ``(H, W, C)`` uint8 (any sizes) with ``codec``; one RD point."""
+    m = _measure(list(images), lambda part: codec.compress_many(part, settings), codec.decompress_many, batch)
+    return RDPoint("functa", label, **m)
+
+
+def standard_point(images: list[np.ndarray] | np.ndarray, codec: str, target_bpp: float) -> RDPoint:
     """Each image binary-searched to at most ``target_bpp`` with a standard codec; one RD point."""
     pts = [at_rate(img, codec, target_bpp) for img in images]
     return RDPoint(codec, f"{codec}@{target_bpp:g}", float(np.mean([p.bpp for p in pts])),
-                   float(np.mean([p.psnr for p in pts])), len(images))
+                   float(np.mean([p.psnr for p in pts])), len(pts))
 
 
-def coin_point(images: np.ndarray, target_bpp: float, steps: int = 2000, lr: float = 1e-3,
+def coin_point(images: list[np.ndarray] | np.ndarray, target_bpp: float, steps: int = 2000, lr: float = 1e-3,
                batch: int = 256) -> RDPoint:
-    """COIN with the widest 2-hidden-layer SIREN within ``target_bpp`` (16-bit weights); one RD point."""
-    h, w, ch = images.shape[1:]
-    codec = CoinCodec.for_rate(target_bpp, h, w, channels=ch, steps=steps, lr=lr)
-    sizes, psnrs, enc_s, dec_s = [], [], 0.0, 0.0
-    for start in range(0, len(images), batch):
-        part = images[start:start + batch]
-        t = time.perf_counter()
-        files = codec.compress_many(part)
-        enc_s += time.perf_counter() - t
-        t = time.perf_counter()
-        decoded = [codec.decompress(f) for f in files]
-        dec_s += time.perf_counter() - t
-        sizes += [len(f) for f in files]
-        psnrs += [psnr_uint8(np.clip(np.round(o), 0, 255).astype(np.uint8), im) for o, im in zip(decoded, part)]
-    n, c = len(images), codec.config
-    return RDPoint("coin", f"COIN {c.hidden_layers}x{c.width}, {steps} steps", 8.0 * float(np.mean(sizes)) / (h * w),
-                   float(np.mean(psnrs)), n, payload_bpp=c.bits_per_pixel(h, w), encode_s_per_item=enc_s / n,
-                   decode_s_per_item=dec_s / n)
+    """COIN with the widest 2-hidden-layer SIREN within ``target_bpp`` (16-bit weights; sized for the
+    smallest image); one RD point."""
+    images = list(images)
+    h, w = min((img.shape[0] * img.shape[1], img.shape[:2]) for img in images)[1]
+    codec = CoinCodec.for_rate(target_bpp, h, w, channels=images[0].shape[2], steps=steps, lr=lr)
+    m = _measure(images, codec.compress_many, lambda files: [codec.decompress(f) for f in files], batch)
+    c = codec.config
+    return RDPoint("coin", f"COIN {c.hidden_layers}x{c.width}, {steps} steps", **m)
 
 
 def bd_rate(rate_a: list[float], psnr_a: list[float], rate_b: list[float], psnr_b: list[float]) -> float | None:

@@ -26,11 +26,12 @@ from .cifar import (
     npz_keys,
 )
 from .dataset import ArrayDataset, DataError
-from .folder import has_images, load_image_folder
+from .folder import MixedSizesError, has_images, load_image_folder, load_image_list
 from .grid import is_grid_npz, load_grid_npz, load_netcdf, netcdf_kind
 from .idx import find_idx_pair, is_idx_file, load_idx, read_idx
 
-__all__ = ["ArrayDataset", "DataError", "load_dataset", "read_idx", "SUPPORTED_FORMATS", "sniff_format"]
+__all__ = ["ArrayDataset", "DataError", "MixedSizesError", "load_dataset", "load_image_list", "read_idx",
+           "SUPPORTED_FORMATS", "sniff_format"]
 
 SUPPORTED_FORMATS = (
     "idx (MNIST/Fashion-MNIST directory or idx[.gz] file), "

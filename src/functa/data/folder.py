@@ -21,13 +21,17 @@ from PIL import Image
 
 from .dataset import ArrayDataset, DataError
 
-__all__ = ["IMAGE_SUFFIXES", "has_images", "load_image_folder"]
+__all__ = ["IMAGE_SUFFIXES", "MixedSizesError", "has_images", "load_image_folder", "load_image_list"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 _GRAY_MODES = frozenset({"1", "L", "LA"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 _SPLIT_DIRS = ("train", "test")
 _PROGRESS_MIN = 1000
+
+
+class MixedSizesError(DataError):
+    """The images of a folder differ in size, so they cannot form one ``(M, H, W, C)`` array."""
 
 
 def _image_files(d: Path) -> list[Path]:
@@ -106,7 +110,7 @@ def load_image_folder(root: Path, split: str, limit: int | None = None, progress
         if size0 is None:
             size0 = size
         elif size != size0:
-            raise DataError(
+            raise MixedSizesError(
                 f"{f}: image size {size[0]}x{size[1]} differs from {items[0][0]} ({size0[0]}x{size0[1]}); "
                 "all images in a folder dataset must have the same size"
             )
@@ -148,3 +152,21 @@ def load_image_folder(root: Path, split: str, limit: int | None = None, progress
     if n_alpha:
         meta["notes"] = [f"alpha channel dropped from {n_alpha} image(s) (converted to {target})"]
     return ArrayDataset(data, labels, meta)
+
+
+def load_image_list(root: Path, split: str = "all", limit: int | None = None) -> list[np.ndarray]:
+    """The images under ``root`` (same layout rules as :func:`load_image_folder`) as a list of
+    ``(H, W, C)`` uint8 arrays of any sizes: RGB, or grey (C = 1) when every image is grey."""
+    bases, class_names, _ = _layout(root, split)
+    items = [it for b in bases for it in _items(b, class_names)][:limit]
+    if not items:
+        raise DataError(f"{root}: no image files for split {split!r}")
+    images = []
+    for f, _ in items:
+        try:
+            with Image.open(f) as im:
+                images.append((im.mode, np.asarray(im.convert("RGB"))))
+        except Exception as e:
+            raise _open_error(f, e) from e
+    gray = all(mode in _GRAY_MODES for mode, _ in images)
+    return [arr[..., :1] if gray else arr for _, arr in images]
