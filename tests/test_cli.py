@@ -117,3 +117,18 @@ def test_errors_are_clear(tmp_path, capsys):
 
 def test_parser_builds():
     assert build_parser().parse_args(["info", "x"]).command == "info"
+
+
+def test_presets_build_networks_with_their_settings():
+    from functa.config import PRESETS, load_config
+    from functa.fields import LatentModulatedSiren, SirenConfig
+
+    coinpp = load_config(None, ["field.latent_dim=64"], preset="coinpp")
+    assert coinpp.train.outer_lr == 3e-6 and coinpp.train.batch_size == 64 and coinpp.train.steps == 390_000
+    field = LatentModulatedSiren(SirenConfig(in_dim=2, out_dim=3, **coinpp.field))
+    assert field.config.w0 == 50.0 and field.config.width == 512 and field.config.latent_dim == 64
+    assert field.config.meta_sgd is False and field.config.latent_map_init == "torch"
+    for name in PRESETS:  # every preset makes a valid network
+        LatentModulatedSiren(SirenConfig(in_dim=2, out_dim=1, **load_config(None, [], preset=name).field))
+    with pytest.raises(ValueError, match="unknown preset 'coin'"):
+        load_config(None, [], preset="coin")

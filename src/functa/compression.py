@@ -186,12 +186,18 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
         bd[name] = {other: bd_rate([p["bpp"] for p in a], [p["psnr"] for p in a], [p["bpp"] for p in b],
                                    [p["psnr"] for p in b])
                     for other, b in results.items() if other != name}
+    # functa curves against each other also on the payload alone (the header is the same for all)
+    functa_curves = {k: sorted(v, key=lambda p: p["payload_bpp"]) for k, v in results.items() if k.startswith("functa")}
+    bd_payload = {name: {other: bd_rate([p["payload_bpp"] for p in a], [p["psnr"] for p in a],
+                                        [p["payload_bpp"] for p in b], [p["psnr"] for p in b])
+                         for other, b in functa_curves.items() if other != name}
+                  for name, a in functa_curves.items()}
     shapes = sorted({img.shape for img in images})
     table = {"name": "functa-codec-bench", "data": str(data), "split": split, "images": int(len(images)),
              "image_shape": list(shapes[0]) if len(shapes) == 1 else "mixed",
              "image_shapes": [list(s) for s in shapes], "psnr": "mean over images of per-image PSNR (8-bit)",
              "rate": "bits per pixel of the whole file (functa: also payload_bpp)",
-             "results": results, "bd_rate_percent": bd}
+             "results": results, "bd_rate_percent": bd, "bd_rate_payload_percent": bd_payload}
     from .io import write_json
 
     write_json(out / "rd.json", table)
@@ -232,9 +238,8 @@ def _plot_rd(table: dict, path: Path) -> str | None:
     ax.set_title(f"{Path(table['data']).name} ({table['images']} images, "
                  f"{'x'.join(map(str, shape)) if isinstance(shape, list) else 'mixed sizes'})")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return str(path)

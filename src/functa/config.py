@@ -56,9 +56,15 @@ class RunConfig:
 
 
 # ``paper``: the functa paper's optimiser settings (meant for 10^5-10^6 steps on accelerators).
+# ``coinpp``: COIN++'s CIFAR-10 compression settings (thesis ch. 4; reference-study 1.2-1.5): width 512,
+#   depth 10, w0 50, no meta-SGD (inner lr 1e-2), PyTorch init of the latent map, Adam 3e-6,
+#   batch 64, 390k steps on a GPU.
 # ``cpu``: settings measured to give the best PSNR per CPU minute (docs/benchmarks.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"field": {"width": 256, "depth": 10, "latent_dim": 128}, "train": {"outer_lr": 3e-6, "batch_size": 32}},
+    "coinpp": {"field": {"width": 512, "depth": 10, "latent_dim": 128, "w0": 50.0, "meta_sgd": False,
+                         "inner_lr": 1e-2, "latent_map_init": "torch"},
+               "train": {"outer_lr": 3e-6, "batch_size": 64, "steps": 390_000}},
     "cpu": {"field": {"width": 128, "depth": 6, "latent_dim": 128},
             "train": {"outer_lr": 3e-4, "schedule": "cosine", "warmup_steps": 100, "grad_clip": 1.0, "batch_size": 32}},
 }

@@ -79,6 +79,7 @@ def test_codec_bench_command(tmp_path, capsys):
     assert table["images"] == 3 and set(table["results"]) == {curve, "jpeg", "webp", "coin"}
     assert table["results"]["coin"][0]["payload_bpp"] <= 20
     assert set(table["bd_rate_percent"][curve]) == {"jpeg", "webp", "coin"}
+    assert table["bd_rate_payload_percent"] == {curve: {}}  # payload BD-rates only between functa curves
     f = sorted(table["results"][curve], key=lambda p: p["bpp"])
     assert len(f) == 2 and f[0]["payload_bpp"] < f[0]["bpp"]
     assert f[0]["bpp"] < f[1]["bpp"]  # 3 bits per latent dimension cost less than 6
