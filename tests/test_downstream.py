@@ -142,10 +142,18 @@ def test_diffusion_train_and_sample(setup):
     out = tmp / "ddpm"
     assert main(["--quiet", "diffusion", "train", str(train_fs), "-o", str(out), *TRAIN,
                  "--set", "model.width=32", "--set", "model.blocks=1"]) == 0
+    history = json.loads((out / "config.json").read_text())["history"]
+    assert history and history[-1]["train_loss"] > 0  # the loss curve is recorded without an evaluation set
     samples = tmp / "ddpm_samples"
     assert main(["--quiet", "diffusion", "sample", str(out), "-o", str(samples), "-n", "4", "--method", "ddim",
                  "--steps", "10", "--no-neighbours"]) == 0
     assert np.load(samples / "sample.npz")["values"].shape == (4, 8, 8, 1)
+    assert json.loads((samples / "metrics.json").read_text())["eta"] == 1.0  # DDIM defaults to the stochastic sampler
+    det = tmp / "ddpm_det"
+    assert main(["--quiet", "diffusion", "sample", str(out), "-o", str(det), "-n", "4", "--method", "ddim",
+                 "--steps", "10", "--eta", "0", "--no-neighbours"]) == 0
+    assert json.loads((det / "metrics.json").read_text())["eta"] == 0.0
+    assert not np.allclose(np.load(det / "sample.npz")["values"], np.load(samples / "sample.npz")["values"])
 
 
 def test_models_are_tied_to_their_base_network(setup, tmp_path, capsys):

@@ -74,6 +74,8 @@ def _add_downstream(sub) -> None:
     _sample_args(p)
     p.add_argument("--method", choices=["ddpm", "ddim"], default="ddpm")
     p.add_argument("--steps", type=int, help="DDIM steps (default 50 for ddim)")
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="DDIM stochasticity: 1 (default) = strided ancestral sampling, 0 = deterministic DDIM")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (conditional models)")
 
     p = sub.add_parser("impute", help="fill in hidden parts of items by MAP fitting, with and without a flow prior")
@@ -225,7 +227,7 @@ def _run_downstream(args: argparse.Namespace, progress: bool) -> None:
         if cmd == "flow":
             r = ds.flow_sample(args.model_dir, args.out, temperature=args.temperature, **common)
         else:
-            r = ds.diffusion_sample(args.model_dir, args.out, method=args.method, steps=args.steps,
+            r = ds.diffusion_sample(args.model_dir, args.out, method=args.method, steps=args.steps, eta=args.eta,
                                     guidance_scale=args.guidance, progress=progress, **common)
         print(f"wrote {r['samples']['count']} samples to {r['samples']['grid']}")
         if "memorisation" in r:

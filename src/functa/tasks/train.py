@@ -119,8 +119,8 @@ class Trainer:
         """Train until ``config.steps``, resuming from ``run_dir`` if it holds a train state.
 
         ``data`` are tensors with the same first dimension (rows are sampled together).
-        ``evaluate(model)`` runs every ``eval_every`` steps and at the end on
-        :meth:`evaluation_model`; its dict is appended to ``history``. ``on_save(run_dir)`` is
+        Every ``eval_every`` steps and at the end a row ``{step, time_s, train_loss}`` is appended
+        to ``history``, extended by ``evaluate(model)`` on :meth:`evaluation_model` when given. ``on_save(run_dir)`` is
         called after each checkpoint.
         """
         cfg = self.config
@@ -144,10 +144,11 @@ class Trainer:
                 if self.step_count % 10 == 0:
                     bar.set_postfix(loss=f"{loss:.4g}")
                 done = self.step_count >= cfg.steps
-                if evaluate is not None and (self.step_count % cfg.eval_every == 0 or done):
+                if self.step_count % cfg.eval_every == 0 or done:
                     row = {"step": self.step_count, "time_s": time.perf_counter() - t0, "train_loss": loss}
-                    with torch.no_grad():
-                        row.update(evaluate(self.evaluation_model()))
+                    if evaluate is not None:
+                        with torch.no_grad():
+                            row.update(evaluate(self.evaluation_model()))
                     self.history.append(row)
                     bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
                 if run_dir is not None and (self.step_count % cfg.save_every == 0 or done):
