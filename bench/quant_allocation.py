@@ -15,7 +15,9 @@ Usage::
 import argparse, json, numpy as np, torch
 from functa.codec import FunctaCodec
 from functa.functaset import Functaset
+from functa.codec.rd import bd_rate
 from functa.fitting.encode import fit_latents
+from functa.fitting.metrics import mse_per_item, psnr
 from functa.pipeline import open_data
 torch.set_num_threads(2)
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -31,6 +33,14 @@ M = args.items
 test = open_data(args.data, "test", {"limit": M}, False)
 y = mod.to_features(np.asarray(test.data[:M]))
 zte = torch.cat([fit_latents(field, x, y[i:i+100], 3).latents.detach() for i in range(0, M, 100)]).double()
+
+
+def mean_psnr(z):  # latents (M, D) -> mean over test items of per-item PSNR of the reconstruction
+    with torch.no_grad():
+        pred = torch.cat([field.forward_points(x, z[i:i+100].float())[0] for i in range(0, M, 100)]).clamp(0, 1)
+    return float(psnr(mse_per_item(pred, y)).mean())
+
+
 # sensitivity g_i = E ||d f / d z_i||^2 (mean over points/channels), finite differences on 128 train items
 zb = ztr[:128].float(); eps = 1e-3
 with torch.no_grad():
@@ -51,12 +61,7 @@ def run(step):  # step (D,) in latent units; symbols = round((z-mean)/step); per
         c = torch.bincount(qtr[:, d] - lo[d], minlength=n).double(); c[c == 0] = 1  # (coverage of test handled by min count)
         p = c / c.sum()
         bits += float(-p[qte[:, d] - lo[d]].log2().sum())
-    zq = (qte * step + mean).float()
-    with torch.no_grad():
-        pred = torch.cat([field.forward_points(x, zq[i:i+100])[0] for i in range(0, M, 100)]).clamp(0, 1)
-    mse = (pred - y).pow(2).mean(dim=(1, 2))
-    psnr = float((-10 * torch.log10(mse)).mean())
-    return bits / M / float(np.prod(mod.shape)), psnr
+    return bits / M / float(np.prod(mod.shape)), mean_psnr(qte * step + mean)
 res = {}
 for name, base_step in (("global", torch.full((L,), float(ztr.std()))), ("sigma", sd), ("sensitivity", 1 / g.sqrt() * float(sd.mean() * g.sqrt().mean()))):
     pts = []
@@ -64,17 +69,15 @@ for name, base_step in (("global", torch.full((L,), float(ztr.std()))), ("sigma"
         pts.append(run(base_step * s))
     res[name] = pts
     print(name, [(round(b, 4), round(p, 3)) for b, p in pts], flush=True)
-with torch.no_grad():
-    full = torch.cat([field.forward_points(x, zte[i:i+100].float())[0] for i in range(0, M, 100)]).clamp(0, 1)
-print("unquantised psnr", float((-10 * torch.log10((full - y).pow(2).mean(dim=(1, 2)))).mean()))
-from functa.codec.rd import bd_rate
+unquantised = mean_psnr(zte)
+print("unquantised psnr", unquantised)
 for a in res:
     for b in res:
         if a < b:
             A, B = res[a], res[b]
             print(a, "vs", b, bd_rate([p[0] for p in A], [p[1] for p in A], [p[0] for p in B], [p[1] for p in B]))
 print(json.dumps({"bench": "quant_allocation", "codec": args.codec, "latent_dim": L, "items": M,
-                  "curves_bpp_psnr": res, "unquantised_psnr": float((-10 * torch.log10((full - y).pow(2).mean(dim=(1, 2)))).mean()),
+                  "curves_bpp_psnr": res, "unquantised_psnr": unquantised,
                   "bd_rate_percent_vs_global": {k: bd_rate([p[0] for p in v], [p[1] for p in v], [p[0] for p in res["global"]], [p[1] for p in res["global"]]) for k, v in res.items() if k != "global"},
                   "sensitivity_min_median_max": [float(g.min()), float(g.median()), float(g.max())],
                   "std_min_median_max": [float(sd.min()), float(sd.median()), float(sd.max())]}))

@@ -150,7 +150,7 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
     returns the table with the BD-rate (%) of every functa curve against every other curve.
     """
     from .codec.baselines import available_codecs
-    from .codec.rd import bd_rate, coin_point, functa_point, standard_point
+    from .codec.rd import coin_point, functa_point, standard_point
 
     out = Path(out)
     images = _bench_images(data, split, limit, progress)
@@ -182,15 +182,10 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
     for name, pts in results.items():
         if not name.startswith("functa"):
             continue
-        a = sorted(pts, key=lambda p: p["bpp"])
-        bd[name] = {other: bd_rate([p["bpp"] for p in a], [p["psnr"] for p in a], [p["bpp"] for p in b],
-                                   [p["psnr"] for p in b])
-                    for other, b in results.items() if other != name}
+        bd[name] = {other: _bd(pts, b, "bpp") for other, b in results.items() if other != name}
     # functa curves against each other also on the payload alone (the header is the same for all)
-    functa_curves = {k: sorted(v, key=lambda p: p["payload_bpp"]) for k, v in results.items() if k.startswith("functa")}
-    bd_payload = {name: {other: bd_rate([p["payload_bpp"] for p in a], [p["psnr"] for p in a],
-                                        [p["payload_bpp"] for p in b], [p["psnr"] for p in b])
-                         for other, b in functa_curves.items() if other != name}
+    functa_curves = {k: v for k, v in results.items() if k.startswith("functa")}
+    bd_payload = {name: {other: _bd(a, b, "payload_bpp") for other, b in functa_curves.items() if other != name}
                   for name, a in functa_curves.items()}
     shapes = sorted({img.shape for img in images})
     table = {"name": "functa-codec-bench", "data": str(data), "split": split, "images": int(len(images)),
@@ -214,6 +209,13 @@ def _bench_images(data: str | Path, split: str, limit: int | None, progress: boo
     if ds.data.ndim != 4 or ds.data.dtype != np.uint8:
         raise ValueError(f"{data}: the codec benchmark needs 8-bit images (N, H, W, C), got {ds.data.dtype} {ds.data.shape}")
     return list(ds.data)
+
+
+def _bd(a: list[dict], b: list[dict], rate: str) -> float | None:
+    """BD-rate (%) of RD points ``a`` against ``b`` on the rate column ``rate`` (``bpp`` or ``payload_bpp``)."""
+    from .codec.rd import bd_rate
+
+    return bd_rate([p[rate] for p in a], [p["psnr"] for p in a], [p[rate] for p in b], [p["psnr"] for p in b])
 
 
 def _plot_rd(table: dict, path: Path) -> str | None:
