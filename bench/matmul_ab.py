@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from functa.fields import LatentModulatedSiren, SirenConfig  # noqa: E402
 from functa.fields.matmul import set_matmul_backend  # noqa: E402
-from functa.fitting import InnerLoop, OuterObjective, fit_latents  # noqa: E402
+from functa.fitting import Batch, InnerLoop, OuterObjective, fit_latents  # noqa: E402
 
 CONFIGS = {
     "C1": dict(width=128, depth=6, latent_dim=128, batch=32),
@@ -52,19 +52,20 @@ def main(argv: list[str] | None = None) -> dict:
     lin = torch.linspace(0.0, 1.0, 28)
     x = torch.stack(torch.meshgrid(lin, lin, indexing="ij"), -1).reshape(1, -1, 2)
     y = torch.rand(c["batch"], 28 * 28, 1)
-    opt = torch.optim.Adam(field.base_parameters() + list(field.inner_lrs.parameters()), lr=1e-7)
+    opt = torch.optim.Adam(field.base_parameters() + field.meta_parameters(), lr=1e-7)
+    batch = Batch(x, y)
     objectives = {b: OuterObjective(field, InnerLoop(3), compile=args.compile, tune_allocator=True) for b in BACKENDS}
 
     def train(backend: str) -> None:
         set_matmul_backend(backend)
-        r = objectives[backend](x, y)
+        r = objectives[backend](batch)
         opt.zero_grad(set_to_none=True)
         r.loss.backward()
         opt.step()
 
     def encode(backend: str) -> None:
         set_matmul_backend(backend)
-        fit_latents(field, x, y, 3, compile=args.compile)
+        fit_latents(field, batch, 3, compile=args.compile)
 
     for b in BACKENDS:  # warm-up, compilation included
         for _ in range(2):

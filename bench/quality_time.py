@@ -53,18 +53,17 @@ def main(argv=None) -> int:
     torch.manual_seed(cfg.train.seed)
     field = LatentModulatedSiren(SirenConfig(in_dim=modality.in_dim, out_dim=modality.out_channels, **cfg.field))
     learner = MetaLearner(field, cfg.train)
-    x = train.coords[None]
 
     def batch(step):
         idx = np.random.default_rng([cfg.train.seed, step]).choice(len(train), cfg.train.batch_size, replace=False)
-        return train.features(idx)
+        return train.batch(idx)
 
     # the cosine schedule needs a horizon in steps: re-estimate it from the measured step rate
     from dataclasses import replace
     curve, trained_s, mark_i = [], 0.0, 0
     while mark_i < len(marks):
         t = time.perf_counter()
-        learner.train_step(x, batch(learner.step_count))
+        learner.train_step(batch(learner.step_count))
         trained_s += time.perf_counter() - t
         if learner.step_count >= 10:
             horizon = int(learner.step_count / trained_s * marks[-1]) + 1

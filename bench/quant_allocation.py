@@ -16,7 +16,7 @@ import argparse, json, numpy as np, torch
 from functa.codec import FunctaCodec
 from functa.functaset import Functaset
 from functa.codec.rd import bd_rate
-from functa.fitting.encode import fit_latents
+from functa.fitting import Batch, fit_latents
 from functa.fitting.metrics import mse_per_item, psnr
 from functa.pipeline import open_data
 torch.set_num_threads(2)
@@ -25,30 +25,30 @@ ap.add_argument("codec"); ap.add_argument("functaset"); ap.add_argument("data");
 args = ap.parse_args()
 codec = FunctaCodec.load(args.codec)
 field, mod = codec.field, codec.modality
-L = field.config.code_dim
+L = codec.latent_dim
 fs = Functaset(args.functaset)
 ztr = fs.arrays()["latents"].double()  # (N, D) training latents
 x = mod.coordinates()[None]
 M = args.items
 test = open_data(args.data, "test", {"limit": M}, False)
 y = mod.to_features(np.asarray(test.data[:M]))
-zte = torch.cat([fit_latents(field, x, y[i:i+100], 3).latents.detach() for i in range(0, M, 100)]).double()
+zte = torch.cat([fit_latents(field, Batch(x, y[i:i+100]), 3).latents.detach() for i in range(0, M, 100)]).double()
 
 
 def mean_psnr(z):  # latents (M, D) -> mean over test items of per-item PSNR of the reconstruction
     with torch.no_grad():
-        pred = torch.cat([field.forward_points(x, z[i:i+100].float())[0] for i in range(0, M, 100)]).clamp(0, 1)
+        pred = torch.cat([field(x, z[i:i+100].float()) for i in range(0, M, 100)]).clamp(0, 1)
     return float(psnr(mse_per_item(pred, y)).mean())
 
 
 # sensitivity g_i = E ||d f / d z_i||^2 (mean over points/channels), finite differences on 128 train items
 zb = ztr[:128].float(); eps = 1e-3
 with torch.no_grad():
-    base, _ = field.forward_points(x, zb)
+    base = field(x, zb)
     g = torch.zeros(L)
     for i in range(L):
         zp = zb.clone(); zp[:, i] += eps
-        out, _ = field.forward_points(x, zp)
+        out = field(x, zp)
         g[i] = ((out - base) / eps).pow(2).mean()
 g = g.double()
 mean, sd = ztr.mean(0), ztr.std(0)

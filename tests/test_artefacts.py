@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from functa.fields import LatentModulatedSiren, SirenConfig
+from functa.fitting import PsnrMetrics
 from functa.functaset import Functaset, FunctasetWriter
 from functa.io import ArtefactError, load_base_network, save_base_network
 
@@ -15,9 +16,13 @@ def test_base_network_round_trip(tmp_path):
     sha = save_base_network(tmp_path / "run", f, modality={"name": "image"})
     g, cfg = load_base_network(tmp_path / "run")
     assert cfg["sha256"] == sha and cfg["modality"] == {"name": "image"}
-    x, z = torch.rand(9, 2), torch.randn(3, 4)
+    x, z = torch.rand(1, 9, 2), torch.randn(3, 4)
     assert torch.equal(f(x, z), g(x, z))
-    assert g.config == f.config
+    assert g.config == f.config and cfg["field"]["name"] == "latent_modulated_siren"
+    # configs written before fields were registered have no name: they are SIRENs
+    del cfg["field"]["name"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(cfg))
+    assert load_base_network(tmp_path / "run")[0].config == f.config
 
 
 def test_tampered_or_mismatched_checkpoint_is_rejected(tmp_path):
@@ -50,8 +55,9 @@ def _write(path, n=10, chunk=4, header=None):
     lat = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
     for s in range(w.count, n, 3):
         e = min(s + 3, n)
-        w.append(lat[s:e], torch.full((e - s,), 0.01), np.arange(s, e) % 2, np.arange(s, e))
-    w.close()
+        w.append(lat[s:e], np.arange(s, e) % 2, np.arange(s, e),
+                 {"loss": torch.full((e - s,), 0.01), "psnr": torch.full((e - s,), 20.0)})
+    w.close(PsnrMetrics().summary({"mse": w.sums["loss"], "psnr": w.sums["psnr"]}, w.count))
     return lat
 
 
@@ -74,15 +80,21 @@ def test_functaset_round_trip_chunks(tmp_path):
     assert torch.equal(rows["latents"], lat[[9, 0, 5, 5]]) and rows["labels"].tolist() == [1, 0, 1, 1]
     with pytest.raises(IndexError):
         fs.take([10])
-    summary = fs.manifest["summary"]  # running sums, no re-read
+    assert fs.columns == ("latents", "labels", "index", "loss", "psnr") and fs.latent_shape == (3,)
+    assert fs.manifest["sums"]["loss"] == pytest.approx(0.1)  # running sums kept as chunks are written
+    summary = fs.manifest["summary"]
     assert summary["psnr_of_mean_mse"] == pytest.approx(20.0) and summary["mean_psnr"] == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="differ from the stored"):
+        w = FunctasetWriter(tmp_path / "d.functaset", {"latent_dim": 3}, total=4)
+        w.append(lat[:2], np.zeros(2), np.arange(2), {"loss": torch.ones(2)})
+        w.append(lat[2:4], np.zeros(2), np.arange(2, 4), {"mse": torch.ones(2)})
 
 
 def test_functaset_resume_and_header_mismatch(tmp_path):
     path = tmp_path / "b.functaset"
     header = {"base_network": {"sha256": "abc"}, "latent_dim": 3}
     w = FunctasetWriter(path, header, total=10, chunk_size=4)
-    w.append(torch.zeros(5, 3), torch.ones(5), np.zeros(5), np.arange(5))  # 1 chunk flushed, 1 item buffered
+    w.append(torch.zeros(5, 3), np.zeros(5), np.arange(5), {"loss": torch.ones(5)})  # 1 chunk flushed, 1 item buffered
     del w  # "crash": the buffered item is lost, the chunk is kept
     w2 = FunctasetWriter(path, header, total=10, chunk_size=4)
     assert w2.count == 4

@@ -57,7 +57,7 @@ def test_fit_encode_render_eval_images(tmp_path, capsys):
     res = json.loads(js.read_text())["results"]
     assert [r["step"] for r in res["per_step"]] == [0, 1, 2, 3] and res["count"] == 8
     assert res["per_step"][-1]["mean_psnr"] >= res["per_step"][-1]["psnr_of_mean_mse"]
-    assert "PSNR of mean MSE" in capsys.readouterr().out
+    assert "psnr_of_mean_mse" in capsys.readouterr().out
 
 
 def test_sphere_end_to_end(tmp_path):

@@ -42,19 +42,24 @@ def test_latent_map_haiku_init():
     assert w.shape == (5 * 256, 128)
 
 
-def test_forward_shapes_any_coordinate_shape():
+def test_forward_shapes_shared_and_per_item_coordinates():
     f = make(in_dim=3, out_dim=2, width=32, depth=3, latent_dim=8)
     z = torch.randn(4, 8)
-    assert f(torch.rand(5, 6, 7, 3), z).shape == (4, 5, 6, 7, 2)
-    assert f(torch.rand(10, 3), z).shape == (4, 10, 2)
-    assert f(torch.rand(10, 3), z[0]).shape == (10, 2)
+    assert f.latent_shape == (8,) and f.zero_latents(4).shape == (4, 8)
+    shared, per_item = torch.rand(1, 10, 3), torch.rand(4, 10, 3)
+    assert f(shared, z).shape == (4, 10, 2)
+    out = f(per_item, z)
+    assert out.shape == (4, 10, 2)
+    assert torch.allclose(out[2], f(per_item[2:3], z[2:3])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="expected coordinates"):
+        f(torch.rand(10, 3), z)
 
 
 def test_output_offset_and_zero_latent():
     f = make(width=16, depth=3, latent_dim=4)
     with torch.no_grad():
         f.output.weight.zero_()
-    out = f(torch.rand(7, 2), torch.zeros(2, 4))
+    out = f(torch.rand(1, 7, 2), torch.zeros(2, 4))
     assert torch.allclose(out, torch.full_like(out, 0.5))
 
 
@@ -62,11 +67,12 @@ def test_shift_modulation_matches_formula():
     """sin(w0 (W x + b + s)) with s = W' phi + b' on every hidden layer, linear output + 0.5."""
     f = make(in_dim=2, out_dim=1, width=8, depth=3, latent_dim=3, w0=7.0).double()
     x, phi = torch.rand(5, 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    got = f(x[None], phi[None])[0]
     s = (f.latent_map.weight @ phi + f.latent_map.bias).reshape(2, 8)
     h = torch.sin(7.0 * (x @ f.layers[0].weight.T + f.layers[0].bias + s[0]))
     h = torch.sin(7.0 * (h @ f.layers[1].weight.T + f.layers[1].bias + s[1]))
     ref = h @ f.output.weight.T + f.output.bias + 0.5
-    assert torch.allclose(f(x, phi), ref)
+    assert torch.allclose(got, ref)
 
 
 @pytest.mark.parametrize("scale", [False, True])
@@ -110,9 +116,9 @@ def test_meta_sgd_init_and_clamp_really_applied():
 def test_bad_inputs_raise_clear_errors():
     f = make(in_dim=2, width=8, depth=3, latent_dim=4)
     with pytest.raises(ValueError, match="coordinates have 3 dims"):
-        f(torch.rand(5, 3), torch.zeros(1, 4))
+        f(torch.rand(1, 5, 3), torch.zeros(1, 4))
     with pytest.raises(ValueError, match="latents have 5 dims"):
-        f(torch.rand(5, 2), torch.zeros(1, 5))
+        f(torch.rand(1, 5, 2), torch.zeros(1, 5))
     with pytest.raises(ValueError, match="depth"):
         SirenConfig(depth=1)
     with pytest.raises(ValueError, match="bias_init"):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from functa.fields import LatentModulatedSiren, SirenConfig
-from functa.fitting import (InnerLoop, MetaLearner, MetaLearningConfig, fit_latents, mse_grad, outer_loss)
+from functa.fitting import (Batch, InnerLoop, MetaLearner, MetaLearningConfig, MSELoss, fit_latents, outer_loss)
 
 
 def tiny(dtype=torch.float64, **kw):
@@ -23,18 +23,18 @@ def reference_outer_loss(field, x, y, steps):
     z = torch.zeros(y.shape[0], field.config.code_dim, dtype=y.dtype, requires_grad=True)
     lrs = field.inner_lrs()
     for _ in range(steps):
-        pred, _ = field.forward_points(x, z)
+        pred = field(x, z)
         loss = ((pred - y) ** 2).mean((1, 2)).sum()
         g, = torch.autograd.grad(loss, z, create_graph=True)
         z = z - lrs * g
-    pred, _ = field.forward_points(x, z)
+    pred = field(x, z)
     return ((pred - y) ** 2).mean((1, 2)).mean()
 
 
 def test_second_order_gradient_matches_autograd_oracle_and_finite_differences():
     field = tiny()
     x, y = grid(), torch.rand(3, 36, 1, dtype=torch.float64)
-    loss = outer_loss(field, InnerLoop(3), x, y).loss
+    loss = outer_loss(field, InnerLoop(3), Batch(x, y)).loss
     params = list(field.parameters())
     ours = torch.autograd.grad(loss, params)
     ref = torch.autograd.grad(reference_outer_loss(field, x, y, 3), params)
@@ -46,9 +46,9 @@ def test_second_order_gradient_matches_autograd_oracle_and_finite_differences():
             eps = 1e-6
             with torch.no_grad():
                 p[idx] += eps
-                up = outer_loss(field, InnerLoop(3), x, y).loss
+                up = outer_loss(field, InnerLoop(3), Batch(x, y)).loss
                 p[idx] -= 2 * eps
-                down = outer_loss(field, InnerLoop(3), x, y).loss
+                down = outer_loss(field, InnerLoop(3), Batch(x, y)).loss
                 p[idx] += eps
             fd = (up - down) / (2 * eps)
             assert float(g[idx]) == pytest.approx(float(fd), rel=1e-5, abs=1e-10)
@@ -58,8 +58,8 @@ def test_checkpointed_equals_plain_gradients():
     field = tiny()
     x, y = grid(), torch.rand(2, 36, 1, dtype=torch.float64)
     params = list(field.parameters())
-    a = torch.autograd.grad(outer_loss(field, InnerLoop(3), x, y).loss, params)
-    b = torch.autograd.grad(outer_loss(field, InnerLoop(3, checkpoint=True), x, y).loss, params)
+    a = torch.autograd.grad(outer_loss(field, InnerLoop(3), Batch(x, y)).loss, params)
+    b = torch.autograd.grad(outer_loss(field, InnerLoop(3, checkpoint=True), Batch(x, y)).loss, params)
     for u, v in zip(a, b):
         assert torch.allclose(u, v, rtol=1e-10, atol=1e-14)
 
@@ -68,19 +68,19 @@ def test_first_order_drops_second_order_terms():
     field = tiny()
     x, y = grid(), torch.rand(2, 36, 1, dtype=torch.float64)
     w = field.layers[1].weight
-    g2, = torch.autograd.grad(outer_loss(field, InnerLoop(3), x, y).loss, [w])
-    g1, = torch.autograd.grad(outer_loss(field, InnerLoop(3, first_order=True), x, y).loss, [w])
+    g2, = torch.autograd.grad(outer_loss(field, InnerLoop(3), Batch(x, y)).loss, [w])
+    g1, = torch.autograd.grad(outer_loss(field, InnerLoop(3, first_order=True), Batch(x, y)).loss, [w])
     assert not torch.allclose(g1, g2)
     # first-order: the meta-SGD rates still get a gradient through the update lr * g
-    lr_grad, = torch.autograd.grad(outer_loss(field, InnerLoop(3, first_order=True), x, y).loss, [field.inner_lrs.raw])
+    lr_grad, = torch.autograd.grad(outer_loss(field, InnerLoop(3, first_order=True), Batch(x, y)).loss, [field.inner_lrs.raw])
     assert lr_grad.abs().sum() > 0
 
 
 def test_inner_step_is_independent_of_batch_size():
     field = tiny()
     x, y = grid(), torch.rand(4, 36, 1, dtype=torch.float64)
-    together = InnerLoop(3)(field, x, y)
-    alone = InnerLoop(3)(field, x, y[:1])
+    together = InnerLoop(3)(field, Batch(x, y))
+    alone = InnerLoop(3)(field, Batch(x, y[:1]))
     assert torch.allclose(together[:1], alone, rtol=1e-12)
 
 
@@ -88,37 +88,44 @@ def test_mse_grad_is_gradient_of_per_item_mean():
     pred = torch.rand(2, 5, 3, dtype=torch.float64, requires_grad=True)
     y = torch.rand(2, 5, 3, dtype=torch.float64)
     ref, = torch.autograd.grad(((pred - y) ** 2).mean((1, 2)).sum(), pred)
-    assert torch.allclose(mse_grad(pred, y), ref)
+    assert torch.allclose(MSELoss().output_grad(pred, y), ref)
     w = torch.zeros(2, 5, 1, dtype=torch.float64)
     w[:, :2] = 1
     ref_w, = torch.autograd.grad((((pred - y) ** 2)[:, :2]).mean((1, 2)).sum(), pred)
-    assert torch.allclose(mse_grad(pred, y, w), ref_w)
+    assert torch.allclose(MSELoss().output_grad(pred, y, w), ref_w)
 
 
 def test_clamped_zero_lrs_freeze_latents():
     field = tiny()
     with torch.no_grad():
         field.inner_lrs.raw.fill_(-3.0)  # clamps to 0
-    z = InnerLoop(3)(field, grid(), torch.rand(2, 36, 1, dtype=torch.float64))
+    z = InnerLoop(3)(field, Batch(grid(), torch.rand(2, 36, 1, dtype=torch.float64)))
     assert torch.all(z == 0)
 
 
 def test_fit_latents_tracks_steps_and_improves():
     field = tiny()
-    enc = fit_latents(field, grid(), torch.rand(3, 36, 1, dtype=torch.float64), steps=3, track_steps=True)
-    assert enc.mse_per_step.shape == (4, 3)
-    assert torch.allclose(enc.mse_per_step[-1], enc.mse)
+    x = grid()
+    # smooth targets a 5-d latent can fit; every inner step must lower every item's loss
+    y = (0.5 + 0.3 * torch.sin(3 * x[..., :1] + torch.arange(3.0, dtype=torch.float64)[:, None, None])).expand(3, -1, -1)
+    enc = fit_latents(field, Batch(x, y.contiguous()), steps=3, track_steps=True)
+    assert len(enc.history) == 4 and enc.history[0].abs().sum() == 0
+    losses = torch.stack([MSELoss().per_item(field(x, z), y) for z in enc.history])  # (4, 3)
+    assert torch.allclose(losses[-1], enc.loss)
+    assert torch.all(losses[1:] < losses[:-1]), losses
+    assert torch.all(losses[-1] < 0.5 * losses[0]), losses
 
 
 class ArraySource:
     def __init__(self, y, coords):
         self.y, self.coords = y, coords
+        self.num_points = coords.shape[0]
 
     def __len__(self):
         return len(self.y)
 
-    def features(self, idx):
-        return self.y[torch.as_tensor(idx)]
+    def batch(self, idx):
+        return Batch(self.coords[None], self.y[torch.as_tensor(idx)])
 
 
 def _learner(steps, points=None):
@@ -134,10 +141,10 @@ def test_point_subsampling_uses_matching_random_subsets():
     _, learner = _learner(3, points=10)
     seen = []
 
-    def record(x, y):
-        seen.append((x.clone(), y.clone()))
+    def record(batch):
+        seen.append((batch.x.clone(), batch.y.clone()))
         learner.step_count += 1
-        return {"loss": 0.0, "psnr": 0.0}
+        return {"loss": 0.0, "metric": 0.0}
 
     learner.train_step = record
     learner.fit(src, progress=False)
@@ -189,4 +196,4 @@ def test_non_finite_loss_raises():
     field, learner = _learner(1)
     y = torch.full((4, 36, 1), float("nan"))
     with pytest.raises(FloatingPointError, match="outer_lr"):
-        learner.train_step(grid(dtype=torch.float32), y)
+        learner.train_step(Batch(grid(dtype=torch.float32), y))

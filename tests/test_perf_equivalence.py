@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from functa.fields import LatentModulatedSiren, SirenConfig
-from functa.fitting import InnerLoop, OuterObjective, fit_latents, outer_loss
+from functa.fitting import Batch, InnerLoop, OuterObjective, fit_latents, outer_loss
 
 VARIANTS = {
     "shift_latent": dict(latent_dim=5),
@@ -85,7 +85,7 @@ def test_outer_gradients_match_autograd_reference(variant, shared, per_item_x):
     x, y = _data(per_item_x=per_item_x)
     ref_loss, ref_z = _reference_outer_loss(f, x, y, 3)
     ref = torch.autograd.grad(ref_loss, _params(f))
-    res = outer_loss(f, InnerLoop(3, shared_first_step=shared), x, y)
+    res = outer_loss(f, InnerLoop(3, shared_first_step=shared), Batch(x, y))
     ours = torch.autograd.grad(res.loss, _params(f))
     torch.testing.assert_close(res.loss, ref_loss, rtol=1e-10, atol=0)
     torch.testing.assert_close(res.latents, ref_z, rtol=1e-9, atol=1e-12)
@@ -97,9 +97,9 @@ def test_outer_gradients_match_autograd_reference(variant, shared, per_item_x):
 def test_checkpointed_gradients_equal_plain(shared):
     f = _field(**VARIANTS["shift_latent"])
     x, y = _data()
-    plain = torch.autograd.grad(outer_loss(f, InnerLoop(3, shared_first_step=shared), x, y).loss, _params(f))
+    plain = torch.autograd.grad(outer_loss(f, InnerLoop(3, shared_first_step=shared), Batch(x, y)).loss, _params(f))
     ckpt = torch.autograd.grad(
-        outer_loss(f, InnerLoop(3, checkpoint=True, shared_first_step=shared), x, y).loss, _params(f))
+        outer_loss(f, InnerLoop(3, checkpoint=True, shared_first_step=shared), Batch(x, y)).loss, _params(f))
     for a, b in zip(plain, ckpt):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
 
@@ -110,14 +110,15 @@ def test_shared_first_step_does_not_change_encoding(variant):
     x, y = _data(batch=5, dtype=torch.float32)
     weight = (torch.rand(5, x.shape[1], 1, generator=torch.Generator().manual_seed(2)) > 0.3).float()
     for w in (None, weight):
-        a = fit_latents(f, x, y, 3, w, shared_first_step=True)
-        b = fit_latents(f, x, y, 3, w, shared_first_step=False)
+        a = fit_latents(f, Batch(x, y, w), 3, shared_first_step=True)
+        b = fit_latents(f, Batch(x, y, w), 3, shared_first_step=False)
         torch.testing.assert_close(a.latents, b.latents, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(a.mse, b.mse, rtol=1e-5, atol=1e-7)
-        ta = fit_latents(f, x, y, 3, w, track_steps=True, shared_first_step=True)
-        tb = fit_latents(f, x, y, 3, w, track_steps=True, shared_first_step=False)
-        torch.testing.assert_close(ta.mse_per_step, tb.mse_per_step, rtol=1e-5, atol=1e-7)
-        assert ta.mse_per_step.shape == (4, 5)
+        torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-7)
+        ta = fit_latents(f, Batch(x, y, w), 3, track_steps=True, shared_first_step=True)
+        tb = fit_latents(f, Batch(x, y, w), 3, track_steps=True, shared_first_step=False)
+        assert len(ta.history) == 4
+        for za, zb in zip(ta.history, tb.history):
+            torch.testing.assert_close(za, zb, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(ta.latents, a.latents, rtol=1e-5, atol=1e-6)
 
 
@@ -132,7 +133,7 @@ def test_encoding_matches_reference_float64():
             loss = ((_reference_forward(f, x, z) - y) ** 2).mean((1, 2)).sum()
             (g,) = torch.autograd.grad(loss, z)
         z = z - lrs * g
-    enc = fit_latents(f, x, y, 3)
+    enc = fit_latents(f, Batch(x, y), 3)
     torch.testing.assert_close(enc.latents, z.detach(), rtol=1e-9, atol=1e-12)
 
 
@@ -141,7 +142,7 @@ def test_weighted_inner_loop_matches_reference():
     x, y = _data()
     w = (torch.rand(3, x.shape[1], 1, generator=torch.Generator().manual_seed(3)) > 0.4).double()
     _, ref_z = _reference_outer_loss(f, x, y, 3, weight=w)
-    z = InnerLoop(3)(f, x, y, weight=w)
+    z = InnerLoop(3)(f, Batch(x, y, w))
     torch.testing.assert_close(z, ref_z, rtol=1e-9, atol=1e-12)
 
 
@@ -152,13 +153,13 @@ def test_compiled_matches_eager():
     f = _field(dtype=torch.float32, **VARIANTS["shift_latent"])
     x, y = _data(batch=4, n=160, dtype=torch.float32)
     inner = InnerLoop(3)
-    eager = OuterObjective(f, inner)(x, y)
+    eager = OuterObjective(f, inner)(Batch(x, y))
     ge = torch.autograd.grad(eager.loss, _params(f))
-    comp = OuterObjective(f, inner, compile=True)(x, y)
+    comp = OuterObjective(f, inner, compile=True)(Batch(x, y))
     gc = torch.autograd.grad(comp.loss, _params(f))
     torch.testing.assert_close(comp.loss, eager.loss, rtol=1e-4, atol=1e-6)
     for a, b in zip(gc, ge):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-5)
-    ea = fit_latents(f, x, y, 3)
-    ec = fit_latents(f, x, y, 3, compile=True)
+    ea = fit_latents(f, Batch(x, y), 3)
+    ec = fit_latents(f, Batch(x, y), 3, compile=True)
     torch.testing.assert_close(ec.latents, ea.latents, rtol=1e-4, atol=1e-5)

@@ -10,7 +10,8 @@ from functa.fields import LatentModulatedSiren, SirenConfig
 from functa.optim import EMA, lr_at
 from functa.tasks.classify import (ConvClassifier, ConvConfig, MLPClassifier, MLPConfig, accuracy,
                                    classification_loss, count_parameters)
-from functa.tasks.inference import grid_mask, map_fit
+from functa.modalities import grid_mask
+from functa.tasks.inference import map_fit
 from functa.tasks.latents import Standardizer, interpolate, nearest_neighbours
 from functa.tasks.train import TrainConfig, Trainer
 

@@ -181,7 +181,7 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
     elif args.command == "compress":
         r = comp.compress_file(args.codec, args.input, args.out, args.steps, args.refine, args.rate_weight,
                                device=args.device)
-        quality = f"PSNR {r['psnr_db']:.2f} dB" if "psnr_db" in r else f"RMSE {r['rmse']:.4g}"
+        quality = ", ".join(f"{k} {v:.4g}" for k, v in r["quality"].items())
         print(f"wrote {args.out}: {r['bytes']} bytes, {r['bits_per_point']:.4f} bpp, {quality}, "
               f"{r['patches']} patch(es), {r['encode_s']:.2f} s")
     elif args.command == "codec-bench":
@@ -238,10 +238,11 @@ def _run_downstream(args: argparse.Namespace, progress: bool) -> None:
         r = ds.impute(args.model, args.data, args.out, prior=args.prior, split=args.split, indices=args.indices,
                       mask=args.mask, fraction=args.fraction, prior_weight=args.prior_weight, steps=args.steps,
                       lr=args.lr, progress=progress)
+        key = r["headline"]
         for name in ("no_prior", "prior"):
             if name in r:
-                print(f"{name:>8}: hidden-region PSNR {r[name]['hidden_psnr']:.2f} dB, "
-                      f"observed-region PSNR {r[name]['observed_psnr']:.2f} dB")
+                print(f"{name:>8}: hidden region {key} {r[name]['hidden'][key]:.4g}, "
+                      f"observed region {key} {r[name]['observed'][key]:.4g}")
         print(f"grid: {r['grid']}")
     elif cmd == "fid":
         r = ds.fid_score(args.weights, args.reference, args.samples, split=args.split, limit=args.limit,
@@ -262,6 +263,9 @@ def _print_accuracy(r: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .fitting import available_losses
+    from .modalities import available_modalities
+
     parser = argparse.ArgumentParser(prog="functa", description="Data points as functions: meta-learn modulated "
                                      "neural fields, encode datasets into functasets, render at any resolution.")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -274,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="meta-learn a base network on a dataset (resumes an interrupted run)")
     p.add_argument("data", help="dataset path: idx directory, CIFAR-10 npz/python batches, image folder, lat/lon npz or .nc")
     p.add_argument("-o", "--out", required=True, type=Path, help="run directory (model.safetensors + config.json)")
-    p.add_argument("--modality", choices=["image", "sphere"], help="default: inferred from the data")
+    p.add_argument("--modality", choices=available_modalities(), help="default: inferred from the data")
+    p.add_argument("--loss", choices=available_losses(), help="reconstruction loss (default: the modality's; "
+                   "same as --set loss=NAME)")
     p.add_argument("--steps", type=int, help="outer steps (same as --set train.steps=N)")
     p.add_argument("--time-limit", type=float, help="stop after this many seconds (a checkpoint is saved)")
     _add_common_fit(p)
@@ -286,9 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=["train", "test", "all"])
     p.add_argument("--steps", type=int, help="inner steps (default: as in meta-learning)")
     p.add_argument("--batch-size", type=int, help="items per batch (default: as many as fit ~24 MiB activations)")
-    p.add_argument("--augment", help="also encode augmented copies of every image: 'flip,crop', 'crop' or 'flip'")
+    p.add_argument("--augment", help="also encode augmented copies of every item, with the modality's augmentations: "
+                   "images 'flip,crop', 'crop' or 'flip'; shapes 'scale' (paper A.1: per-axis rescaling)")
     p.add_argument("--copies", type=int, default=0, help="number of augmented copies of the split (with --augment)")
-    p.add_argument("--pad", type=int, default=4, help="zero padding in pixels before the random crop")
+    p.add_argument("--pad", type=int, help="images: zero padding in pixels before the random crop (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentations")
 
     p = sub.add_parser("render", help="decode items to PNG/npz at any resolution")
@@ -323,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe(modality_config: dict, summary: dict) -> str:
+    """The modality's one-line description of a metrics summary (PSNR, voxel accuracy, ...)."""
+    from .modalities import modality_from_config
+
+    return modality_from_config(modality_config).reconstruction_metrics().describe(summary)
+
+
 def _run(args: argparse.Namespace) -> int:
     from . import pipeline
     from .config import load_config
@@ -337,24 +351,22 @@ def _run(args: argparse.Namespace) -> int:
             overrides.append(f"train.steps={args.steps}")
         if args.modality:
             overrides.append(f"modality={json.dumps(args.modality)}")
+        if args.loss:
+            overrides.append(f"loss={json.dumps(args.loss)}")
         cfg = load_config(args.config, overrides, preset=args.preset)
         result = pipeline.fit(args.data, args.out, cfg, progress=progress, time_limit_s=args.time_limit,
                               device=args.device)
         final = result["training"]["final_eval"]["per_step"][-1]
-        print(f"saved base network to {args.out} (sha256 {result['sha256'][:12]}); validation PSNR "
-              f"{final['psnr_of_mean_mse']:.2f} dB (of mean MSE), {final['mean_psnr']:.2f} dB (mean of items)")
+        print(f"saved base network to {args.out} (sha256 {result['sha256'][:12]}); validation: "
+              f"{_describe(result['modality'], final)}")
     elif args.command == "encode":
-        aug = None
-        if args.augment:
-            from .data.augment import ImageAugmentation
-
-            aug = ImageAugmentation(tuple(a.strip() for a in args.augment.split(",")), pad=args.pad, seed=args.seed)
+        kinds = tuple(a.strip() for a in args.augment.split(",")) if args.augment else ()
+        options = {"pad": args.pad} if args.pad is not None else {}
         fs = pipeline.encode(args.model, args.data, args.out, split=args.split, steps=args.steps,
-                             batch_size=args.batch_size, progress=progress, augmentation=aug, copies=args.copies,
-                             device=args.device)
-        s = fs.manifest["summary"]
-        print(f"wrote {len(fs)} latents of dim {fs.header['latent_dim']} to {args.out}: PSNR "
-              f"{s['psnr_of_mean_mse']:.2f} dB (of mean MSE), {s['mean_psnr']:.2f} dB (mean of items)")
+                             batch_size=args.batch_size, progress=progress, augment=kinds, copies=args.copies,
+                             augment_seed=args.seed, augment_options=options, device=args.device)
+        print(f"wrote {len(fs)} latents of shape {tuple(fs.latent_shape)} to {args.out}: "
+              f"{_describe(fs.header['base_network']['modality'], fs.manifest['summary'])}")
     elif args.command == "render":
         res = pipeline.render(args.model, args.out, functaset=args.functaset, data=args.data, split=args.split,
                               indices=args.indices, scale=args.scale, shape=args.shape, device=args.device)

@@ -15,27 +15,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .codec import AutoregressiveConfig, CodecConfig, EncodeSettings, FunctaCodec, QuantizerConfig, to_patches
-from .fitting import auto_batch_size, fit_latents
+from .fitting import Batch, auto_batch_size, fit_latents
 from .data import MixedSizesError, load_image_list
 from .functaset import Functaset
 from .io import ArtefactError, atomic_write_bytes, read_json
-from .pipeline import load_model, open_data
+from .pipeline import load_model, model_loss, open_data
 
-__all__ = ["build_codec", "codec_bench", "compress_file", "decompress_file", "encode_settings", "psnr_8bit",
-           "bits_per_point"]
+__all__ = ["build_codec", "codec_bench", "compress_file", "decompress_file", "encode_settings", "bits_per_point"]
 
 
 def bits_per_point(num_bytes: int, shape: tuple[int, ...]) -> float:
     """Rate in bits per spatial point (bits per pixel for images: channels are not counted)."""
     return 8.0 * num_bytes / math.prod(shape)
-
-
-def psnr_8bit(a: np.ndarray, b: np.ndarray, max_value: float = 255.0) -> float:
-    """PSNR in dB of two items in data units after rounding both to integer levels (what files store)."""
-    x = np.clip(np.round(np.asarray(a, np.float64)), 0, max_value) / max_value
-    y = np.clip(np.round(np.asarray(b, np.float64)), 0, max_value) / max_value
-    mse = float(np.mean((x - y) ** 2))
-    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 
 def _training_latents(model: Path, data: str | Path | None, functaset: str | Path | None, split: str,
@@ -57,7 +48,7 @@ def _training_latents(model: Path, data: str | Path | None, functaset: str | Pat
     for start in tqdm(range(0, len(ds), batch), desc="encoding training patches", disable=not progress):
         items = ds.take(np.arange(start, min(start + batch, len(ds))))
         patches = np.concatenate([to_patches(it, tuple(modality.shape))[0] for it in items])
-        out.append(fit_latents(field, x, modality.to_features(patches), steps).latents.cpu())
+        out.append(fit_latents(field, Batch(x, modality.to_features(patches)), steps, loss=model_loss(cfg)).latents.cpu())
     latents = torch.cat(out)
     return latents, {"data": str(data), "split": split, "items": len(ds), "count": int(latents.shape[0])}
 
@@ -93,7 +84,8 @@ def encode_settings(codec: FunctaCodec, **given) -> EncodeSettings:
 
 def compress_file(codec_dir: str | Path, source: str | Path, out: str | Path, inner_steps: int | None = None,
                   refine_steps: int | None = None, rate_weight: float | None = None, device: str = "cpu") -> dict:
-    """Compress one file (an image, a field, ...) into a ``.fta`` file; reports size, rate and PSNR."""
+    """Compress one file (an image, a field, a shape, ...) into a ``.fta`` file; reports size, rate and
+    the modality's quality measures of the decoded item (PSNR for images, RMSE for fields, ...)."""
     codec = FunctaCodec.load(codec_dir, device)
     settings = encode_settings(codec, inner_steps=inner_steps, refine_steps=refine_steps, rate_weight=rate_weight)
     item = codec.modality.read_item(Path(source))
@@ -106,11 +98,8 @@ def compress_file(codec_dir: str | Path, source: str | Path, out: str | Path, in
     shape = tuple(item.shape[:k])
     res = {"input": str(source), "output": str(out), "shape": list(item.shape), "bytes": len(data),
            "bits_per_point": bits_per_point(len(data), shape), "encode_s": encode_s,
-           "patches": int(np.prod([-(-s // p) for s, p in zip(shape, codec.patch_shape)]))}
-    if codec.modality.name == "image":
-        res["psnr_db"] = psnr_8bit(recon, item, codec.modality.max_value)
-    else:
-        res["rmse"] = float(np.sqrt(np.mean((recon.astype(np.float64) - item) ** 2)))
+           "patches": int(np.prod([-(-s // p) for s, p in zip(shape, codec.patch_shape)])),
+           "quality": codec.modality.compare(recon, item)}
     return res
 
 
@@ -163,7 +152,7 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
         codec = FunctaCodec.load(path, device)
         q = codec.config.quantizer
         curve = f"functa ({'per-dim' if q.per_dimension else 'global'} quantiser, {codec.config.entropy_model} entropy)"
-        label = f"{Path(path).name}: latent {codec.field.config.code_dim}, {q.bits} bits"
+        label = f"{Path(path).name}: latent {codec.latent_dim}, {q.bits} bits"
         settings = encode_settings(codec, inner_steps=inner_steps, refine_steps=refine_steps, rate_weight=rate_weight)
         results.setdefault(curve, []).append(functa_point(codec, images, label, settings).to_dict())
     if baselines_from is not None:

@@ -1,9 +1,12 @@
 """Run configuration: dataclasses, TOML/JSON files and ``section.key=value`` overrides.
 
-A config file has up to three sections, e.g. ``fit.toml``::
+A config file has two top-level keys and three sections, e.g. ``fit.toml``::
 
-    modality = "image"          # or "sphere"; omitted: inferred from the data
-    [field]                     # functa.fields.SirenConfig (in_dim/out_dim come from the modality)
+    modality = "image"          # a registered modality; omitted: inferred from the data
+    loss = "mse"                # "mse" or "bce"; omitted: the modality's default
+    [field]                     # name = a registered field (default "latent_modulated_siren") and
+                                # its settings, functa.fields.SirenConfig (in_dim/out_dim come from the
+                                # modality, output_offset from the loss unless set)
     width = 128
     depth = 6
     latent_dim = 128
@@ -23,7 +26,7 @@ from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
-from .fitting import MetaLearningConfig
+from .fitting import MetaLearningConfig, get_loss
 
 __all__ = ["DataConfig", "RunConfig", "PRESETS", "load_config", "apply_overrides"]
 
@@ -47,12 +50,18 @@ class DataConfig:
 @dataclass(frozen=True)
 class RunConfig:
     modality: str | None = None
+    loss: str | None = None
     field: dict[str, Any] = dc_field(default_factory=dict)
     train: MetaLearningConfig = dc_field(default_factory=MetaLearningConfig)
     data: DataConfig = dc_field(default_factory=DataConfig)
 
+    def __post_init__(self) -> None:
+        if self.loss is not None:
+            get_loss(self.loss)  # raises for unknown names
+
     def to_dict(self) -> dict:
-        return {"modality": self.modality, "field": dict(self.field), "train": asdict(self.train), "data": asdict(self.data)}
+        return {"modality": self.modality, "loss": self.loss, "field": dict(self.field), "train": asdict(self.train),
+                "data": asdict(self.data)}
 
 
 # ``paper``: the functa paper's optimiser settings (meant for 10^5-10^6 steps on accelerators).
@@ -105,9 +114,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def _build(raw: dict) -> RunConfig:
-    unknown = set(raw) - {"modality", "field", "train", "data"}
+    unknown = set(raw) - {"modality", "loss", "field", "train", "data"}
     if unknown:
-        raise ValueError(f"unknown config sections {sorted(unknown)}; expected modality, field, train, data")
+        raise ValueError(f"unknown config sections {sorted(unknown)}; expected modality, loss, field, train, data")
 
     def make(cls, d: dict, section: str):
         names = {f.name for f in fields(cls)}
@@ -116,15 +125,17 @@ def _build(raw: dict) -> RunConfig:
             raise ValueError(f"unknown [{section}] keys {sorted(bad)}; valid: {sorted(names)}")
         return cls(**d)
 
-    from .fields import SirenConfig
+    from .fields import DEFAULT_FIELD, get_field
 
-    field_names = {f.name for f in fields(SirenConfig)} - {"in_dim", "out_dim"}
+    field_cls = get_field(raw.get("field", {}).get("name", DEFAULT_FIELD))
+    field_names = ({f.name for f in fields(field_cls.config_class)} - {"in_dim", "out_dim"}) | {"name"}
     bad = set(raw.get("field", {})) - field_names
     if bad:
         raise ValueError(f"unknown [field] keys {sorted(bad)}; valid: {sorted(field_names)}")
     train = make(MetaLearningConfig, raw.get("train", {}), "train")
     data = make(DataConfig, raw.get("data", {}), "data")
-    return RunConfig(modality=raw.get("modality"), field=dict(raw.get("field", {})), train=train, data=data)
+    return RunConfig(modality=raw.get("modality"), loss=raw.get("loss"), field=dict(raw.get("field", {})),
+                     train=train, data=data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, preset: str = "cpu") -> RunConfig:

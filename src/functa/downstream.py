@@ -8,7 +8,6 @@ below and take ``section.key=value`` overrides, e.g. ``--set model.width=1024``.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ from .config import apply_overrides
 from .functaset import Functaset
 from .io import ArtefactError, write_json
 from .modalities import FieldDataset
-from .pipeline import contact_sheet, parse_indices, load_model, open_data
+from .fitting import Loss, MetricMeter, predict
+from .pipeline import contact_sheet, load_model, model_loss, open_data, parse_indices
 from .tasks.checkpoint import load_task_model, save_task_model
 from .tasks.classify import (ConvClassifier, ConvConfig, MLPClassifier, MLPConfig, accuracy, classification_loss,
                              count_parameters)
@@ -270,17 +270,14 @@ def _base_network(cfg: dict, model: str | Path | None):
     if base_cfg["sha256"] != cfg["functaset"]["base_network"]:
         raise ArtefactError(f"{path}: is not the base network this model was trained with "
                             f"({base_cfg['sha256'][:12]}… vs {cfg['functaset']['base_network'][:12]}…)")
-    return field, modality
+    return field, modality, model_loss(base_cfg)
 
 
-def render_latents(field, modality, latents: Tensor, out: Path, prefix: str, scale: float = 1.0,
+def render_latents(field, modality, loss: Loss, latents: Tensor, out: Path, prefix: str, scale: float = 1.0,
                    columns: int = 8) -> dict:
-    """Render latents ``(B, D)`` at ``scale`` × the native grid; one file per item and a grid PNG."""
+    """Render latents ``(B, *latent_shape)`` at ``scale`` × the native grid; one file per item and a grid PNG."""
     shape = tuple(int(round(d * scale)) for d in modality.shape)
-    with torch.no_grad():
-        coords = modality.coordinates(shape)
-        values = np.concatenate([modality.from_features(field.forward_points(coords[None], latents[i:i + 64])[0], shape)
-                                 for i in range(0, len(latents), 64)])
+    values = modality.from_features(predict(field, modality.coordinates(shape)[None], latents, loss=loss), shape)
     paths = modality.save(values, out / prefix, [f"{prefix}{i:04d}" for i in range(len(latents))])
     grid = contact_sheet(paths, out / f"{prefix}_grid.png", columns=columns)
     np.savez(out / f"{prefix}.npz", values=values.astype(np.float32), latents=latents.numpy())
@@ -302,16 +299,16 @@ def _memorisation(samples: Tensor, train_latents: Tensor, std: Standardizer) -> 
 
 def _sample_outputs(kind: str, model_dir: Path, z: Tensor, cfg: dict, out: Path, scale: float,
                     model: str | Path | None, neighbours: bool, std: Standardizer, extra: dict) -> dict:
-    field, modality = _base_network(cfg, model)
+    field, modality, loss = _base_network(cfg, model)
     out.mkdir(parents=True, exist_ok=True)
-    res = {"kind": kind, "model": str(model_dir), **extra, "samples": render_latents(field, modality, z, out,
-                                                                                       "sample", scale)}
+    res = {"kind": kind, "model": str(model_dir), **extra,
+           "samples": render_latents(field, modality, loss, z, out, "sample", scale)}
     if neighbours:
         train_path = cfg["functaset"]["path"]
         arr, _ = load_latents(train_path, cfg["functaset"]["base_network"])
         mem, idx = _memorisation(z, arr["latents"], std)
         res["memorisation"] = mem
-        res["neighbours"] = render_latents(field, modality, arr["latents"][idx], out, "nearest_train", scale)
+        res["neighbours"] = render_latents(field, modality, loss, arr["latents"][idx], out, "nearest_train", scale)
     write_json(out / "metrics.json", res)
     return res
 
@@ -374,18 +371,21 @@ def impute(model: str | Path, data: str | Path, out: str | Path, prior: str | Pa
            progress: bool = True) -> dict:
     """Fill in the hidden part of items from their observed part (paper §4, Eq. 2).
 
-    Fits latents to the observed points with and without the flow ``prior`` and reports PSNR on
-    the hidden region for both, plus the PSNR of the observed region; writes side-by-side grids.
+    ``mask`` names an observation of the modality (:meth:`Modality.observation_mask`: halves,
+    random points, a box; for shapes also a single-view depth scan). Fits latents to the observed
+    points with and without the flow ``prior`` and reports the modality's metrics (PSNR, or voxel
+    accuracy and IoU) on the hidden and on the observed points for both; writes side-by-side grids.
     """
-    from .tasks.inference import flow_log_prior, grid_mask, map_fit
+    from .tasks.inference import flow_log_prior, map_fit
 
     field, modality, base_cfg = load_model(model)
+    loss, metrics = model_loss(base_cfg), modality.reconstruction_metrics()
     src = FieldDataset(open_data(data, split, base_cfg.get("data"), progress), modality)
     idx = parse_indices(indices, len(src))
     y = src.features(idx)
-    observed = torch.from_numpy(grid_mask(modality.shape, mask, fraction, seed)).float()[None, :, None]
+    observed = modality.observation_mask(mask, y, fraction, seed).float()[..., None]  # (1|B, N, 1)
     x = src.coords[None]
-    fits = {"no_prior": map_fit(field, x, y, observed, steps=steps, lr=lr, progress=progress)}
+    fits = {"no_prior": map_fit(field, x, y, observed, loss=loss, steps=steps, lr=lr, progress=progress)}
     if prior is not None:
         flow, extra, pcfg = load_task_model(prior, "flow")
         if pcfg["functaset"]["base_network"] != base_cfg["sha256"]:
@@ -393,46 +393,49 @@ def impute(model: str | Path, data: str | Path, out: str | Path, prior: str | Pa
         if flow.config.num_classes:
             raise ValueError(f"{prior}: class-conditional priors need labels; use an unconditional flow")
         log_prior = flow_log_prior(flow, Standardizer.from_tensors(extra))
-        fits["prior"] = map_fit(field, x, y, observed, log_prior=log_prior, prior_weight=prior_weight, steps=steps,
-                                lr=lr, progress=progress)
+        fits["prior"] = map_fit(field, x, y, observed, loss=loss, log_prior=log_prior, prior_weight=prior_weight,
+                                steps=steps, lr=lr, progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hidden = 1.0 - observed
-    metrics: dict[str, Any] = {"mask": mask, "fraction": fraction, "prior_weight": prior_weight, "steps": steps,
-                               "count": len(idx), "observed_fraction": float(observed.mean())}
-    observed_view = modality.from_features(y * observed + 0.5 * hidden)  # hidden points shown grey
+    res: dict[str, Any] = {"mask": mask, "fraction": fraction, "prior_weight": prior_weight, "steps": steps,
+                           "count": len(idx), "observed_fraction": float(observed.expand(len(idx), -1, -1).mean()),
+                           "headline": metrics.headline}
+    observed_view = modality.from_features(y * observed + modality.unobserved_fill * hidden)
     panels = [modality.save(modality.from_features(y), out / "original", [f"original{i:04d}" for i in range(len(idx))]),
               modality.save(observed_view, out / "observed", [f"observed{i:04d}" for i in range(len(idx))])]
     for name, z in fits.items():
-        with torch.no_grad():
-            pred, _ = field.forward_points(x, z)
-        mse_hidden = (((pred - y) ** 2) * hidden).sum() / (hidden.sum() * y.shape[0] * y.shape[2])
-        mse_obs = (((pred - y) ** 2) * observed).sum() / (observed.sum() * y.shape[0] * y.shape[2])
+        pred = predict(field, x, z, loss=loss)
+        region = {}
+        for part, weight in (("hidden", hidden), ("observed", observed)):
+            meter = MetricMeter(metrics)
+            meter.add(metrics.per_item(pred, y, weight))
+            region[part] = meter.as_dict()
         # RMSE in the data's own units (grey levels, kelvin, ...) over the hidden points
-        diff = (modality.from_features(pred) - modality.from_features(y)).reshape(len(idx), -1)
-        hidden_pts = np.repeat(hidden[0, :, 0].numpy().astype(bool), diff.shape[1] // hidden.shape[1])
-        metrics[name] = {"hidden_psnr": -10 * math.log10(max(float(mse_hidden), 1e-20)),
-                         "observed_psnr": -10 * math.log10(max(float(mse_obs), 1e-20)),
-                         "hidden_rmse_data_units": float(np.sqrt(np.mean(diff[:, hidden_pts] ** 2)))}
+        diff = (modality.from_features(pred) - modality.from_features(y)).reshape(len(idx), y.shape[1], -1)
+        w = hidden.expand(len(idx), -1, -1).numpy()
+        region["hidden_rmse_data_units"] = float(np.sqrt((diff**2 * w).sum() / max(w.sum() * diff.shape[2], 1.0)))
+        res[name] = region
         panels.append(modality.save(modality.from_features(pred), out / name, [f"{name}{i:04d}" for i in range(len(idx))]))
     # one row per item: original | observed | no prior | with prior
     rows = [p for item in zip(*panels) for p in item]
-    metrics["grid"] = str(contact_sheet(rows, out / "imputation_grid.png", columns=len(panels)))
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    res["grid"] = str(contact_sheet(rows, out / "imputation_grid.png", columns=len(panels)))
+    write_json(out / "metrics.json", res)
+    return res
 
 
 def interpolate_items(model: str | Path, functaset: str | Path, out: str | Path, a: int, b: int, steps: int = 8,
                       flow: str | Path | None = None, scale: float = 1.0) -> dict:
     """Render the path between items ``a`` and ``b`` in latent space (and in the flow's base space)."""
     field, modality, cfg = load_model(model)
+    loss = model_loss(cfg)
     fs = Functaset(functaset)
     fs.check_base_network(cfg["sha256"])
     za, zb = fs.take([a, b])["latents"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    res = {"a": a, "b": b, "steps": steps, "latent": render_latents(field, modality, interpolate(za, zb, steps), out,
-                                                                   "latent_path", scale, columns=steps)}
+    res = {"a": a, "b": b, "steps": steps, "latent": render_latents(field, modality, loss, interpolate(za, zb, steps),
+                                                                   out, "latent_path", scale, columns=steps)}
     if flow is not None:
         fl, extra, fcfg = load_task_model(flow, "flow")
         if fcfg["functaset"]["base_network"] != cfg["sha256"]:
@@ -443,7 +446,7 @@ def interpolate_items(model: str | Path, functaset: str | Path, out: str | Path,
         with torch.no_grad():
             base = fl.to_base(std(torch.stack([za, zb])))
             path = std.inverse(fl.from_base(interpolate(base[0], base[1], steps)))
-        res["flow_base"] = render_latents(field, modality, path, out, "flow_path", scale, columns=steps)
+        res["flow_base"] = render_latents(field, modality, loss, path, out, "flow_path", scale, columns=steps)
     write_json(out / "metrics.json", res)
     return res
 

@@ -3,9 +3,13 @@
 Layout of ``name.functaset/``::
 
     manifest.json            format, versions, base network (sha256, field + modality config),
-                             encoding settings, data source, latent_dim, count, chunk list
-    chunk-000000.safetensors latents (n, D) float32, mse (n,), psnr (n,), labels (n,) int64,
-                             index (n,) int64 (position of the item in its source dataset)
+                             encoding settings, data source, latent_shape, count, chunk list,
+                             the per-item columns and their running sums, summary
+    chunk-000000.safetensors latents (n, *latent_shape) float32, labels (n,) int64,
+                             index (n,) int64 (position of the item in its source dataset), and
+                             one float32 column (n,) per per-item value: the fitting ``loss`` and
+                             the modality's metrics (``mse``/``psnr`` for images and fields,
+                             ``voxel_accuracy``/``iou`` for shapes)
 
 Chunks are written one at a time (temp file + rename) and the manifest is rewritten after each,
 so a large dataset never has to fit in memory and an interrupted encoding resumes after the last
@@ -30,8 +34,9 @@ __all__ = ["FunctasetWriter", "Functaset", "MANIFEST"]
 
 MANIFEST = "manifest.json"
 FORMAT = "functaset"
-FORMAT_VERSION = 1
-_FIELDS = ("latents", "mse", "psnr", "labels", "index")
+FORMAT_VERSION = 2
+_KEYS = ("latents", "labels", "index")
+_V1_COLUMNS = ("mse", "psnr")  # format 1 stored these two per-item columns, always
 
 
 class FunctasetWriter:
@@ -39,12 +44,14 @@ class FunctasetWriter:
 
     Re-opening a directory whose manifest has the same ``header`` resumes after its last chunk
     (``writer.count`` items are already stored); a different header raises instead of mixing.
+    Per-item float columns (``columns`` of :meth:`append`) are fixed by the first batch; the
+    manifest keeps their running sums (:attr:`sums`), from which summaries are computed.
     """
 
     def __init__(self, path: str | Path, header: dict[str, Any], total: int, chunk_size: int = 4096) -> None:
         self.path = Path(path)
         self.header, self.total, self.chunk_size = header, int(total), int(chunk_size)
-        self._buf: dict[str, list[np.ndarray]] = {k: [] for k in _FIELDS}
+        self._buf: dict[str, list[np.ndarray]] = {}
         self._buffered = 0
         if (self.path / MANIFEST).exists():
             manifest = read_json(self.path / MANIFEST)
@@ -56,7 +63,7 @@ class FunctasetWriter:
             self.path.mkdir(parents=True, exist_ok=True)
             self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(),
                              "header": header, "total": self.total, "count": 0, "chunks": [], "complete": False,
-                             "sums": {"mse": 0.0, "psnr": 0.0}}
+                             "columns": None, "sums": {}}
             write_json(self.path / MANIFEST, self.manifest)
 
     @property
@@ -64,14 +71,27 @@ class FunctasetWriter:
         """Items stored in complete chunks."""
         return int(self.manifest["count"])
 
-    def append(self, latents: Tensor, mse: Tensor, labels: np.ndarray, index: np.ndarray) -> None:
-        """Add a batch: ``latents (B, D)``, ``mse (B,)``, ``labels (B,)``, ``index (B,)``."""
-        mse_np = mse.detach().cpu().double().numpy()
-        rows = {"latents": latents.detach().cpu().float().numpy(), "mse": mse_np.astype(np.float32),
-                "psnr": (-10 * np.log10(np.maximum(mse_np, 1e-20))).astype(np.float32),
-                "labels": np.asarray(labels, dtype=np.int64), "index": np.asarray(index, dtype=np.int64)}
+    @property
+    def sums(self) -> dict[str, float]:
+        """Sums of every per-item column over the stored items."""
+        return dict(self.manifest.get("sums", {}))
+
+    def append(self, latents: Tensor, labels: np.ndarray, index: np.ndarray, columns: dict[str, Tensor]) -> None:
+        """Add a batch: ``latents (B, *latent_shape)``, ``labels (B,)``, ``index (B,)`` and per-item
+        float ``columns`` ``{name: (B,)}``."""
+        names = sorted(columns)
+        if self.manifest.get("columns") is None:
+            bad = [k for k in names if k in _KEYS]
+            if bad:
+                raise ValueError(f"column names {bad} are reserved")
+            self.manifest["columns"] = names
+        elif names != self.manifest["columns"]:
+            raise ValueError(f"{self.path}: columns {names} differ from the stored {self.manifest['columns']}")
+        rows = {"latents": latents.detach().cpu().float().numpy(), "labels": np.asarray(labels, dtype=np.int64),
+                "index": np.asarray(index, dtype=np.int64)}
+        rows.update({k: columns[k].detach().cpu().double().numpy().astype(np.float32) for k in names})
         for k, v in rows.items():
-            self._buf[k].append(v)
+            self._buf.setdefault(k, []).append(v)
         self._buffered += len(rows["index"])
         while self._buffered >= self.chunk_size:
             self._flush(self.chunk_size)
@@ -87,31 +107,29 @@ class FunctasetWriter:
         save_tensors(self.path / name, head)
         self.manifest["chunks"].append({"file": name, "count": n, "sha256": sha256_file(self.path / name)})
         self.manifest["count"] = self.count + n
-        sums = self.manifest.setdefault("sums", {"mse": 0.0, "psnr": 0.0})
-        sums["mse"] += float(head["mse"].double().sum())
-        sums["psnr"] += float(head["psnr"].double().sum())
+        sums = self.manifest.setdefault("sums", {})
+        for k in self.manifest["columns"]:
+            sums[k] = sums.get(k, 0.0) + float(head[k].double().sum())
         write_json(self.path / MANIFEST, self.manifest)
 
-    def reconstruction_summary(self) -> dict[str, float]:
-        """PSNR of the mean MSE and mean PSNR over the stored items (kept as running sums)."""
-        n, sums = self.count, self.manifest.get("sums", {})
-        if n == 0:
-            return {"mean_mse": float("nan"), "psnr_of_mean_mse": float("nan"), "mean_psnr": float("nan")}
-        mean_mse = sums["mse"] / n
-        return {"mean_mse": mean_mse, "psnr_of_mean_mse": float(-10 * np.log10(max(mean_mse, 1e-20))),
-                "mean_psnr": sums["psnr"] / n}
+    def flush(self) -> None:
+        """Write the buffered items as a (short) chunk."""
+        self._flush(self._buffered)
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
-        """Flush the remainder, mark complete when ``count == total`` and record the
-        reconstruction summary plus ``summary``."""
+        """Flush the remainder, mark complete when ``count == total`` and record ``summary``
+        (the reconstruction summary of the stored items, computed by the caller from :attr:`sums`)."""
         self._flush(self._buffered)
         self.manifest["complete"] = self.count == self.total
-        self.manifest["summary"] = {**self.reconstruction_summary(), **(summary or {})}
+        self.manifest["summary"] = dict(summary or {})
         write_json(self.path / MANIFEST, self.manifest)
 
 
 class Functaset(Dataset):
-    """Read a functaset; ``ds[i] -> (latent (D,), label)``. Chunks are memory-mapped on demand."""
+    """Read a functaset; ``ds[i] -> (latent (*latent_shape), label)``. Chunks are read on demand.
+
+    :attr:`columns` names every stored column: ``latents``, ``labels``, ``index`` and the per-item
+    values (``loss`` and the modality's metrics; ``mse`` and ``psnr`` in format-1 functasets)."""
 
     def __init__(self, path: str | Path, verify: bool = False) -> None:
         self.path = Path(path)
@@ -132,6 +150,14 @@ class Functaset(Dataset):
                 raise ArtefactError(f"{f}: checksum mismatch (corrupt chunk)")
             self._starts.append(self._starts[-1] + int(ch["count"]))
         self._cache: tuple[int, dict[str, Tensor]] | None = None
+        stored = self.manifest.get("columns") or (list(_V1_COLUMNS) if self.manifest.get("format_version") == 1 else [])
+        self.columns: tuple[str, ...] = _KEYS + tuple(stored)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one latent (format 1 recorded only ``latent_dim``: a vector)."""
+        h = self.header
+        return tuple(h["latent_shape"]) if "latent_shape" in h else (int(h["latent_dim"]),)
 
     @property
     def header(self) -> dict:
@@ -149,7 +175,7 @@ class Functaset(Dataset):
             f = self.path / self.manifest["chunks"][c]["file"]
             try:
                 with safe_open(str(f), framework="pt") as st:
-                    data = {k: st.get_tensor(k) for k in _FIELDS}
+                    data = {k: st.get_tensor(k) for k in self.columns}
             except Exception as e:  # safetensors raises several types for corrupt files
                 raise ArtefactError(f"{f}: unreadable chunk ({e})") from None
             self._cache = (c, data)
@@ -165,7 +191,7 @@ class Functaset(Dataset):
         return ch["latents"][j], int(ch["labels"][j])
 
     def take(self, indices) -> dict[str, Tensor]:
-        """Rows ``indices`` (any order) of every column, read chunk by chunk: ``latents (K, D)``, ..."""
+        """Rows ``indices`` (any order) of every column, read chunk by chunk: ``latents (K, *latent_shape)``, ..."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"indices out of range for a functaset of {len(self)} items")
@@ -181,15 +207,16 @@ class Functaset(Dataset):
             for k, v in data.items():
                 out[k][torch.from_numpy(sel)] = v[local]
         if out is None:
-            return {k: torch.empty(0) for k in _FIELDS}
+            return {k: torch.empty(0) for k in self.columns}
         return out
 
     def arrays(self) -> dict[str, Tensor]:
-        """All columns concatenated: ``latents (M, D)``, ``mse``, ``psnr``, ``labels``, ``index`` ``(M,)``."""
+        """All columns concatenated: ``latents (M, *latent_shape)``, ``labels``, ``index`` and the per-item
+        values ``(M,)``."""
         parts = [self._chunk(c) for c in range(len(self.manifest["chunks"]))]
         if not parts:
-            return {k: torch.empty(0) for k in _FIELDS}
-        out = {k: torch.cat([p[k] for p in parts]) for k in _FIELDS}
+            return {k: torch.empty(0) for k in self.columns}
+        out = {k: torch.cat([p[k] for p in parts]) for k in self.columns}
         self._cache = None
         return out
 

@@ -1,9 +1,9 @@
 """Pickle-free artefacts: atomic file writes, JSON, safetensors, and base-network checkpoints.
 
 A base network is a directory holding ``model.safetensors`` (weights and meta-SGD rates) and
-``config.json`` (field config, modality config, provenance: library and torch versions, what
-produced it, and the SHA-256 of the weights file). :func:`load_base_network` rebuilds it from
-nothing else.
+``config.json`` (field config with the field's registered name, modality config, loss, provenance:
+library and torch versions, what produced it, and the SHA-256 of the weights file).
+:func:`load_base_network` rebuilds whatever field class it was saved with, from nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .fields import LatentModulatedSiren, SirenConfig
+from torch import nn
+
+from .fields import field_from_config
 
 __all__ = [
     "ArtefactError",
@@ -113,7 +115,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def save_base_network(directory: str | os.PathLike, field: LatentModulatedSiren, **extra: Any) -> str:
+def save_base_network(directory: str | os.PathLike, field: nn.Module, **extra: Any) -> str:
     """Save ``field`` and JSON-serialisable ``extra`` (modality, data, training info).
 
     Returns the SHA-256 of the weights file, which identifies the base network (functasets and
@@ -122,12 +124,12 @@ def save_base_network(directory: str | os.PathLike, field: LatentModulatedSiren,
     directory = Path(directory)
     save_tensors(directory / MODEL_FILE, dict(field.state_dict()))
     digest = sha256_file(directory / MODEL_FILE)
-    config = {"field": field.config.to_dict(), "versions": versions(), "sha256": digest, **extra}
+    config = {"field": field.to_config(), "versions": versions(), "sha256": digest, **extra}
     write_json(directory / CONFIG_FILE, config)
     return digest
 
 
-def load_base_network(directory: str | os.PathLike, verify: bool = True) -> tuple[LatentModulatedSiren, dict]:
+def load_base_network(directory: str | os.PathLike, verify: bool = True) -> tuple[nn.Module, dict]:
     """Rebuild a base network saved by :func:`save_base_network`; returns ``(field, config)``."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -136,7 +138,7 @@ def load_base_network(directory: str | os.PathLike, verify: bool = True) -> tupl
     if "field" not in config:
         raise ArtefactError(f"{directory / CONFIG_FILE}: no 'field' section; not a functa base network")
     try:
-        field = LatentModulatedSiren(SirenConfig.from_dict(config["field"]))
+        field = field_from_config(config["field"])
     except (TypeError, ValueError) as e:
         raise ArtefactError(f"{directory / CONFIG_FILE}: invalid field config ({e})") from None
     if verify and config.get("sha256") and sha256_file(directory / MODEL_FILE) != config["sha256"]:

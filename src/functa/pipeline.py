@@ -5,6 +5,7 @@ which describe themselves, so only paths need to be passed along. The CLI calls 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,17 +16,21 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from torch import nn
+
+from .codec.patches import from_patches, to_patches
 from .config import RunConfig
 from .data import ArrayDataset, DataError, load_dataset
-from .data.augment import ImageAugmentation
 from .device import resolve_device
-from .fields import LatentModulatedSiren, SirenConfig
-from .fitting import MetaLearner, auto_batch_size, evaluate_reconstruction, fit_latents
+from .fields import DEFAULT_FIELD, field_from_config
+from .fitting import (Batch, Loss, MetaLearner, MetricMeter, auto_batch_size, evaluate_reconstruction, fit_latents,
+                      get_loss, predict)
 from .functaset import Functaset, FunctasetWriter
 from .io import ArtefactError, load_base_network, read_json, save_base_network
-from .modalities import FieldDataset, Modality, PatchDataset, get_modality, modality_from_config
+from .modalities import FieldDataset, Modality, PatchDataset, detect_modality, get_modality, modality_from_config
 
-__all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "open_data", "parse_indices", "render"]
+__all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "model_loss", "open_data",
+           "parse_indices", "render"]
 
 
 def open_data(path: str | Path, split: str, data_cfg: dict | None = None, progress: bool = True) -> ArrayDataset:
@@ -36,12 +41,16 @@ def open_data(path: str | Path, split: str, data_cfg: dict | None = None, progre
 
 
 def _infer_modality(ds: ArrayDataset, name: str | None) -> Modality:
-    if name is None:
-        name = "sphere" if ds.meta.get("kind") == "field" else "image"
-    return get_modality(name).from_dataset(ds)
+    cls = detect_modality(ds) if name is None else get_modality(name)
+    return cls.from_dataset(ds)
 
 
-def load_model(run_dir: str | Path, device: str | torch.device | None = "cpu") -> tuple[LatentModulatedSiren, Modality, dict]:
+def model_loss(config: dict) -> Loss:
+    """The loss a base network was meta-learned with (its ``config.json``; MSE before losses were recorded)."""
+    return get_loss(config.get("loss") or "mse")
+
+
+def load_model(run_dir: str | Path, device: str | torch.device | None = "cpu") -> tuple[nn.Module, Modality, dict]:
     """Base network (on ``device``; ``"auto"``: CUDA if available), modality and config of a ``fit`` directory."""
     field, config = load_base_network(run_dir)
     field.to(resolve_device(device))
@@ -73,22 +82,29 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
         prev = read_json(out / "config.json")
         if prev.get("modality"):
             modality = modality_from_config(prev["modality"])  # keep the normalisation of the run
-    field_cfg = SirenConfig(in_dim=modality.in_dim, out_dim=modality.out_channels, **config.field)
+    loss = get_loss(config.loss or modality.default_loss)
+    field_cfg = {"name": DEFAULT_FIELD, "output_offset": loss.output_offset, **config.field,
+                 "in_dim": modality.in_dim, "out_dim": modality.out_channels}
     torch.manual_seed(config.train.seed)
-    field = LatentModulatedSiren(field_cfg).to(resolve_device(device))
-    learner = MetaLearner(field, config.train)
+    field = field_from_config(field_cfg).to(resolve_device(device))
+    metrics = modality.reconstruction_metrics()
+    learner = MetaLearner(field, config.train, loss, metrics)
     train_src, val_src = _sources(train_ds, val_ds, modality, config.data.patch is not None, config.train.seed)
     t0 = time.perf_counter()
 
     def extra() -> dict[str, Any]:
-        return {"modality": modality.to_config(), "run": config.to_dict(),
+        return {"modality": modality.to_config(), "loss": loss.name, "run": config.to_dict(),
                 "data": {"path": str(data), **data_cfg, "meta": _small_meta(train_ds.meta)},
                 "training": {"step": learner.step_count, "history": learner.history}}
 
     learner.fit(train_src, val_src, out, on_save=lambda d: save_base_network(d, field, **extra()),
                 progress=progress, time_limit_s=time_limit_s)
-    final = evaluate_reconstruction(field, val_src, config.train.inner_steps, limit=config.train.eval_items,
-                                    extra=modality.metrics)
+    if config.data.patch and tuple(val_ds.data.shape[1:1 + len(modality.shape)]) != tuple(modality.shape):
+        final = evaluate_whole_items(field, loss, modality, val_ds, config.train.inner_steps,
+                                     limit=config.train.eval_items)
+    else:
+        final = evaluate_reconstruction(field, val_src, config.train.inner_steps, loss=loss, metrics=metrics,
+                                        limit=config.train.eval_items, extra=modality.metrics)
     info = extra()
     info["training"].update(wall_s=time.perf_counter() - t0, final_eval=final)
     save_base_network(out, field, **info)
@@ -108,35 +124,39 @@ def _small_meta(meta: dict) -> dict:
 
 def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "train", steps: int | None = None,
            batch_size: int | None = None, chunk_size: int = 4096, progress: bool = True,
-           augmentation: ImageAugmentation | None = None, copies: int = 0,
-           device: str | torch.device | None = "cpu") -> Functaset:
+           augment: tuple[str, ...] = (), copies: int = 0, augment_seed: int = 0,
+           augment_options: dict[str, Any] | None = None, device: str | torch.device | None = "cpu") -> Functaset:
     """Encode every item of ``data[split]`` into latents with the frozen base network ``model``.
 
     ``steps`` defaults to the inner steps used in meta-learning; ``batch_size`` to
-    :func:`functa.fitting.auto_batch_size` (memory-bounded). With ``augmentation`` and
-    ``copies > 0`` the functaset holds the originals followed by ``copies`` augmented copies of
-    the whole split (rows of the same image share ``index``). Resumes an interrupted run.
+    :func:`functa.fitting.auto_batch_size` (memory-bounded). With ``augment`` (kinds the modality
+    offers, e.g. ``("flip", "crop")`` for images, ``("scale",)`` for shapes; options such as
+    ``{"pad": 4}`` in ``augment_options``) and ``copies > 0`` the functaset holds the originals
+    followed by ``copies`` augmented copies of the whole split (rows of the same item share
+    ``index``). Items are read batch by batch, so a memory-mapped dataset streams. Every row stores
+    the fitting loss and the modality's per-item metrics. Resumes an interrupted run.
     """
     field, modality, cfg = load_model(model, device)
+    loss, metrics = model_loss(cfg), modality.reconstruction_metrics()
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
     ds = open_data(data, split, cfg.get("data"), progress)
     src = FieldDataset(ds, modality)
     if copies < 0:
         raise ValueError(f"copies must be >= 0, got {copies}")
-    if copies and augmentation is None:
+    if copies and not augment:
         raise ValueError("copies > 0 needs an augmentation")
-    if copies and ds.data.ndim != 4:
-        raise ValueError(f"{data}: augmentations are defined for images (M, H, W, C); this data is {ds.data.shape}")
+    augmentation = modality.make_augmentation(tuple(augment), augment_seed, **(augment_options or {})) if augment else None
     m = len(ds)
     header = {"base_network": {"sha256": cfg["sha256"], "path": str(Path(model).resolve()), "field": cfg["field"],
-                               "modality": cfg["modality"]},
+                               "modality": cfg["modality"], "loss": loss.name},
               "encoding": {"inner_steps": steps}, "source": {"path": str(data), "split": split, "count": m,
                                                             "meta": _small_meta(ds.meta)},
-              "latent_dim": field.config.code_dim}
+              "latent_shape": list(field.latent_shape), "latent_dim": math.prod(field.latent_shape)}
     if copies:
-        header["augmentation"] = {**asdict(augmentation), "copies": copies}
+        header["augmentation"] = {"kinds": list(augment), "seed": augment_seed, "options": dict(augment_options or {}),
+                                  "copies": copies}
     total = m * (1 + copies)
-    batch_size = batch_size or auto_batch_size(field, src.coords.shape[0])
+    batch_size = batch_size or auto_batch_size(field, src.num_points)
     writer = FunctasetWriter(out, header, total=total, chunk_size=chunk_size)
     x = src.coords[None]
     bar = tqdm(total=total, initial=writer.count, desc=f"encoding {split}", disable=not progress, unit="item")
@@ -151,41 +171,87 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
         else:
             if params is None or params[0] != copy:
                 params = (copy, augmentation.parameters(m, copy))
-            y = modality.to_features(augmentation.apply(ds.data[idx], params[1][idx]))
-        enc = fit_latents(field, x, y, steps)
-        writer.append(enc.latents, enc.mse, src.labels(idx), idx)
+            y = modality.to_features(augmentation.apply(ds.take(idx), params[1][idx]))
+        enc = fit_latents(field, Batch(x, y), steps, loss=loss)
+        values = metrics.per_item(loss.predict(enc.outputs), y.to(enc.outputs.device))
+        writer.append(enc.latents, src.labels(idx), idx, {"loss": enc.loss, **values})
         bar.update(len(idx))
         row += len(idx)
     bar.close()
-    writer.close({"encode_s_last_session": time.perf_counter() - t0})
+    writer.flush()
+    writer.close({**_summary(metrics, writer), "encode_s_last_session": time.perf_counter() - t0})
     return Functaset(out)
+
+
+def _summary(metrics, writer: FunctasetWriter) -> dict[str, float]:
+    """Reconstruction summary of the items a writer holds (from its running sums)."""
+    sums, n = writer.sums, writer.count
+    return {**metrics.summary(sums, n), "mean_loss": sums.get("loss", float("nan")) / max(n, 1)}
 
 
 def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: int | None = None,
              limit: int | None = None, batch_size: int | None = None, progress: bool = True,
              device: str | torch.device | None = "cpu") -> dict:
-    """PSNR after each inner step (both conventions) and modality metrics on ``data[split]``.
+    """The modality's reconstruction metrics after each inner step (PSNR in both conventions for
+    images and fields; voxel accuracy and IoU for shapes) and its other metrics on ``data[split]``.
 
-    A base network meta-learned on patches (``data.patch``) is evaluated on one random crop per item.
+    A base network meta-learned on patches (``data.patch``) is evaluated, as COIN++ reports it, on the
+    stitched, un-padded reconstruction of every whole item.
     """
     field, modality, cfg = load_model(model, device)
+    loss, metrics = model_loss(cfg), modality.reconstruction_metrics()
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
     ds = open_data(data, split, cfg.get("data"), progress)
-    patches = bool(cfg.get("data", {}).get("patch")) and tuple(ds.data.shape[1:1 + len(modality.shape)]) != modality.shape
-    src = PatchDataset(ds, modality, crops_per_item=1, seed=1) if patches else FieldDataset(ds, modality)
-    res = evaluate_reconstruction(field, src, steps, batch_size=batch_size, limit=limit, extra=modality.metrics,
-                                  progress=progress)
+    item_grid = tuple(ds.data.shape[1:1 + len(modality.shape)])
+    if bool(cfg.get("data", {}).get("patch")) and item_grid != tuple(modality.shape):
+        res = evaluate_whole_items(field, loss, modality, ds, steps, limit=limit, batch_size=batch_size,
+                                   progress=progress)
+    else:
+        res = evaluate_reconstruction(field, FieldDataset(ds, modality), steps, loss=loss, metrics=metrics,
+                                      batch_size=batch_size, limit=limit, extra=modality.metrics, progress=progress)
     return {"name": "functa-eval", "model": str(model), "data": str(data), "split": split,
-            "base_network_sha256": cfg["sha256"], "results": res}
+            "base_network_sha256": cfg["sha256"], "loss": loss.name, "headline": metrics.headline, "results": res}
+
+
+def evaluate_whole_items(field: nn.Module, loss: Loss, modality: Modality, ds: ArrayDataset, steps: int,
+                         limit: int | None = None, batch_size: int | None = None, progress: bool = False) -> dict:
+    """Metrics of stitched reconstructions: every item is cut into the base network's patches
+    (reflect-padded), the patches of a batch of items are fitted together, and each item's predicted
+    patches are stitched and cropped back to the item before measuring, after each inner step ``0..steps``."""
+    metrics = modality.reconstruction_metrics()
+    n = len(ds) if limit is None else min(limit, len(ds))
+    patch = tuple(modality.shape)
+    meters = [MetricMeter(metrics) for _ in range(steps + 1)]
+    sums: dict[str, float] = {}
+    x = modality.coordinates()[None]
+    grid = to_patches(ds.take(np.array([0]))[0], patch)[1]
+    whole = modality.with_shape(grid.shape)
+    per_batch = max(1, (batch_size or auto_batch_size(field, x.shape[1])) // grid.num_patches)
+    for start in tqdm(range(0, n, per_batch), desc="eval (whole items)", disable=not progress, leave=False):
+        items = ds.take(np.arange(start, min(start + per_batch, n)))
+        patches = np.concatenate([to_patches(it, patch)[0] for it in items])
+        target = whole.to_features(items)
+        enc = fit_latents(field, Batch(x, modality.to_features(patches)), steps, loss=loss, track_steps=True)
+        for meter, z in zip(meters, enc.history):
+            feats = predict(field, x, z, loss=loss).reshape(len(items), grid.num_patches, *patch, -1).numpy()
+            pred = torch.from_numpy(np.stack([from_patches(f, grid) for f in feats])).reshape(target.shape)
+            meter.update(pred, target)
+        for key, v in whole.metrics(pred, target).items():
+            sums[key] = sums.get(key, 0.0) + float(v.double().sum())
+    out = {"per_step": [{"step": k, **m.as_dict()} for k, m in enumerate(meters)], "count": n,
+           "protocol": "whole items: stitched, un-padded reconstructions of every item (COIN++)"}
+    out.update({k: v / max(n, 1) for k, v in sums.items()})
+    return out
 
 
 def format_table(result: dict) -> str:
-    """Plain-text PSNR table of an :func:`evaluate` result."""
+    """Plain-text table of an :func:`evaluate` result: every summary metric after every inner step."""
     res = result["results"]
-    lines = [f"{'inner step':>10}  {'PSNR of mean MSE':>17}  {'mean PSNR':>10}", "-" * 41]
+    keys = [k for k in res["per_step"][0] if k not in ("step", "count")]
+    lines = [f"{'inner step':>10}  " + "  ".join(f"{k:>16}" for k in keys), "-" * (12 + 18 * len(keys))]
     for row in res["per_step"]:
-        lines.append(f"{row['step']:>10}  {row['psnr_of_mean_mse']:>14.2f} dB  {row['mean_psnr']:>7.2f} dB")
-    extras = {k: v for k, v in res.items() if k not in ("per_step", "count")}
+        lines.append(f"{row['step']:>10}  " + "  ".join(f"{row[k]:>16.4f}" for k in keys))
+    extras = {k: v for k, v in res.items() if k not in ("per_step", "count") and isinstance(v, (int, float))}
     for k, v in extras.items():
         lines.append(f"{k}: {v:.4f}")
     lines.append(f"items: {res['count']}")
@@ -218,6 +284,7 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
     (``values`` in data units, ``indices``); with ``data`` also the originals for comparison.
     """
     field, modality, cfg = load_model(model, device)
+    loss = model_loss(cfg)
     out = Path(out)
     target_shape = tuple(shape) if shape else tuple(int(round(s * scale)) for s in modality.shape)
     originals = None
@@ -230,13 +297,12 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
         src = FieldDataset(open_data(data, split, cfg.get("data")), modality)
         idx = parse_indices(indices, len(src))
         y = src.features(idx)
-        latents = fit_latents(field, src.coords[None], y, cfg["run"]["train"]["inner_steps"]).latents
+        latents = fit_latents(field, Batch(src.coords[None], y), cfg["run"]["train"]["inner_steps"], loss=loss).latents
         originals = modality.from_features(y)
     else:
         raise ValueError("render needs a functaset or data to encode")
-    with torch.no_grad():
-        coords = modality.coordinates(target_shape).to(field.device)
-        values = modality.from_features(field.forward_points(coords[None], latents.to(field.device))[0], target_shape)
+    coords = modality.coordinates(target_shape)
+    values = modality.from_features(predict(field, coords[None], latents, loss=loss), target_shape)
     names = [f"item{int(i):06d}_{'x'.join(map(str, target_shape))}" for i in idx]
     paths = modality.save(values, out, names)
     written = {"renders": [str(p) for p in paths]}

@@ -8,7 +8,7 @@ import torch
 
 from functa.codec import CodecConfig, CodecError, EncodeSettings, FunctaCodec, QuantizerConfig
 from functa.fields import LatentModulatedSiren, SirenConfig
-from functa.fitting import fit_latents
+from functa.fitting import Batch, fit_latents
 from functa.io import ArtefactError, save_base_network
 from functa.modalities import get_modality
 
@@ -20,7 +20,7 @@ def parts():
     field = LatentModulatedSiren(SirenConfig(in_dim=2, out_dim=3, width=16, depth=3, latent_dim=6, w0=10.0))
     rng = np.random.default_rng(0)
     train = rng.integers(0, 256, size=(64, 8, 8, 3), dtype=np.uint8)
-    latents = fit_latents(field, modality.coordinates()[None], modality.to_features(train), 3).latents
+    latents = fit_latents(field, Batch(modality.coordinates()[None], modality.to_features(train)), 3).latents
     return field, modality, latents
 
 
@@ -58,10 +58,10 @@ def test_more_inner_steps_and_refinement_reduce_distortion(parts):
     codec = _codec(parts, quantizer=QuantizerConfig(bits=6))
     items = np.random.default_rng(3).integers(0, 256, size=(16, 8, 8, 3)).astype(np.uint8)
     feats = codec.modality.to_features(items)
-    base = codec.encode_patches(feats, EncodeSettings(inner_steps=3)).mse
-    refined = codec.encode_patches(feats, EncodeSettings(inner_steps=3, refine_steps=10)).mse
+    base = codec.encode_patches(feats, EncodeSettings(inner_steps=3)).distortion
+    refined = codec.encode_patches(feats, EncodeSettings(inner_steps=3, refine_steps=10)).distortion
     assert bool((refined <= base + 1e-7).all()) and float(refined.mean()) < float(base.mean())
-    longer = codec.encode_patches(feats, EncodeSettings(inner_steps=10)).mse
+    longer = codec.encode_patches(feats, EncodeSettings(inner_steps=10)).distortion
     assert float(longer.mean()) < float(base.mean())
 
 
@@ -120,7 +120,7 @@ def test_rate_aware_refinement_trades_distortion_for_bits(parts):
     assert float(bits(ra).mean()) < float(bits(plain).mean())
     # per patch, the chosen latents are never worse on the objective than the unrefined ones
     none = codec.encode_patches(feats, EncodeSettings())
-    obj = lambda e: e.mse + lam * bits(e).float() / n  # noqa: E731
+    obj = lambda e: e.distortion + lam * bits(e).float() / n  # noqa: E731
     assert bool((obj(ra) <= obj(none) + 1e-6).all())
 
 

@@ -8,7 +8,8 @@ from PIL import Image
 
 from functa.codec.baselines import STANDARD_CODECS, at_rate, available_codecs, encode_image, psnr_uint8
 from functa.codec.rd import bd_rate
-from functa.compression import bits_per_point, psnr_8bit
+from functa.compression import bits_per_point
+from functa.modalities import ImageModality
 
 
 def _image(seed=0, h=32, w=48):
@@ -24,7 +25,8 @@ def test_bpp_and_psnr_hand_computed():
     b = a.copy()
     b[0, 0, 0] = 255  # one of four values off by the full range: MSE 1/4 -> 6.02 dB
     assert psnr_uint8(a, b) == pytest.approx(10 * np.log10(4))
-    assert psnr_8bit(a.astype(float) + 0.4, b) == pytest.approx(10 * np.log10(4))  # rounds to 8 bits first
+    compare = ImageModality(2, 2, 1).compare
+    assert compare(a.astype(float) + 0.4, b)["psnr_db"] == pytest.approx(10 * np.log10(4))  # rounds to 8 bits first
 
 
 @pytest.mark.parametrize("codec", available_codecs())

@@ -9,7 +9,8 @@ offset size    field
 4      1       format version (1)
 5      8       codec id: first 8 bytes of the codec model's SHA-256 (base network, quantiser
                statistics and entropy tables); decoding with another model is refused
-13     1       modality code (1 image, 2 sphere; see :data:`MODALITY_CODES`)
+13     1       modality code: the registered modality class's ``code`` (1 image, 2 sphere,
+               3 voxel; :func:`functa.modalities.modality_by_code`)
 14     1       quantiser id: bits (1-16) in the low 5 bits, bit 7 set for per-dimension statistics
 15     1       entropy-model id (0 histogram, 1 per-dimension, 2 raw float16 (COIN),
                3 autoregressive; see :data:`ENTROPY_CODES`)
@@ -31,12 +32,13 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["ContainerError", "Header", "pack", "unpack", "MAGIC", "VERSION", "MODALITY_CODES", "ENTROPY_CODES",
+from ..modalities import get_modality, modality_by_code
+
+__all__ = ["ContainerError", "Header", "pack", "unpack", "MAGIC", "VERSION", "ENTROPY_CODES",
            "MAX_AXIS", "MAX_POINTS"]
 
 MAGIC = b"FTAC"
 VERSION = 1
-MODALITY_CODES = {"image": 1, "sphere": 2}
 ENTROPY_CODES = {"histogram": 0, "per_dimension": 1, "raw16": 2, "autoregressive": 3}
 MAX_AXIS = 2**20
 MAX_POINTS = 2**31
@@ -88,14 +90,13 @@ def pack(header: Header, payload: bytes) -> bytes:
     """Serialise ``header`` and ``payload`` (see the module docstring for the layout)."""
     if len(header.codec_id) != 8:
         raise ValueError("codec_id must be 8 bytes")
-    if header.modality not in MODALITY_CODES:
-        raise ValueError(f"modality {header.modality!r} has no container code; known: {sorted(MODALITY_CODES)}")
+    code = get_modality(header.modality).code  # raises for unregistered modalities
     if not 1 <= header.bits <= 16:
         raise ValueError(f"bits must be in 1..16, got {header.bits}")
     if not 1 <= len(header.shape) <= 4 or not all(1 <= s <= MAX_AXIS for s in header.shape):
         raise ValueError(f"item shape {header.shape} outside the container's limits (1-4 axes of 1..{MAX_AXIS})")
     quant = header.bits | (0x80 if header.per_dimension else 0)
-    out = bytearray(_FIXED.pack(MAGIC, VERSION, header.codec_id, MODALITY_CODES[header.modality], quant,
+    out = bytearray(_FIXED.pack(MAGIC, VERSION, header.codec_id, code, quant,
                                 ENTROPY_CODES[header.entropy_model], len(header.shape)))
     for s in header.shape:
         out += _varint(s)
@@ -118,7 +119,10 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     if zlib.crc32(body) != crc:
         raise ContainerError("checksum mismatch: the file is truncated or corrupted")
     _, _, codec_id, modality_code, quant, entropy_code, axes = _FIXED.unpack_from(body)
-    modality = {v: k for k, v in MODALITY_CODES.items()}.get(modality_code)
+    try:
+        modality = modality_by_code(modality_code).name
+    except KeyError:
+        modality = None
     entropy = {v: k for k, v in ENTROPY_CODES.items()}.get(entropy_code)
     bits = quant & 0x1F
     if modality is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,9 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torch import nn
+
 from ..device import resolve_device
-from ..fields import LatentModulatedSiren
-from ..fitting import auto_batch_size, fit_latents, mse_per_item
+from ..fields import field_device
+from ..fitting import Batch, auto_batch_size, fit_latents, get_loss, predict
 from ..io import CONFIG_FILE, MODEL_FILE, ArtefactError, load_base_network, load_tensors, read_json, save_tensors, write_json
 from ..modalities import Modality, modality_from_config
 from .container import Header, pack, unpack
@@ -105,30 +108,35 @@ class CodecConfig:
 @dataclass
 class _Encoded:
     symbols: Tensor  # (B*P, D) int64
-    mse: Tensor  # (B*P,) feature-space MSE of the quantised reconstruction per patch
+    distortion: Tensor  # (B*P,) the base network's loss (MSE, BCE) of the quantised reconstruction per patch
 
 
 class FunctaCodec:
     """Compress and decompress items of one modality with a meta-learned base network."""
 
-    def __init__(self, field: LatentModulatedSiren, modality: Modality, base_config: dict, quantizer: Quantizer,
+    def __init__(self, field: nn.Module, modality: Modality, base_config: dict, quantizer: Quantizer,
                  entropy, config: CodecConfig) -> None:
         if entropy.kind != config.entropy_model:
             raise ValueError(f"entropy model {entropy.kind!r} does not match the config ({config.entropy_model!r})")
         if entropy.num_symbols != config.quantizer.levels:
             raise ValueError(f"entropy model has {entropy.num_symbols} symbols, the quantiser {config.quantizer.levels}")
         self.field = field.eval()
+        self.latent_dim = math.prod(field.latent_shape)  # latents are coded flat: (P, D)
+        self.loss = get_loss(base_config.get("loss") or "mse")
         self.modality, self.base_config = modality, base_config
         self.quantizer, self.entropy, self.config = quantizer, entropy, config
         self.codec_id = self._digest()
 
     # ------------------------------------------------------------------ building and storage
     @classmethod
-    def build(cls, field: LatentModulatedSiren, modality: Modality, base_config: dict, train_latents: Tensor,
+    def build(cls, field: nn.Module, modality: Modality, base_config: dict, train_latents: Tensor,
               config: CodecConfig = CodecConfig(), progress: bool = False) -> "FunctaCodec":
-        """Freeze quantiser statistics and entropy model from training latents ``(N, D)``."""
-        if train_latents.ndim != 2 or train_latents.shape[1] != field.config.code_dim:
-            raise ValueError(f"training latents must be (N, {field.config.code_dim}), got {tuple(train_latents.shape)}")
+        """Freeze quantiser statistics and entropy model from training latents ``(N, *latent_shape)``."""
+        dim = math.prod(field.latent_shape)
+        if tuple(train_latents.shape[1:]) != tuple(field.latent_shape):
+            raise ValueError(f"training latents must be (N, {', '.join(map(str, field.latent_shape))}), "
+                             f"got {tuple(train_latents.shape)}")
+        train_latents = train_latents.reshape(-1, dim)
         quantizer = Quantizer.fit(train_latents, config.quantizer)
         entropy = fit_entropy_model(config.entropy_model, quantizer.quantize(train_latents), config.quantizer.levels,
                                     config.autoregressive, progress)
@@ -184,7 +192,7 @@ class FunctaCodec:
                                                                 if k.startswith("quantizer.")})
             entropy = entropy_from_state(config.entropy_model, {k[8:]: v for k, v in tensors.items()
                                                                 if k.startswith("entropy.")},
-                                         field.config.code_dim, config.quantizer.levels, config.autoregressive)
+                                         math.prod(field.latent_shape), config.quantizer.levels, config.autoregressive)
         except (KeyError, ValueError, RuntimeError) as e:
             raise ArtefactError(f"{directory / CODEC_TENSORS}: invalid codec tables ({e})") from None
         codec = cls(field.to(resolve_device(device)), modality_from_config(base_config["modality"]), base_config, quantizer, entropy,
@@ -206,20 +214,24 @@ class FunctaCodec:
         """Fit, (refine) and quantise latents for patch features ``(M, N, C)`` -> symbols ``(M, D)``."""
         s = self.config.encode if settings is None else settings
         steps = self.default_inner_steps() if s.inner_steps is None else s.inner_steps
-        dev = self.field.device
+        dev = field_device(self.field)
         x = self.modality.coordinates()[None].to(dev)
-        symbols, mses = [], []
+        symbols, losses = [], []
         for start in range(0, features.shape[0], self._batch()):
             y = features[start:start + self._batch()].to(dev)
-            z = fit_latents(self.field, x, y, steps).latents
+            z = fit_latents(self.field, Batch(x, y), steps, loss=self.loss).latents.reshape(len(y), -1)
             if s.refine_steps:
                 z = self._refine(x, y, z, s)
             q = self.quantizer.quantize(z.cpu())
             with torch.no_grad():
-                pred, _ = self.field.forward_points(x, self.quantizer.dequantize(q).to(dev))
+                out = self.field(x, self._shaped(self.quantizer.dequantize(q).to(dev)))
             symbols.append(q)
-            mses.append(mse_per_item(pred.clamp(0, 1), y).cpu())
-        return _Encoded(torch.cat(symbols), torch.cat(mses))
+            losses.append(self.loss.per_item(out, y).cpu())
+        return _Encoded(torch.cat(symbols), torch.cat(losses))
+
+    def _shaped(self, latents: Tensor) -> Tensor:
+        """Flat latents ``(M, D)`` -> the field's ``(M, *latent_shape)``."""
+        return latents.reshape(latents.shape[0], *self.field.latent_shape)
 
     def default_inner_steps(self) -> int:
         return int(self.base_config.get("run", {}).get("train", {}).get("inner_steps", 3))
@@ -229,7 +241,7 @@ class FunctaCodec:
         if self.config.entropy_model not in FACTORIZED:
             raise ValueError(f"rate-aware refinement needs a factorised entropy model {FACTORIZED}, "
                              f"this codec uses {self.config.entropy_model!r}")
-        return -torch.from_numpy(self.entropy.table(self.field.config.code_dim)).log2().float()
+        return -torch.from_numpy(self.entropy.table(self.latent_dim)).log2().float()
 
     def _soft_bits(self, z: Tensor, lengths: Tensor) -> Tensor:
         """Differentiable code length per item ``(B,)``: ``-log2 p`` interpolated between the two
@@ -246,8 +258,9 @@ class FunctaCodec:
         return ((1 - frac) * below + frac * above).sum(1)
 
     def _refine(self, x: Tensor, y: Tensor, z: Tensor, s: EncodeSettings) -> Tensor:
-        """Adam on the latents through the quantiser (straight-through gradient) on ``MSE + λ·bpp``;
-        keeps, per patch, the latents whose *quantised* objective was best (never worse than none)."""
+        """Adam on the flat latents ``(B, D)`` through the quantiser (straight-through gradient) on
+        ``loss + λ·bpp`` (the base network's loss: MSE, BCE); keeps, per patch, the latents whose
+        *quantised* objective was best (never worse than none)."""
         step = self.quantizer.step().float().to(z.device)
         lengths = self._code_lengths().to(z.device) if s.rate_weight > 0 else None
         per_point = s.rate_weight / x.shape[1]
@@ -259,8 +272,7 @@ class FunctaCodec:
             q = self.quantizer.quantize(cur.detach().cpu()).to(z.device)
             zq = self.quantizer.dequantize(q.cpu()).to(z.device)
             zq = cur + (zq - cur).detach()  # straight-through
-            pred, _ = self.field.forward_points(x, zq)
-            loss = mse_per_item(pred, y)
+            loss = self.loss.per_item(self.field(x, self._shaped(zq)), y)
             objective = loss.detach()
             if lengths is not None:
                 exact = lengths.gather(1, q.t()).t().sum(1)  # bits of the symbols actually coded
@@ -315,7 +327,7 @@ class FunctaCodec:
         if len(header.shape) != len(self.patch_shape):
             raise CodecError(f"file holds a {len(header.shape)}-axis item, the codec's patches have {len(self.patch_shape)}")
         grid = PatchGrid(header.shape, self.patch_shape)
-        return self.entropy.decode(payload, grid.num_patches, self.field.config.code_dim), grid
+        return self.entropy.decode(payload, grid.num_patches, self.latent_dim), grid
 
     def decompress(self, data: bytes) -> np.ndarray:
         """``.fta`` bytes -> the item ``(*shape[, C])`` in data units. Raises :class:`CodecError`."""
@@ -334,11 +346,8 @@ class FunctaCodec:
         return out
 
     def render_latents(self, latents: Tensor) -> np.ndarray:
-        """Latents ``(M, D)`` -> patches ``(M, *patch[, C])`` in data units (memory-bounded batches)."""
-        x = self.modality.coordinates()[None].to(self.field.device)
-        parts = []
-        with torch.no_grad():
-            for start in range(0, latents.shape[0], self._batch()):
-                pred, _ = self.field.forward_points(x, latents[start:start + self._batch()].to(self.field.device))
-                parts.append(self.modality.from_features(pred))
-        return np.concatenate(parts) if parts else np.zeros((0, *self.patch_shape), np.float32)
+        """Flat latents ``(M, D)`` -> patches ``(M, *patch[, C])`` in data units (memory-bounded batches)."""
+        if latents.shape[0] == 0:
+            return np.zeros((0, *self.patch_shape), np.float32)
+        x = self.modality.coordinates()[None]
+        return self.modality.from_features(predict(self.field, x, self._shaped(latents), loss=self.loss))

@@ -12,7 +12,9 @@ With ``modulate_scale=True`` each layer computes ``sin(w0 ((1 + c_l) (W_l h + b_
 With ``latent_dim=None`` there is no latent map: the per-datum vector *is* the modulation vector
 (the plain shift-modulated SIREN of the paper's Figure 3, functa's ``ModulatedSiren``).
 
-Besides ``forward`` the module offers :meth:`forward_points` / :meth:`backward_latents`, an
+It implements the :class:`~functa.fields.base.Field` protocol (registered as
+``"latent_modulated_siren"``) and its optional fast path :class:`~functa.fields.base.LatentAdjoint`:
+besides ``forward`` the module offers :meth:`forward_points` / :meth:`backward_latents`, an
 explicit (hand-derived) gradient of the output with respect to the latents. The inner loop of
 meta-learning uses it instead of ``autograd.grad(create_graph=True)``: the whole inner loop then
 becomes an ordinary first-order graph, which is cheaper, and which ``torch.compile`` can fuse.
@@ -27,11 +29,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
+from .base import register_field
 from .init import BiasInit, init_latent_map_, init_siren_linear_
 from .matmul import matmul_nn, matmul_nt
 from .sincos import sin_cos
@@ -120,6 +123,7 @@ class Trace:
     weights: list[Tensor] = dc_field(default_factory=list)
 
 
+@register_field
 class LatentModulatedSiren(nn.Module):
     """SIREN with per-datum (latent) shift and optional scale modulations.
 
@@ -129,9 +133,14 @@ class LatentModulatedSiren(nn.Module):
     to :meth:`forward`.
     """
 
+    name: ClassVar[str] = "latent_modulated_siren"
+    config_class: ClassVar[type] = SirenConfig
+
     def __init__(self, config: SirenConfig) -> None:
         super().__init__()
         self.config = c = config
+        self.latent_shape = (c.code_dim,)
+        self.in_dim, self.out_dim = c.in_dim, c.out_dim
         dims = [c.in_dim] + [c.width] * c.num_mod_layers
         self.layers = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(c.num_mod_layers))
         for i, layer in enumerate(self.layers):
@@ -152,6 +161,25 @@ class LatentModulatedSiren(nn.Module):
         if self.latent_map is not None:
             params += list(self.latent_map.parameters())
         return params
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """The meta-SGD learning rates (empty when ``meta_sgd=False``: a fixed inner rate)."""
+        return list(self.inner_lrs.parameters())
+
+    def activation_floats_per_point(self) -> int:
+        return self.config.width
+
+    def to_config(self) -> dict:
+        return {"name": self.name, **self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "LatentModulatedSiren":
+        config = {k: v for k, v in config.items() if k != "name"}
+        valid = set(SirenConfig.__dataclass_fields__)
+        unknown = sorted(set(config) - valid)
+        if unknown:
+            raise ValueError(f"unknown {cls.name} settings {unknown}; valid: {sorted(valid)}")
+        return cls(SirenConfig.from_dict(config))
 
     @property
     def device(self) -> torch.device:
@@ -178,22 +206,16 @@ class LatentModulatedSiren(nn.Module):
         return shift, scale
 
     # ------------------------------------------------------------------ forward
-    def forward(self, coords: Tensor, latents: Tensor) -> Tensor:
-        """Evaluate the fields of a batch of latents on shared coordinates.
+    def forward(self, x: Tensor, latents: Tensor) -> Tensor:
+        """Evaluate the fields of a batch of latents.
 
         Args:
-            coords: ``(*pts, in_dim)`` coordinates shared by every latent.
-            latents: ``(B, D)`` per-datum codes, or ``(D,)`` for a single field.
+            x: ``(1, N, in_dim)`` coordinates shared by every latent or ``(B, N, in_dim)`` per latent.
+            latents: ``(B, D)`` per-datum codes.
         Returns:
-            ``(B, *pts, out_dim)`` (``(*pts, out_dim)`` for a single latent).
+            ``(B, N, out_dim)``.
         """
-        single = latents.ndim == 1
-        if single:
-            latents = latents[None]
-        pts = coords.shape[:-1]
-        out, _ = self.forward_points(coords.reshape(1, -1, coords.shape[-1]), latents)
-        out = out.reshape(latents.shape[0], *pts, self.config.out_dim)
-        return out[0] if single else out
+        return self.forward_points(x, latents)[0]
 
     def forward_points(self, x: Tensor, latents: Tensor, keep_trace: bool = False) -> tuple[Tensor, Trace | None]:
         """Core evaluation on flattened points.
@@ -206,6 +228,9 @@ class LatentModulatedSiren(nn.Module):
             ``(B, N, out_dim)`` outputs and the trace (or ``None``).
         """
         c = self.config
+        if x.ndim != 3 or latents.ndim != 2:
+            raise ValueError(f"expected coordinates (1|B, N, {c.in_dim}) and latents (B, {c.code_dim}), got "
+                             f"{tuple(x.shape)} and {tuple(latents.shape)}")
         if x.shape[-1] != c.in_dim:
             raise ValueError(f"coordinates have {x.shape[-1]} dims, the network expects {c.in_dim}")
         if latents.shape[-1] != c.code_dim:

@@ -1,27 +1,42 @@
-"""Fitting: inner loop, meta-learning of the base network and encoding of latents."""
+"""Fitting: losses, batches, the inner loop, meta-learning of the base network and encoding of latents."""
 
-from .encode import Encoding, auto_batch_size, fit_latents
-from .inner import InnerLoop, inner_step, mse_grad
-from .meta import BatchSource, MetaLearner, MetaLearningConfig, evaluate_reconstruction
-from .metrics import PsnrMeter, mse_per_item, psnr
+from .encode import Encoding, auto_batch_size, fit_latents, predict
+from .inner import InnerLoop, field_outputs, inner_step, latent_grad, uses_fast_path
+from .losses import AnalyticOutputGrad, BCEWithLogitsLoss, Loss, MSELoss, available_losses, get_loss
+from .meta import MetaLearner, MetaLearningConfig, evaluate_reconstruction
+from .metrics import MetricMeter, Metrics, PsnrMetrics, mse_per_item, psnr
 from .outer import OuterObjective, OuterResult, outer_loss, tune_cpu_allocator
+from .source import Batch, BatchSource, Renderer
 
 __all__ = [
+    "AnalyticOutputGrad",
+    "BCEWithLogitsLoss",
+    "Batch",
     "BatchSource",
     "Encoding",
-    "auto_batch_size",
     "InnerLoop",
+    "Loss",
+    "MSELoss",
     "MetaLearner",
     "MetaLearningConfig",
+    "MetricMeter",
+    "Metrics",
     "OuterObjective",
     "OuterResult",
-    "PsnrMeter",
+    "PsnrMetrics",
+    "Renderer",
+    "auto_batch_size",
+    "available_losses",
     "evaluate_reconstruction",
+    "field_outputs",
     "fit_latents",
+    "get_loss",
     "inner_step",
-    "mse_grad",
+    "latent_grad",
     "mse_per_item",
     "outer_loss",
+    "predict",
     "psnr",
     "tune_cpu_allocator",
+    "uses_fast_path",
 ]

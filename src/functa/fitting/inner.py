@@ -1,12 +1,20 @@
 """The inner loop: fit per-datum latents with a few (meta-)SGD steps from zero.
 
-Loss per item is the mean squared error over all its points and channels; the batch loss is the
-*sum* over items, so each item's update is independent of the batch size (functa's ``vmap``; the
-batch-mean loss of some ports scales steps by ``1/B``). Gradients with respect to the latents are
-computed by :meth:`LatentModulatedSiren.backward_latents` (explicit backprop through the SIREN),
-which keeps the whole loop a first-order graph: backpropagating the outer loss through it gives
-the exact second-order MAML gradient. From zero latents the first step's forward pass is the same
-for every item and is evaluated once per batch (``InnerLoop.shared_first_step``, same results).
+Each step is ``z <- z - lr * d loss(z) / dz`` with the field's inner rates ``lr`` (meta-SGD), where
+``loss`` is the *sum over items* of each item's mean loss, so an item's update does not depend on
+the batch size (functa's ``vmap``). The latent gradient comes from one of two places:
+
+* **autograd** (any field, any loss, any renderer):
+  ``torch.autograd.grad(loss, z, create_graph=not first_order)``;
+* **the fast path**, used when the field offers an explicit latent gradient
+  (:class:`functa.fields.LatentAdjoint`), the loss has an analytic output gradient and no renderer
+  is involved: ``field.backward_latents(trace, loss.output_grad(f, y))``. The whole loop is then
+  an ordinary first-order graph: backpropagating the outer loss through it gives the exact
+  second-order MAML gradient at lower cost, and ``torch.compile`` can fuse it. From zero latents
+  the first step's forward pass is the same for every item and is evaluated once per batch
+  (``shared_first_step``, same results).
+
+Both paths compute the same numbers (``tests/test_inner_paths.py``).
 """
 
 from __future__ import annotations
@@ -14,88 +22,116 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..fields import LatentModulatedSiren
+from ..fields import LatentAdjoint
+from .losses import AnalyticOutputGrad, Loss, MSELoss
+from .source import Batch
 
-__all__ = ["InnerLoop", "inner_step", "mse_grad"]
+__all__ = ["InnerLoop", "field_outputs", "inner_step", "latent_grad", "uses_fast_path"]
 
 
-def mse_grad(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Gradient of ``sum_b mean_{n,c} w (pred - target)^2`` with respect to ``pred (B, N, C)``.
+def field_outputs(field: nn.Module, batch: Batch, latents: Tensor) -> Tensor:
+    """What the loss compares with ``batch.y``: the field's outputs at ``batch.x``, rendered when the
+    batch has a renderer. ``(B, N, C)``."""
+    out = field(batch.x, latents)
+    return out if batch.renderer is None else batch.renderer(out, batch)
 
-    ``weight`` ``(B|1, N, 1)`` restricts the loss to observed points (values 0/1); the mean is
-    then over observed points of each item.
+
+def uses_fast_path(field: nn.Module, loss: Loss, batch: Batch) -> bool:
+    """Whether the explicit latent gradient applies: the field has one, the loss has an analytic
+    output gradient, and nothing is rendered between them."""
+    return batch.renderer is None and isinstance(field, LatentAdjoint) and isinstance(loss, AnalyticOutputGrad)
+
+
+def latent_grad(field: nn.Module, loss: Loss, batch: Batch, latents: Tensor, *, create_graph: bool,
+                fast: bool) -> Tensor:
+    """``d sum_b loss_b / d latents`` ``(B, *latent_shape)``.
+
+    ``create_graph`` keeps the gradient differentiable (second order); ``fast`` uses the field's
+    explicit adjoint (its graph is first order whatever ``create_graph`` says, and exact).
+    ``latents`` may have batch 1 on the fast path (broadcast against the items).
     """
-    n = pred.shape[1] * pred.shape[2]
-    if weight is None:
-        return (pred - target) * (2.0 / n)
-    count = weight.sum(1, keepdim=True).clamp_min(1.0) * pred.shape[2]
-    return (pred - target) * weight * (2.0 / count)
+    if fast:
+        out, trace = field.forward_points(batch.x, latents, keep_trace=True)
+        g = field.backward_latents(trace, loss.output_grad(out, batch.y, batch.mask))
+        return g if create_graph else g.detach()
+    with torch.enable_grad():
+        z = latents if latents.requires_grad else latents.detach().requires_grad_(True)
+        value = loss.per_item(field_outputs(field, batch, z), batch.y, batch.mask).sum()
+        (g,) = torch.autograd.grad(value, z, create_graph=create_graph and torch.is_grad_enabled())
+    return g
 
 
-def inner_step(field: LatentModulatedSiren, x: Tensor, y: Tensor, latents: Tensor, lrs: Tensor,
-               detach_grad: bool = False, weight: Tensor | None = None) -> Tensor:
-    """One (meta-)SGD step on the latents ``(B, D)``; ``x (1|B, N, d)``, ``y (B, N, C)``.
-
-    ``detach_grad=True`` treats the gradient as a constant (first-order MAML).
-    """
-    out, trace = field.forward_points(x, latents, keep_trace=True)
-    g = field.backward_latents(trace, mse_grad(out, y, weight))
-    if detach_grad:
-        g = g.detach()
+def inner_step(field: nn.Module, loss: Loss, batch: Batch, latents: Tensor, lrs: Tensor,
+               first_order: bool = False, fast: bool = True) -> Tensor:
+    """One (meta-)SGD step on the latents. ``first_order=True`` treats the gradient as a constant
+    (first-order MAML)."""
+    create_graph = torch.is_grad_enabled() and not first_order
+    g = latent_grad(field, loss, batch, latents, create_graph=create_graph, fast=fast)
     return latents - lrs * g
 
 
 @dataclass(frozen=True)
 class InnerLoop:
-    """``steps`` (meta-)SGD steps from zero latents.
+    """``steps`` (meta-)SGD steps from zero latents on ``loss``.
 
     Args:
         steps: number of inner steps (paper: 3).
+        loss: the reconstruction loss (default MSE).
         first_order: drop the second-order terms (first-order MAML; paper App. C: ~10 dB worse).
         checkpoint: recompute each step in the backward pass instead of storing it (less memory,
             one extra inner step of compute; gradients are unchanged).
-        shared_first_step: when starting from zero latents, the shifts of the first step are the
-            same for every item (``s = b'``), so its forward pass is evaluated once for the batch
-            ``(1, N, W)`` and broadcast; only the per-item gradient is per item. Same numbers,
-            ~1/(2 steps + 1) fewer forward FLOPs. Ignored when initial ``latents`` are given.
+        shared_first_step: on the fast path from zero latents with shared coordinates, evaluate
+            the first step's forward pass once for the batch ``(1, N, W)`` and broadcast it; only
+            the per-item gradient is per item. Same numbers, ~1/(2 steps + 1) fewer forward FLOPs.
+        fast_path: use the field's explicit latent gradient where it applies (see the module
+            docstring); ``False`` always uses autograd (same results, slower).
     """
 
     steps: int = 3
+    loss: Loss = MSELoss()
     first_order: bool = False
     checkpoint: bool = False
     shared_first_step: bool = True
+    fast_path: bool = True
 
-    def __call__(self, field: LatentModulatedSiren, x: Tensor, y: Tensor, weight: Tensor | None = None,
-                 latents: Tensor | None = None) -> Tensor:
-        """Fit latents to targets ``y (B, N, C)`` at points ``x (1|B, N, d)``; returns ``(B, D)``."""
+    def is_fast(self, field: nn.Module, batch: Batch) -> bool:
+        return self.fast_path and uses_fast_path(field, self.loss, batch)
+
+    def _start(self, field: nn.Module, batch: Batch, fast: bool) -> Tensor:
+        if fast and self.shared_first_step and self.steps > 0 and batch.shared:
+            return field.zero_latents(1)  # broadcast by the first step to (B, *latent_shape)
+        return field.zero_latents(len(batch))
+
+    def __call__(self, field: nn.Module, batch: Batch, latents: Tensor | None = None, *,
+                 fast: bool | None = None) -> Tensor:
+        """Fit latents ``(B, *latent_shape)`` to ``batch`` (from zero, or from ``latents``).
+
+        ``fast`` is :meth:`is_fast` unless given (compiled callers decide it outside the graph)."""
+        fast = self.is_fast(field, batch) if fast is None else fast
         lrs = field.inner_lrs()
-        steps = self.steps
         if latents is None:
-            if self.shared_first_step and steps > 0 and x.shape[0] == 1:
-                latents = field.zero_latents(1)  # broadcast by the first step to (B, D)
-            else:
-                latents = field.zero_latents(y.shape[0])
+            latents = self._start(field, batch, fast)
         use_ckpt = self.checkpoint and torch.is_grad_enabled()
-        for _ in range(steps):
+        for _ in range(self.steps):
             if use_ckpt:
-                latents = checkpoint(inner_step, field, x, y, latents, lrs, self.first_order, weight,
+                latents = checkpoint(inner_step, field, self.loss, batch, latents, lrs, self.first_order, fast,
                                      use_reentrant=False)
             else:
-                latents = inner_step(field, x, y, latents, lrs, self.first_order, weight)
+                latents = inner_step(field, self.loss, batch, latents, lrs, self.first_order, fast)
         return latents
 
-    def history(self, field: LatentModulatedSiren, x: Tensor, y: Tensor, weight: Tensor | None = None) -> list[Tensor]:
+    def history(self, field: nn.Module, batch: Batch) -> list[Tensor]:
         """Latents after each of ``0..steps`` steps (no graph), for per-step evaluation."""
+        fast = self.is_fast(field, batch)
         with torch.no_grad():
-            zeros = field.zero_latents(y.shape[0])
-            shared = self.shared_first_step and self.steps > 0 and x.shape[0] == 1
-            latents = field.zero_latents(1) if shared else zeros
+            zeros = field.zero_latents(len(batch))
+            latents = self._start(field, batch, fast)
             lrs = field.inner_lrs()
             out = [zeros]
             for _ in range(self.steps):
-                latents = inner_step(field, x, y, latents, lrs, True, weight)
+                latents = inner_step(field, self.loss, batch, latents, lrs, True, fast)
                 out.append(latents)
         return out

@@ -1,7 +1,9 @@
 """Meta-learning the shared base network (functa Algorithm 1: CAVIA with meta-SGD).
 
-:class:`MetaLearner` runs the outer Adam loop over a :class:`BatchSource`. It knows nothing about
-modalities: a batch source supplies coordinates ``(N, d)`` and features ``(B, N, C)``.
+:class:`MetaLearner` runs the outer Adam loop over a :class:`~functa.fitting.source.BatchSource`.
+It knows nothing about modalities: a source supplies :class:`~functa.fitting.source.Batch` es,
+a :class:`~functa.fitting.losses.Loss` says what is fitted and a
+:class:`~functa.fitting.metrics.Metrics` what is reported.
 Training state (weights, Adam moments, step) is checkpointed to ``<run>/train_state.*`` so an
 interrupted run resumes where it stopped; batches are drawn from ``default_rng([seed, step])``
 so a resumed run sees the same batches as an uninterrupted one.
@@ -9,37 +11,29 @@ so a resumed run sees the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Callable, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..fields import LatentModulatedSiren, SirenConfig
+from ..fields import field_device
 from ..io import ArtefactError, load_tensors, read_json, save_tensors, write_json
 from ..optim import load_optimizer_tensors, lr_at, optimizer_tensors
 from .encode import auto_batch_size, fit_latents
-from .inner import InnerLoop
-from .metrics import PsnrMeter, psnr
+from .inner import InnerLoop, field_outputs
+from .losses import Loss, MSELoss
+from .metrics import MetricMeter, Metrics, PsnrMetrics
 from .outer import OuterObjective
+from .source import Batch, BatchSource
 
-__all__ = ["BatchSource", "MetaLearningConfig", "MetaLearner", "evaluate_reconstruction"]
-
-
-class BatchSource(Protocol):
-    """What the trainer needs from a dataset: shared coordinates and feature batches."""
-
-    coords: Tensor  # (N, d)
-
-    def __len__(self) -> int: ...
-
-    def features(self, indices: np.ndarray) -> Tensor:  # (B, N, C) in [0, 1]
-        ...
+__all__ = ["MetaLearningConfig", "MetaLearner", "evaluate_reconstruction"]
 
 
 @dataclass(frozen=True)
@@ -87,29 +81,30 @@ class MetaLearningConfig:
         return lr_at(step, self.outer_lr, self.schedule, self.warmup_steps, self.steps)
 
 
-def evaluate_reconstruction(field: LatentModulatedSiren, source: BatchSource, steps: int, batch_size: int | None = None,
-                            limit: int | None = None, extra: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None,
+def evaluate_reconstruction(field: nn.Module, source: BatchSource, steps: int, *, loss: Loss = MSELoss(),
+                            metrics: Metrics = PsnrMetrics(), batch_size: int | None = None, limit: int | None = None,
+                            extra: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None,
                             progress: bool = False) -> dict:
-    """PSNR after each inner step ``0..steps`` on (the first ``limit`` items of) ``source``.
+    """Reconstruction metrics after each inner step ``0..steps`` on (the first ``limit`` items of) ``source``.
 
-    Returns ``{"per_step": [{"step", "psnr_of_mean_mse", "mean_psnr", "mse"}, ...], "count": n,
-    **extra}`` where ``extra(pred, target)`` may add per-item metrics (averaged) for the final step.
+    Returns ``{"per_step": [{"step", **metrics summary, "count"}, ...], "count": n, **extra}``: the
+    summary of ``metrics`` (e.g. ``psnr_of_mean_mse``, ``mean_psnr``) after every step, and the
+    means of ``extra(pred, target)`` (more per-item metrics) after the last one. Predictions are the
+    loss's (``loss.predict``: sigmoid of logits for BCE).
     """
     n = len(source) if limit is None else min(limit, len(source))
-    batch_size = batch_size or auto_batch_size(field, source.coords.shape[0])
-    meters = [PsnrMeter() for _ in range(steps + 1)]
+    batch_size = batch_size or auto_batch_size(field, source.num_points)
+    meters = [MetricMeter(metrics) for _ in range(steps + 1)]
     sums: dict[str, float] = {}
-    x = source.coords[None].to(field.device)
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
-        idx = np.arange(start, min(start + batch_size, n))
-        y = source.features(idx).to(field.device)
-        enc = fit_latents(field, x, y, steps, track_steps=True)
-        for k, m in enumerate(meters):
-            m.update(enc.mse_per_step[k])
+        batch = source.batch(np.arange(start, min(start + batch_size, n))).to(field_device(field))
+        enc = fit_latents(field, batch, steps, loss=loss, track_steps=True)
+        with torch.no_grad():
+            for meter, z in zip(meters, enc.history):
+                pred = loss.predict(field_outputs(field, batch, z))
+                meter.update(pred, batch.y)
         if extra is not None:
-            with torch.no_grad():
-                pred, _ = field.forward_points(x, enc.latents)
-            for key, v in extra(pred, y).items():
+            for key, v in extra(pred, batch.y).items():
                 sums[key] = sums.get(key, 0.0) + float(v.double().sum())
     out = {"per_step": [{"step": k, **m.as_dict()} for k, m in enumerate(meters)], "count": n}
     out.update({k: v / max(n, 1) for k, v in sums.items()})
@@ -122,25 +117,27 @@ class MetaLearner:
     STATE_TENSORS = "train_state.safetensors"
     STATE_JSON = "train_state.json"
 
-    def __init__(self, field: LatentModulatedSiren, config: MetaLearningConfig) -> None:
-        self.field, self.config = field, config
-        self.inner = InnerLoop(config.inner_steps, config.first_order, config.checkpoint_inner)
+    def __init__(self, field: nn.Module, config: MetaLearningConfig, loss: Loss = MSELoss(),
+                 metrics: Metrics = PsnrMetrics()) -> None:
+        self.field, self.config, self.loss, self.metrics = field, config, loss, metrics
+        self.inner = InnerLoop(config.inner_steps, loss, config.first_order, config.checkpoint_inner)
         self.objective = OuterObjective(field, self.inner, compile=config.compile)
-        self.params = field.base_parameters() + list(field.inner_lrs.parameters())
+        self.params = field.base_parameters() + field.meta_parameters()
         self.optimizer = torch.optim.Adam(self.params, lr=config.outer_lr)
         self.step_count = 0
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        """One outer step on features ``y (B, N, C)`` at ``x (1, N, d)``; returns loss and PSNR.
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One outer step on a batch; returns the loss, the headline metric on the batch
+        (``metric``), the learning rate and the gradient norm (with clipping).
 
-        Inputs are moved to the field's device (a no-op on the CPU)."""
-        x, y = x.to(self.field.device), y.to(self.field.device)
+        The batch is moved to the field's device (a no-op on the CPU)."""
+        batch = batch.to(field_device(self.field))
         lr = self.config.lr_at(self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        result = self.objective(x, y)
+        result = self.objective(batch)
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         grad_norm = float("nan")
@@ -152,7 +149,10 @@ class MetaLearner:
                                      "lower train.outer_lr or set train.grad_clip")
         self.optimizer.step()
         self.step_count += 1
-        return {"loss": loss, "psnr": float(psnr(result.mse.detach().mean())), "lr": lr, "grad_norm": grad_norm}
+        with torch.no_grad():
+            meter = MetricMeter(self.metrics)
+            meter.update(self.loss.predict(result.outputs.detach()), batch.y)
+        return {"loss": loss, "metric": meter.as_dict()[self.metrics.headline], "lr": lr, "grad_norm": grad_norm}
 
     # ------------------------------------------------------------------ loop
     def fit(self, train: BatchSource, val: BatchSource | None = None, run_dir: str | Path | None = None,
@@ -170,31 +170,31 @@ class MetaLearner:
             self.load_state(run_dir)
         if len(train) < cfg.batch_size:
             raise ValueError(f"training set has {len(train)} items, fewer than batch_size={cfg.batch_size}")
-        x = train.coords[None]
         t0 = time.perf_counter()
+        headline = self.metrics.headline
         bar = tqdm(total=cfg.steps, initial=self.step_count, desc="meta-learning", disable=not progress,
                    dynamic_ncols=True)
         try:
             while self.step_count < cfg.steps:
                 rng = np.random.default_rng([cfg.seed, self.step_count])
                 idx = rng.choice(len(train), size=cfg.batch_size, replace=False)
-                xb, yb = x, train.features(idx)
-                if cfg.points_per_step is not None and cfg.points_per_step < x.shape[1]:
-                    pts = torch.from_numpy(np.sort(rng.choice(x.shape[1], cfg.points_per_step, replace=False)))
-                    xb, yb = x[:, pts], yb[:, pts]
-                stats = self.train_step(xb, yb)
+                batch = train.batch(idx)
+                if cfg.points_per_step is not None and cfg.points_per_step < train.num_points:
+                    pts = np.sort(rng.choice(train.num_points, cfg.points_per_step, replace=False))
+                    batch = batch.points(torch.from_numpy(pts))
+                stats = self.train_step(batch)
                 bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.2e}", psnr=f"{stats['psnr']:.2f}")
+                bar.set_postfix({"loss": f"{stats['loss']:.2e}", headline: f"{stats['metric']:.4g}"})
                 done = self.step_count >= cfg.steps
                 out_of_time = time_limit_s is not None and time.perf_counter() - t0 > time_limit_s
                 if val is not None and (self.step_count % cfg.eval_every == 0 or done or out_of_time):
-                    ev = evaluate_reconstruction(self.field, val, cfg.inner_steps, limit=cfg.eval_items)
-                    row = {"step": self.step_count, "time_s": time.perf_counter() - t0, "train_psnr": stats["psnr"],
-                           "val": ev["per_step"]}
+                    ev = evaluate_reconstruction(self.field, val, cfg.inner_steps, loss=self.loss, metrics=self.metrics,
+                                                 limit=cfg.eval_items)
+                    row = {"step": self.step_count, "time_s": time.perf_counter() - t0, f"train_{headline}": stats["metric"],
+                           "train_loss": stats["loss"], "val": ev["per_step"]}
                     self.history.append(row)
-                    bar.write(f"step {self.step_count}: val PSNR after {cfg.inner_steps} steps "
-                              f"{ev['per_step'][-1]['psnr_of_mean_mse']:.2f} dB (of mean MSE), "
-                              f"{ev['per_step'][-1]['mean_psnr']:.2f} dB (mean of items)")
+                    bar.write(f"step {self.step_count}: validation after {cfg.inner_steps} inner steps: "
+                              f"{self.metrics.describe(ev['per_step'][-1])}")
                 if run_dir is not None and (self.step_count % cfg.save_every == 0 or done or out_of_time):
                     self.save_state(run_dir, on_save)
                 if out_of_time:
@@ -217,15 +217,19 @@ class MetaLearner:
         tensors.update(optimizer_tensors(self.optimizer, "adam."))
         save_tensors(run_dir / self.STATE_TENSORS, tensors)
         write_json(run_dir / self.STATE_JSON, {"step": self.step_count, "config": asdict(self.config),
-                                                "field": self.field.config.to_dict(), "history": self.history})
+                                                "field": self.field.to_config(), "loss": self.loss.name,
+                                                "history": self.history})
         if on_save is not None:
             on_save(run_dir)
 
     def load_state(self, run_dir: str | Path) -> None:
         run_dir = Path(run_dir)
         meta = read_json(run_dir / self.STATE_JSON)
-        if SirenConfig.from_dict(meta.get("field", {})) != self.field.config:
-            raise ArtefactError(f"{run_dir / self.STATE_JSON}: the saved run has a different field config; "
+        saved = dict(meta.get("field", {}))
+        saved.setdefault("name", self.field.to_config()["name"])
+        if json.loads(json.dumps(saved)) != json.loads(json.dumps(self.field.to_config())) or \
+                meta.get("loss", "mse") != self.loss.name:
+            raise ArtefactError(f"{run_dir / self.STATE_JSON}: the saved run has a different field config or loss; "
                                 "use a new --out directory or the same settings to resume")
         tensors = load_tensors(run_dir / self.STATE_TENSORS)
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

@@ -9,11 +9,10 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..fields import LatentModulatedSiren
-from .inner import InnerLoop
-from .metrics import mse_per_item
+from .inner import InnerLoop, field_outputs
+from .source import Batch
 
 __all__ = ["OuterResult", "outer_loss", "OuterObjective", "tune_cpu_allocator"]
 
@@ -48,45 +47,46 @@ def tune_cpu_allocator() -> bool:
 
 @dataclass
 class OuterResult:
-    """``loss``: scalar batch mean of per-item MSE; ``mse``: ``(B,)``; ``latents``: ``(B, D)``."""
+    """``loss``: scalar batch mean of the per-item losses ``item_loss (B,)``; ``latents (B, *latent_shape)``
+    after the inner loop; ``outputs (B, N, C)``: what the loss saw (rendered field outputs)."""
 
     loss: Tensor
-    mse: Tensor
+    item_loss: Tensor
     latents: Tensor
+    outputs: Tensor
 
 
-def outer_loss(field: LatentModulatedSiren, inner: InnerLoop, x: Tensor, y: Tensor) -> OuterResult:
-    """Fit latents with ``inner`` and return the reconstruction loss to meta-learn from.
-
-    Args:
-        x: ``(1|B, N, d)`` coordinates; ``y``: ``(B, N, C)`` targets.
-    """
-    latents = inner(field, x, y)
-    pred, _ = field.forward_points(x, latents)
-    mse = mse_per_item(pred, y)
-    return OuterResult(mse.mean(), mse, latents)
+def outer_loss(field: nn.Module, inner: InnerLoop, batch: Batch, *, fast: bool | None = None) -> OuterResult:
+    """Fit latents with ``inner`` and return the reconstruction loss to meta-learn from
+    (functa Algorithm 1: the loss after the inner loop, on the same observations)."""
+    latents = inner(field, batch, fast=fast)
+    outputs = field_outputs(field, batch, latents)
+    item_loss = inner.loss.per_item(outputs, batch.y, batch.mask)
+    return OuterResult(item_loss.mean(), item_loss, latents, outputs)
 
 
 class OuterObjective:
-    """Callable ``(x, y) -> OuterResult`` for a field and inner loop, optionally ``torch.compile``-d.
+    """Callable ``batch -> OuterResult`` for a field and inner loop, optionally ``torch.compile``-d.
 
     Compilation fuses the elementwise work around the matmuls (sine, cosine, reductions); it
-    needs a C++ compiler and costs tens of seconds once per input shape. ``tune_allocator`` calls
-    :func:`tune_cpu_allocator` (heap reuse of activation buffers; process-wide, so opt-in).
+    needs a C++ compiler and costs tens of seconds once per input shape. Batches with a renderer
+    run eagerly. ``tune_allocator`` calls :func:`tune_cpu_allocator` (heap reuse of activation
+    buffers; process-wide, so opt-in).
     """
 
-    def __init__(self, field: LatentModulatedSiren, inner: InnerLoop, compile: bool = False, *,
+    def __init__(self, field: nn.Module, inner: InnerLoop, compile: bool = False, *,
                  tune_allocator: bool = False) -> None:
         self.field, self.inner, self.compile = field, inner, compile
         if tune_allocator:
             tune_cpu_allocator()
 
-        def fn(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            r = outer_loss(self.field, self.inner, x, y)
-            return r.loss, r.mse, r.latents
+        def fn(x: Tensor, y: Tensor, mask: Tensor | None, fast: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            r = outer_loss(self.field, self.inner, Batch(x, y, mask), fast=fast)
+            return r.loss, r.item_loss, r.latents, r.outputs
 
         self._fn = torch.compile(fn, dynamic=False) if compile else fn
 
-    def __call__(self, x: Tensor, y: Tensor) -> OuterResult:
-        loss, mse, latents = self._fn(x, y)
-        return OuterResult(loss, mse, latents)
+    def __call__(self, batch: Batch) -> OuterResult:
+        if batch.renderer is not None or batch.aux:
+            return outer_loss(self.field, self.inner, batch)
+        return OuterResult(*self._fn(batch.x, batch.y, batch.mask, self.inner.is_fast(self.field, batch)))

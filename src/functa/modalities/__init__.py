@@ -1,21 +1,29 @@
 """Modalities: how data items become coordinates and features, and back."""
 
-from .base import (FieldDataset, Modality, PatchDataset, available_modalities, get_modality, grid_centres,
-                   modality_from_config, register_modality)
+from .base import (Augmentation, FieldDataset, Modality, ModalityBase, PatchDataset, available_modalities,
+                   detect_modality, get_modality, grid_centres, modality_by_code, modality_from_config,
+                   register_modality)
 from .image import ImageModality, image_coordinates
+from .masks import MASKS, grid_mask
 from .sphere import SphereModality, latitude_weights, sphere_coordinates
 
 __all__ = [
+    "Augmentation",
     "FieldDataset",
     "ImageModality",
+    "MASKS",
     "Modality",
+    "ModalityBase",
     "PatchDataset",
     "SphereModality",
     "available_modalities",
+    "detect_modality",
     "get_modality",
     "grid_centres",
+    "grid_mask",
     "image_coordinates",
     "latitude_weights",
+    "modality_by_code",
     "modality_from_config",
     "register_modality",
     "sphere_coordinates",

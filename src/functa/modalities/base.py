@@ -1,10 +1,13 @@
-"""The modality protocol and registry.
+"""The modality protocol, its defaults, the registry, and the batch sources built on a modality.
 
-A modality turns data items into coordinates and features in ``[0, 1]`` and back, reports
-modality-specific metrics and renders fields to files. The trainer never imports a modality: it
-sees a :class:`FieldDataset` (coordinates ``(N, d)`` + feature batches ``(B, N, C)``).
-Adding a modality = one module with a class implementing :class:`Modality`, registered with
-:func:`register_modality`.
+A modality turns data items into coordinates and features and back, names its loss and its
+reconstruction metrics, reports file-level quality, renders fields to files and reads and writes
+single items. Everything that depends on the kind of data comes from the modality class: the
+trainer, the codec and the command line look modalities up in the registry (container codes,
+detection from a dataset, CLI choices, augmentations, metrics), so adding a modality is one module
+with a class implementing :class:`Modality` (usually by subclassing :class:`ModalityBase`),
+registered with :func:`register_modality`. The trainer never imports a modality: it sees a
+:class:`FieldDataset` or :class:`PatchDataset` (a :class:`~functa.fitting.BatchSource`).
 """
 
 from __future__ import annotations
@@ -17,19 +20,41 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Modality", "FieldDataset", "PatchDataset", "register_modality", "get_modality", "modality_from_config",
-           "available_modalities", "grid_centres"]
+from ..fitting import Batch, Metrics, PsnrMetrics
+from .masks import grid_mask
+
+__all__ = ["Augmentation", "Modality", "ModalityBase", "FieldDataset", "PatchDataset", "register_modality",
+           "get_modality", "modality_from_config", "available_modalities", "detect_modality", "modality_by_code",
+           "grid_centres"]
+
+
+@runtime_checkable
+class Augmentation(Protocol):
+    """Random transformations of data items for encoding augmented copies of a dataset.
+
+    ``parameters(count, copy)`` draws the per-item choices of dataset copy ``copy`` up front (so
+    they do not depend on batching, and an interrupted encoding resumes identically);
+    ``apply(items, params)`` transforms a batch of items in data units with its rows of them.
+    """
+
+    def parameters(self, count: int, copy: int) -> np.ndarray: ...
+
+    def apply(self, items: np.ndarray, params: np.ndarray) -> np.ndarray: ...
 
 
 @runtime_checkable
 class Modality(Protocol):
-    """Protocol of a data modality (image, sphere, ...).
+    """Protocol of a data modality (image, sphere, voxel, ...).
 
     ``shape`` arguments are the spatial grid (e.g. ``(H, W)``); ``None`` means the native grid of
-    the dataset the modality was built from.
+    the dataset the modality was built from. Class attributes: ``name`` (registry key), ``code``
+    (1-255, the ``.fta`` container's modality byte; 1-63 are reserved for the library's own),
+    ``default_loss`` (a :func:`functa.fitting.get_loss` name).
     """
 
     name: ClassVar[str]
+    code: ClassVar[int]
+    default_loss: ClassVar[str]
     in_dim: int
     out_channels: int
     shape: tuple[int, ...]
@@ -39,24 +64,46 @@ class Modality(Protocol):
         """Build from an :class:`~functa.data.ArrayDataset` (statistics from its items)."""
         ...
 
+    @classmethod
+    def detect(cls, dataset: Any) -> bool:
+        """Whether a dataset (as loaded by :func:`functa.data.load_dataset`) is of this modality."""
+        ...
+
     def coordinates(self, shape: tuple[int, ...] | None = None) -> Tensor:
         """Coordinates of a grid, flattened: ``(N, in_dim)`` with ``N = prod(shape)``."""
         ...
 
     def to_features(self, items: np.ndarray) -> Tensor:
-        """Data items ``(B, *shape[, C])`` in data units -> features ``(B, N, C)`` in ``[0, 1]``."""
+        """Data items ``(B, *shape[, C])`` in data units -> features ``(B, N, C)``."""
         ...
 
     def from_features(self, features: Tensor, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """Features ``(B, N, C)`` -> items ``(B, *shape[, C])`` in data units (clipped to range)."""
+        """Predicted features ``(B, N, C)`` -> items ``(B, *shape[, C])`` in data units."""
+        ...
+
+    def reconstruction_metrics(self) -> Metrics:
+        """The headline metrics reported after every inner step (PSNR, voxel accuracy, ...)."""
         ...
 
     def metrics(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """Per-item metrics ``(B,)`` beyond PSNR, computed on features ``(B, N, C)``."""
+        """More per-item metrics ``(B,)`` on features ``(B, N, C)``, reported for the final step."""
+        ...
+
+    def compare(self, reconstruction: np.ndarray, item: np.ndarray) -> dict[str, float]:
+        """Quality of a decoded item against the original, both in data units (compress / RD)."""
+        ...
+
+    def make_augmentation(self, kinds: tuple[str, ...], seed: int = 0, **options: Any) -> Augmentation:
+        """The augmentation ``kinds`` of this modality (``ValueError`` for unknown kinds)."""
+        ...
+
+    def observation_mask(self, kind: str, features: Tensor, fraction: float = 0.5, seed: int = 0) -> Tensor:
+        """Observed points for imputation: bool ``(1|B, N)`` for features ``(B, N, C)``."""
         ...
 
     def save(self, items: np.ndarray, directory: Path, names: list[str]) -> list[Path]:
-        """Write items ``(B, *shape[, C])`` (data units) as viewable files; returns the paths."""
+        """Write items ``(B, *shape[, C])`` (data units) as viewable files (the first path of each item
+        is a PNG); returns those paths."""
         ...
 
     def read_item(self, path: Path) -> np.ndarray:
@@ -78,11 +125,46 @@ class Modality(Protocol):
         ...
 
 
+class ModalityBase:
+    """Defaults for the optional parts of :class:`Modality`: MSE and PSNR, no detection, no
+    augmentations, RMSE in data units for :meth:`compare`, half / random / box masks on 2-D grids."""
+
+    default_loss: ClassVar[str] = "mse"
+    unobserved_fill: ClassVar[float] = 0.5  # feature value that shows unobserved points in imputation panels
+
+    @classmethod
+    def detect(cls, dataset: Any) -> bool:
+        return False
+
+    def reconstruction_metrics(self) -> Metrics:
+        return PsnrMetrics()
+
+    def metrics(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def compare(self, reconstruction: np.ndarray, item: np.ndarray) -> dict[str, float]:
+        diff = np.asarray(reconstruction, np.float64) - np.asarray(item, np.float64)
+        return {"rmse": float(np.sqrt(np.mean(diff**2)))}
+
+    def make_augmentation(self, kinds: tuple[str, ...], seed: int = 0, **options: Any) -> Augmentation:
+        raise ValueError(f"the {self.name} modality has no augmentations (asked for {', '.join(kinds)})")
+
+    def observation_mask(self, kind: str, features: Tensor, fraction: float = 0.5, seed: int = 0) -> Tensor:
+        return torch.from_numpy(grid_mask(tuple(self.shape), kind, fraction, seed))[None]
+
+
 _REGISTRY: dict[str, type] = {}
 
 
 def register_modality(cls: type) -> type:
-    """Class decorator adding a modality to the registry under ``cls.name``."""
+    """Class decorator adding a modality to the registry under ``cls.name`` (its ``code`` must be
+    unique: it identifies the modality in ``.fta`` files)."""
+    code = getattr(cls, "code", None)
+    if not isinstance(code, int) or not 1 <= code <= 255:
+        raise ValueError(f"modality {cls.__name__} needs an int class attribute 'code' in 1..255, got {code!r}")
+    for other in _REGISTRY.values():
+        if other.code == code and other.name != cls.name:
+            raise ValueError(f"modality code {code} of {cls.name!r} is already used by {other.name!r}")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -96,6 +178,26 @@ def get_modality(name: str) -> type:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown modality {name!r}; available: {', '.join(available_modalities())}") from None
+
+
+def modality_by_code(code: int) -> type:
+    """The registered modality class whose container code is ``code`` (``KeyError`` if none)."""
+    for cls in _REGISTRY.values():
+        if cls.code == code:
+            return cls
+    raise KeyError(code)
+
+
+def detect_modality(dataset: Any) -> type:
+    """The one registered modality whose :meth:`Modality.detect` accepts ``dataset``."""
+    found = [cls for cls in _REGISTRY.values() if cls.detect(dataset)]
+    source = dataset.meta.get("source", "dataset")
+    if not found:
+        raise ValueError(f"{source}: no modality recognises this data (items {dataset.shape}); pass one of "
+                         f"{', '.join(available_modalities())} explicitly")
+    if len(found) > 1:
+        raise ValueError(f"{source}: the data fits the modalities {sorted(c.name for c in found)}; choose one explicitly")
+    return found[0]
 
 
 def modality_from_config(config: dict) -> Modality:
@@ -113,8 +215,9 @@ def grid_centres(n: int, lo: float = 0.0, hi: float = 1.0) -> Tensor:
 class FieldDataset:
     """A dataset seen through a modality: the trainer's and encoder's batch source.
 
-    ``coords`` ``(N, d)``; :meth:`features` gathers items by index (one fancy-indexing call) and
-    converts them to ``(B, N, C)``.
+    ``coords`` ``(N, d)`` shared by every item; :meth:`features` gathers items by index (one
+    fancy-indexing call) and converts them to ``(B, N, C)``; :meth:`batch` makes the
+    :class:`~functa.fitting.Batch` ``x (1, N, d)``, ``y (B, N, C)``.
     """
 
     data: Any  # ArrayDataset
@@ -122,6 +225,7 @@ class FieldDataset:
 
     def __post_init__(self) -> None:
         self.coords = self.modality.coordinates()
+        self.num_points = int(self.coords.shape[0])
         item_shape = tuple(self.data.data.shape[1:1 + len(self.modality.shape)])
         if item_shape != tuple(self.modality.shape):
             raise ValueError(f"{self.data.meta.get('source', 'dataset')}: items have grid {item_shape}, the "
@@ -132,6 +236,9 @@ class FieldDataset:
 
     def features(self, indices: np.ndarray) -> Tensor:
         return self.modality.to_features(self.data.take(np.asarray(indices)))
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        return Batch(self.coords[None], self.features(indices))
 
     def labels(self, indices: np.ndarray) -> np.ndarray:
         if self.data.labels is None:
@@ -156,6 +263,7 @@ class PatchDataset:
 
     def __post_init__(self) -> None:
         self.coords = self.modality.coordinates()
+        self.num_points = int(self.coords.shape[0])
         self.patch = tuple(int(p) for p in self.modality.shape)
         self.item_shape = tuple(self.data.data.shape[1:1 + len(self.patch)])
         if any(s < p for s, p in zip(self.item_shape, self.patch)):
@@ -194,3 +302,6 @@ class PatchDataset:
 
     def features(self, indices: np.ndarray) -> Tensor:
         return self.modality.to_features(self.crops(indices))
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        return Batch(self.coords[None], self.features(indices))

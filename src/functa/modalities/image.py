@@ -14,8 +14,9 @@ from PIL import Image
 from torch import Tensor
 
 from ..data import DataError
+from ..data.augment import ImageAugmentation
 from ..io import atomic_write_bytes
-from .base import grid_centres, register_modality
+from .base import ModalityBase, grid_centres, register_modality
 
 __all__ = ["ImageModality", "image_coordinates"]
 
@@ -44,10 +45,14 @@ def image_coordinates(height: int, width: int, convention: Literal["centres", "c
 
 @register_modality
 @dataclass
-class ImageModality:
-    """Images of a fixed size. Features are intensities / 255 (or / ``max_value``) in ``[0, 1]``."""
+class ImageModality(ModalityBase):
+    """Images of a fixed size. Features are intensities / 255 (or / ``max_value``) in ``[0, 1]``.
+
+    Loss MSE, metrics PSNR (both conventions); augmentations ``flip`` and ``crop`` (``pad``
+    pixels of zero padding, spatial functa App. B.1); half, random and box observation masks."""
 
     name: ClassVar[str] = "image"
+    code: ClassVar[int] = 1
     height: int = 28
     width: int = 28
     channels: int = 1
@@ -60,6 +65,10 @@ class ImageModality:
             raise ValueError(f"images must have 1 or 3 channels, got {self.channels}")
         self.shape = (self.height, self.width)
         self.out_channels = self.channels
+
+    @classmethod
+    def detect(cls, dataset) -> bool:
+        return dataset.meta.get("kind") == "image"
 
     @classmethod
     def from_dataset(cls, dataset) -> "ImageModality":
@@ -90,6 +99,16 @@ class ImageModality:
         q = torch.round(pred.clamp(0, 1) * self.max_value) / self.max_value
         mse = (q - target).square().reshape(pred.shape[0], -1).mean(1)
         return {"psnr_quantised": -10 * torch.log10(mse.clamp_min(1e-20))}
+
+    def compare(self, reconstruction: np.ndarray, item: np.ndarray) -> dict[str, float]:
+        """PSNR in dB of the two images after rounding both to integer levels (what files store)."""
+        x = np.clip(np.round(np.asarray(reconstruction, np.float64)), 0, self.max_value) / self.max_value
+        y = np.clip(np.round(np.asarray(item, np.float64)), 0, self.max_value) / self.max_value
+        mse = float(np.mean((x - y) ** 2))
+        return {"psnr_db": float("inf") if mse == 0 else -10.0 * float(np.log10(mse))}
+
+    def make_augmentation(self, kinds: tuple[str, ...], seed: int = 0, pad: int = 4) -> ImageAugmentation:
+        return ImageAugmentation(tuple(kinds), pad=pad, seed=seed)
 
     def save(self, items: np.ndarray, directory: Path, names: list[str]) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..data import DataError
 from ..io import atomic_write_bytes
-from .base import register_modality
+from .base import ModalityBase, register_modality
 
 __all__ = ["SphereModality", "sphere_coordinates", "latitude_weights"]
 
@@ -54,10 +54,13 @@ def _colormap(v: np.ndarray) -> np.ndarray:
 
 @register_modality
 @dataclass
-class SphereModality:
-    """A scalar field on a lat/lon grid. ``lat``/``lon`` in degrees (native grid of the data)."""
+class SphereModality(ModalityBase):
+    """A scalar field on a lat/lon grid. ``lat``/``lon`` in degrees (native grid of the data).
+
+    Loss MSE on min-max normalised values, metrics PSNR plus latitude-weighted RMSE in data units."""
 
     name: ClassVar[str] = "sphere"
+    code: ClassVar[int] = 2
     lat: list[float] = field(default_factory=list)
     lon: list[float] = field(default_factory=list)
     vmin: float = 0.0
@@ -74,6 +77,10 @@ class SphereModality:
         self.lat = [float(v) for v in self.lat]
         self.lon = [float(v) for v in self.lon]
         self.shape = (len(self.lat), len(self.lon))
+
+    @classmethod
+    def detect(cls, dataset) -> bool:
+        return dataset.meta.get("kind") == "field"
 
     @classmethod
     def from_dataset(cls, dataset) -> "SphereModality":
