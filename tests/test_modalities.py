@@ -6,8 +6,8 @@ import pytest
 from functa.data import DataError
 import torch
 
-from functa.modalities import (ImageModality, SphereModality, available_modalities, get_modality, image_coordinates,
-                               latitude_weights, modality_from_config, sphere_coordinates)
+from functa.modalities import (ImageModality, modality_by_code, SphereModality, VoxelModality, available_modalities, get_modality,
+                               image_coordinates, latitude_weights, modality_from_config, sphere_coordinates)
 
 
 def test_image_coordinates_are_pixel_centres():
@@ -39,6 +39,7 @@ MODALITIES = {
     "image": (lambda: ImageModality(height=3, width=4, channels=3),
               lambda rng: rng.integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)),
     "sphere": (sphere, lambda rng: rng.uniform(200, 300, (2, 3, 4)).astype(np.float32)),
+    "voxel": (lambda: VoxelModality(4, 5, 6), lambda rng: (rng.random((2, 4, 5, 6)) < 0.3).astype(np.uint8)),
 }
 
 
@@ -53,7 +54,8 @@ def test_modality_contract(name, tmp_path):
     assert feats.shape == (2, n, mod.out_channels) and feats.dtype == torch.float32
     assert 0 <= float(feats.min()) and float(feats.max()) <= 1
     assert mod.coordinates().shape == (n, mod.in_dim)
-    assert mod.coordinates((6, 8)).shape == (48, mod.in_dim)
+    bigger = tuple(2 * s for s in mod.shape)
+    assert mod.coordinates(bigger).shape == (int(np.prod(bigger)), mod.in_dim)
     np.testing.assert_allclose(mod.from_features(feats), items, rtol=1e-5, atol=1e-3)
     metrics = mod.metrics(feats, feats)
     assert all(v.shape == (2,) for v in metrics.values())
@@ -63,6 +65,7 @@ def test_modality_contract(name, tmp_path):
     paths = mod.save(mod.from_features(feats), tmp_path, ["a", "b"])
     assert all(p.is_file() for p in paths)
     assert name in available_modalities() and get_modality(name) is type(mod)
+    assert modality_by_code(type(mod).code) is type(mod)
     written = mod.write_item(items[0], tmp_path / ("one.png" if name == "image" else "one.npz"))
     np.testing.assert_allclose(mod.read_item(written), items[0], rtol=1e-6)  # exact for 8-bit images
     (tmp_path / "junk.png").write_bytes(b"not an image or array")

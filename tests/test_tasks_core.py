@@ -91,8 +91,21 @@ def test_conv_baseline_shapes_and_loss_decreases():
     first = float(loss(model, (x, y)).detach())
     Trainer(model, loss, TrainConfig(steps=60, batch_size=64, lr=3e-3)).fit((x, y), progress=False)
     assert float(loss(model.eval(), (x, y)).detach()) < first
-    with pytest.raises(ValueError, match="expected images"):
+    with pytest.raises(ValueError, match="expected arrays"):
         model(torch.zeros(1, 3, 28, 28))
+    legacy = {**cfg.to_dict(), "image_shape": [28, 28]}
+    del legacy["grid_shape"]
+    assert ConvConfig.from_dict(legacy) == cfg  # configs saved before 3-D grids
+
+
+def test_conv_baseline_on_voxel_grids():
+    cfg = ConvConfig(1, 2, (8, 8, 8), channels=(4, 8), width=16, dropout=0.0)
+    model = ConvClassifier(cfg)
+    assert isinstance(model.net[0], torch.nn.Conv3d) and model(torch.zeros(3, 1, 8, 8, 8)).shape == (3, 2)
+    # 1*4*27+4 + 4*8*27+8 + (8*2*2*2)*16+16 + 16*2+2 parameters
+    assert sum(p.numel() for p in model.parameters()) == 112 + 872 + 1040 + 34
+    with pytest.raises(ValueError, match="2-D or 3-D"):
+        ConvConfig(1, 2, (8,))
 
 
 def test_trainer_resume_matches_uninterrupted(tmp_path):

@@ -148,12 +148,16 @@ def classify_eval(model_dir: str | Path, functaset: str | Path) -> dict:
             "accuracy": accuracy(model, std(arr["latents"]), arr["labels"])}
 
 
-def _images(data: str | Path, split: str, progress: bool = True) -> tuple[Tensor, Tensor, dict]:
+def _arrays(data: str | Path, split: str, progress: bool = True) -> tuple[Tensor, Tensor, dict]:
+    """Images as ``(M, C, H, W)`` in ``[0, 1]``, or voxel grids as ``(M, 1, X, Y, Z)`` occupancies, and labels."""
     ds = open_data(data, split, progress=progress)
-    if ds.data.ndim != 4:
-        raise ValueError(f"{data}: the pixel baseline needs images (M, H, W, C), got {ds.data.shape}")
-    max_value = 255.0 if ds.data.dtype == np.uint8 else max(float(ds.data.max()), 1.0)
-    x = torch.from_numpy(np.ascontiguousarray(ds.data)).float().div_(max_value).permute(0, 3, 1, 2).contiguous()
+    if ds.meta.get("kind") == "voxel":
+        x = torch.from_numpy(np.asarray(ds.data[:]) >= 1).float()[:, None]
+    elif ds.data.ndim == 4:
+        max_value = 255.0 if ds.data.dtype == np.uint8 else max(float(ds.data.max()), 1.0)
+        x = torch.from_numpy(np.ascontiguousarray(ds.data)).float().div_(max_value).permute(0, 3, 1, 2).contiguous()
+    else:
+        raise ValueError(f"{data}: the conv baseline needs images (M, H, W, C) or voxel grids, got {ds.data.shape}")
     if ds.labels is None:
         raise ValueError(f"{data}: no labels in split {split!r}")
     return x, torch.as_tensor(np.asarray(ds.labels), dtype=torch.long), ds.meta
@@ -161,11 +165,13 @@ def _images(data: str | Path, split: str, progress: bool = True) -> tuple[Tensor
 
 def classify_baseline(data: str | Path, out: str | Path, overrides: list[str] | None = None,
                       progress: bool = True) -> dict:
-    """Train the pixel-array CNN baseline on the same images, with the same trainer and seeds."""
+    """Train the array CNN baseline (2-D on pixels, 3-D on voxel grids) on the same items, with the
+    same trainer and seeds."""
     s = settings("baseline", overrides)
-    x_tr, y_tr, _ = _images(data, "train", progress)
-    x_te, y_te, _ = _images(data, "test", progress)
+    x_tr, y_tr, meta = _arrays(data, "train", progress)
+    x_te, y_te, _ = _arrays(data, "test", progress)
     classes = _num_classes(y_tr, y_te)
+    name = "voxel 3D CNN" if meta.get("kind") == "voxel" else "pixel CNN"
     out = Path(out)
     runs = []
     for seed in s["seeds"]:
@@ -175,12 +181,12 @@ def classify_baseline(data: str | Path, out: str | Path, overrides: list[str] | 
         model = ConvClassifier(mcfg)
         trainer = Trainer(model, classification_loss(s["label_smoothing"]),
                           TrainConfig.from_dict({**s["train"], "seed": seed}))
-        trainer.fit((x_tr, y_tr), run_dir=out / f"seed{seed}", progress=progress, desc=f"pixel CNN seed {seed}",
+        trainer.fit((x_tr, y_tr), run_dir=out / f"seed{seed}", progress=progress, desc=f"{name} seed {seed}",
                     evaluate=lambda m: {"test_accuracy": accuracy(m, x_te, y_te, batch_size=1000)})
         save_task_model(out / f"seed{seed}", "conv-classifier", model, state=trainer.eval_state(), train=s,
                         data={"path": str(data)}, history=trainer.history)
         runs.append({"seed": seed, "test_accuracy": trainer.history[-1]["test_accuracy"]})
-    return _classification_summary(out, "pixel CNN", runs, count_parameters(model), s, str(data), str(data))
+    return _classification_summary(out, name, runs, count_parameters(model), s, str(data), str(data))
 
 
 # ---------------------------------------------------------------------------- generative models

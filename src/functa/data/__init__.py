@@ -1,4 +1,4 @@
-"""Dataset loading: sniff a path's format and return an in-memory :class:`ArrayDataset`.
+"""Dataset loading: sniff a path's format and return an :class:`ArrayDataset` (in memory or memory-mapped).
 
 Supported formats (``meta["format"]``):
 
@@ -8,8 +8,16 @@ Supported formats (``meta["format"]``):
 * ``image-folder``  a directory of PNG/JPEG files, optional ``train/``/``test/`` and class sub-folders
 * ``grid-npz``      ``.npz`` with ``lat`` ``(H,)``, ``lon`` ``(W,)`` and a float field ``(..., H, W)``
 * ``netcdf``        NetCDF3 classic ``.nc`` with the same lat/lon/variable layout
+* ``voxel-npz``     ``.npz`` with ``voxels`` ``(M, X, Y, Z)`` 0/1 occupancy, optional ``label(s)`` and ``class_names``
+* ``array-npz``     ``.npz`` with generic ``data`` ``(M, ...)`` (bool/int/float), optional ``label(s)``, ``class_names``
+* ``npy``           one ``.npy`` ``(M, ...)``, memory-mapped (optional ``NAME.labels.npy`` beside it)
+* ``npy-shards``    a directory of ``.npy`` shards (optionally in ``train/``/``test/``), memory-mapped and concatenated
+* ``binvox``        one binvox occupancy grid; ``binvox-folder``: a directory of them (class / train / test folders)
 
-Images come back as ``(M, H, W, C)`` uint8 with ``C`` in {1, 3}; fields as ``(M, H, W)`` float32.
+Images come back as ``(M, H, W, C)`` uint8 with ``C`` in {1, 3}; fields as ``(M, H, W)`` float32; voxels as
+``(M, X, Y, Z)`` uint8 in {0, 1}; arrays ``(M, ...)`` in their own dtype. ``npy`` and ``npy-shards`` data stay
+on disk (``np.memmap`` / :class:`ShardedArray`): items are read when indexed. Split rules: :mod:`.arrays`.
+A directory that holds exactly one ``.npz`` file (e.g. ``modelnet10_vox32/``) loads as that file.
 """
 
 from __future__ import annotations
@@ -25,13 +33,27 @@ from .cifar import (
     load_cifar_python,
     npz_keys,
 )
+from .arrays import (
+    has_binvox,
+    hashed_test_mask,
+    is_npy_shard_dir,
+    load_array_npz,
+    load_binvox,
+    load_binvox_folder,
+    load_npy,
+    load_npy_shards,
+    load_voxel_npz,
+    read_binvox,
+    write_binvox,
+)
 from .dataset import ArrayDataset, DataError
 from .folder import MixedSizesError, has_images, load_image_folder, load_image_list
 from .grid import is_grid_npz, load_grid_npz, load_netcdf, netcdf_kind
 from .idx import find_idx_pair, is_idx_file, load_idx, read_idx
+from .shards import ShardedArray
 
-__all__ = ["ArrayDataset", "DataError", "MixedSizesError", "load_dataset", "load_image_list", "read_idx",
-           "SUPPORTED_FORMATS", "sniff_format"]
+__all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "load_dataset",
+           "load_image_list", "read_binvox", "read_idx", "write_binvox", "SUPPORTED_FORMATS", "sniff_format"]
 
 SUPPORTED_FORMATS = (
     "idx (MNIST/Fashion-MNIST directory or idx[.gz] file), "
@@ -39,7 +61,13 @@ SUPPORTED_FORMATS = (
     "cifar-python (cifar-10-batches-py directory), "
     "image-folder (directory of PNG/JPEG, optional train/test and class sub-folders), "
     "grid-npz (.npz with lat, lon and a (..., H, W) float field), "
-    "netcdf (NetCDF3 classic .nc)"
+    "netcdf (NetCDF3 classic .nc), "
+    "voxel-npz (.npz with voxels (M, X, Y, Z) in {0,1}), "
+    "array-npz (.npz with a data (M, ...) array), "
+    "npy (one .npy (M, ...), memory-mapped), "
+    "npy-shards (directory of .npy shards, optional train/test sub-directories), "
+    "binvox (.binvox file), "
+    "binvox-folder (directory of .binvox, optional train/test and class sub-folders)"
 )
 _SPLITS = ("train", "test", "all")
 _NETCDF_SUFFIXES = (".nc", ".nc3", ".nc4", ".cdf", ".netcdf")
@@ -51,9 +79,19 @@ def _npz_kind(path: Path) -> str:
         return "cifar-npz"
     if is_grid_npz(sorted(keys)):
         return "grid-npz"
+    if "voxels" in keys:
+        return "voxel-npz"
+    if "data" in keys:
+        return "array-npz"
     raise DataError(
         f"{path}: unrecognised .npz layout (arrays: {sorted(keys)}); supported formats: {SUPPORTED_FORMATS}"
     )
+
+
+def _single_npz(directory: Path) -> Path | None:
+    """The one ``.npz`` file of a directory (e.g. ``modelnet10_vox32/``), or ``None``."""
+    files = sorted(f for f in directory.iterdir() if f.suffix.lower() == ".npz" and f.is_file())
+    return files[0] if len(files) == 1 else None
 
 
 def sniff_format(path: str | Path) -> str:
@@ -70,6 +108,13 @@ def sniff_format(path: str | Path) -> str:
             return "cifar-npz"
         if has_images(p):
             return "image-folder"
+        if is_npy_shard_dir(p):
+            return "npy-shards"
+        if has_binvox(p):
+            return "binvox-folder"
+        single = _single_npz(p)
+        if single is not None:
+            return _npz_kind(single)
         raise DataError(f"{p}: directory holds no recognised dataset; supported formats: {SUPPORTED_FORMATS}")
     if netcdf_kind(p) is not None:
         return "netcdf"
@@ -77,11 +122,15 @@ def sniff_format(path: str | Path) -> str:
         raise DataError(f"{p}: has a NetCDF suffix but no NetCDF ('CDF') or HDF5 signature")
     try:
         with open(p, "rb") as f:
-            head = f.read(4)
+            head = f.read(8)
     except OSError as e:
         raise DataError(f"{p}: cannot read ({e.strerror or e})") from e
     if head.startswith(b"PK") or p.suffix.lower() == ".npz":
         return _npz_kind(p)
+    if head.startswith(b"\x93NUMPY") or p.suffix.lower() == ".npy":
+        return "npy"
+    if head.startswith(b"#binvox") or p.suffix.lower() == ".binvox":
+        return "binvox"
     if is_idx_file(p):
         return "idx"
     if head[:1] == b"\x80" and ("batch" in p.name):
@@ -98,7 +147,7 @@ def load_dataset(
     limit: int | None = None,
     progress: bool = True,
 ) -> ArrayDataset:
-    """Load the dataset at ``path`` (format sniffed, see module docstring) into memory.
+    """Load the dataset at ``path`` (format sniffed, see module docstring); ``npy`` / ``npy-shards`` lazily.
 
     Args:
         path: file or directory.
@@ -106,12 +155,19 @@ def load_dataset(
             split (one idx file, a JPEG CIFAR npz) that split. Such a file asked for the other split
             by name refuses (``DataError``) rather than returning the wrong data; "all" returns it.
         variable: field variable to load from grid / NetCDF files (required when several qualify).
-        test_fraction: grids only: the last ``round(test_fraction * M)`` items (at least 1) form "test".
+        test_fraction: grids, ``npy`` and ``npy-shards`` without ``train/``/``test/``: the last
+            ``round(test_fraction * M)`` items (at least 1) form "test". ``voxel-npz``, ``array-npz`` and binvox
+            folders without ``train/``/``test/`` hold one split, so a fixed hashed split is used: item ``i`` is
+            "test" iff the first 8 bytes of SHA-256 of its C-order bytes (as returned), read as a little-endian
+            uint64, modulo 1000 are ``< round(1000 * test_fraction)``; identical items (duplicate shapes)
+            always share a split.
         limit: keep only the first ``limit`` items of the split.
         progress: show a progress bar while decoding many image files (JPEG npz, image folders).
 
     Returns:
-        :class:`ArrayDataset` with ``data`` ``(M, H, W, C)`` uint8 (images) or ``(M, H, W)`` float32 (fields).
+        :class:`ArrayDataset` with ``data`` ``(M, H, W, C)`` uint8 (images), ``(M, H, W)`` float32 (fields),
+        ``(M, X, Y, Z)`` uint8 in {0, 1} (voxels) or ``(M, ...)`` (arrays); ``np.memmap`` or
+        :class:`ShardedArray` for ``npy`` / ``npy-shards``.
     """
     p = Path(path).expanduser()
     single = split is None
@@ -122,6 +178,8 @@ def load_dataset(
         raise DataError(f"{p}: limit must be a positive integer or None, got {limit!r}")
     limit = None if limit is None else int(limit)
     fmt = sniff_format(p)
+    if p.is_dir() and fmt in ("voxel-npz", "array-npz", "grid-npz"):
+        p = _single_npz(p)  # a directory holding one .npz file is that file
     if fmt == "idx":
         return load_idx(p, None if single else split, limit)
     if fmt == "cifar-npz":
@@ -130,6 +188,13 @@ def load_dataset(
         return load_cifar_python(p, split, limit)
     if fmt == "image-folder":
         return load_image_folder(p, split, limit, progress=progress)
+    if fmt == "binvox":
+        return load_binvox(p, split)
+    if fmt == "binvox-folder":
+        return load_binvox_folder(p, split, test_fraction=test_fraction, limit=limit, progress=progress)
+    arrays = {"voxel-npz": load_voxel_npz, "array-npz": load_array_npz, "npy": load_npy, "npy-shards": load_npy_shards}
+    if fmt in arrays:
+        return arrays[fmt](p, split, test_fraction=test_fraction, limit=limit)
     kw = dict(variable=variable, test_fraction=test_fraction, limit=limit)
     if fmt == "grid-npz":
         return load_grid_npz(p, split, **kw)

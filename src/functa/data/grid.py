@@ -59,7 +59,7 @@ def split_range(m: int, split: str, test_fraction: float, path: Path) -> tuple[i
         return 0, m
     if m < 2:
         if split == "test":
-            raise DataError(f"{path}: only {m} field(s); cannot hold out a test split (use split='train' or 'all')")
+            raise DataError(f"{path}: only {m} item(s); cannot hold out a test split (use split='train' or 'all')")
         return 0, m
     n_test = min(max(1, int(math.floor(test_fraction * m + 0.5))), m - 1)
     return (0, m - n_test) if split == "train" else (m - n_test, m)

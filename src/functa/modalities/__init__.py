@@ -6,6 +6,7 @@ from .base import (Augmentation, FieldDataset, Modality, ModalityBase, PatchData
 from .image import ImageModality, image_coordinates
 from .masks import MASKS, grid_mask
 from .sphere import SphereModality, latitude_weights, sphere_coordinates
+from .voxel import OccupancyMetrics, VoxelModality, VoxelRescale, depth_scan_mask, voxel_coordinates
 
 __all__ = [
     "Augmentation",
@@ -14,9 +15,13 @@ __all__ = [
     "MASKS",
     "Modality",
     "ModalityBase",
+    "OccupancyMetrics",
     "PatchDataset",
     "SphereModality",
+    "VoxelModality",
+    "VoxelRescale",
     "available_modalities",
+    "depth_scan_mask",
     "detect_modality",
     "get_modality",
     "grid_centres",
@@ -27,4 +32,5 @@ __all__ = [
     "modality_from_config",
     "register_modality",
     "sphere_coordinates",
+    "voxel_coordinates",
 ]

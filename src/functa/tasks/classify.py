@@ -8,6 +8,8 @@ with :func:`classification_loss`, so accuracy and parameter counts compare like 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 
 import torch
@@ -60,43 +62,52 @@ class MLPClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class ConvConfig:
-    """Pixel baseline: ``len(channels)`` stride-2 3×3 convolutions (SiLU, dropout), a hidden
-    linear layer of ``width`` and a read-out (after Maturana & Scherer, as in functa App. A.7)."""
+    """Array baseline on a 2-D (pixels) or 3-D (voxels) grid: ``len(channels)`` stride-2 3×3(×3)
+    convolutions (SiLU, dropout), a hidden linear layer of ``width`` and a read-out (after
+    Maturana & Scherer's 3D CNN, as in functa App. A.7)."""
 
     in_channels: int
     num_classes: int
-    image_shape: tuple[int, int]
+    grid_shape: tuple[int, ...]
     channels: tuple[int, ...] = (32, 64, 128)
     width: int = 128
     dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if len(self.grid_shape) not in (2, 3):
+            raise ValueError(f"the conv baseline takes 2-D or 3-D grids, got {tuple(self.grid_shape)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ConvConfig":
-        return cls(**{**d, "image_shape": tuple(d["image_shape"]), "channels": tuple(d["channels"])})
+        d = dict(d)
+        grid = d.pop("grid_shape", None) or d.pop("image_shape")  # image_shape: configs of 2-D-only versions
+        return cls(**{**d, "grid_shape": tuple(grid), "channels": tuple(d["channels"])})
 
 
 class ConvClassifier(nn.Module):
-    """Images ``(B, C, H, W)`` with values in ``[0, 1]`` → logits ``(B, num_classes)``."""
+    """Arrays ``(B, C, *grid_shape)`` (images or voxel grids) with values in ``[0, 1]`` → logits ``(B, num_classes)``."""
 
     def __init__(self, config: ConvConfig) -> None:
         super().__init__()
         self.config = config
+        conv = nn.Conv2d if len(config.grid_shape) == 2 else nn.Conv3d
         layers: list[nn.Module] = []
-        c, (h, w) = config.in_channels, config.image_shape
+        c, grid = config.in_channels, tuple(config.grid_shape)
         for out in config.channels:
-            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1), nn.SiLU(), nn.Dropout(config.dropout)]
-            c, h, w = out, (h + 1) // 2, (w + 1) // 2
-        layers += [nn.Flatten(), nn.Linear(c * h * w, config.width), nn.SiLU(), nn.Dropout(config.dropout),
+            layers += [conv(c, out, 3, stride=2, padding=1), nn.SiLU(), nn.Dropout(config.dropout)]
+            c, grid = out, tuple((g + 1) // 2 for g in grid)
+        layers += [nn.Flatten(), nn.Linear(c * math.prod(grid), config.width), nn.SiLU(), nn.Dropout(config.dropout),
                    nn.Linear(config.width, config.num_classes)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels or tuple(x.shape[2:]) != tuple(cfg.image_shape):
-            raise ValueError(f"expected images (B, {cfg.in_channels}, {cfg.image_shape[0]}, {cfg.image_shape[1]}), "
+        if x.ndim != 2 + len(cfg.grid_shape) or x.shape[1] != cfg.in_channels or \
+                tuple(x.shape[2:]) != tuple(cfg.grid_shape):
+            raise ValueError(f"expected arrays (B, {cfg.in_channels}, {', '.join(map(str, cfg.grid_shape))}), "
                              f"got {tuple(x.shape)}")
         return self.net(x)
 
