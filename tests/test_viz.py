@@ -38,16 +38,6 @@ def non_white(image: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- package layering
 
 
-def test_viz_imports_no_other_functa_module():
-    for path in VIZ_DIR.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                assert node.level <= 1, f"{path.name} imports from outside functa.viz"
-                assert not (node.module or "").startswith("functa"), path.name
-            elif isinstance(node, ast.Import):
-                assert not any(a.name.startswith("functa") for a in node.names), path.name
-
-
 def test_public_api():
     assert set(viz.__all__) == {
         "MESH_FORMATS", "VIEW_EXTENT", "occupancy_mesh", "shaded_view", "slices", "write_mesh", "write_png",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from functa.cli import main
-from functa.data import read_binvox, write_binvox
+from functa.data import DataError, read_binvox, write_binvox
 from functa.modalities import OccupancyMetrics, VoxelModality, VoxelRescale, depth_scan_mask, voxel_coordinates
 
 
@@ -143,3 +143,40 @@ def test_voxels_end_to_end(tmp_path, capsys):
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
     assert main(["fit", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "r2")]) == 2
     assert "bad.npz" in capsys.readouterr().err
+
+
+def test_fit_and_encode_stream_from_memory_mapped_shards(tmp_path):
+    """A directory of .npy shards is read item by item (never loaded whole) through fit and encode."""
+    grids = _shapes(tmp_path / "shapes.npz")
+    shards = tmp_path / "shards"
+    for split, part in (("train", grids[:32]), ("test", grids[32:])):
+        (shards / split).mkdir(parents=True)
+        for k in range(0, len(part), 10):
+            np.save(shards / split / f"part{k:03d}.npy", part[k:k + 10].astype(bool))
+    (shards / "meta.json").write_text(json.dumps({"kind": "voxel"}))
+    from functa.data import load_dataset
+
+    ds = load_dataset(shards, "train")
+    assert ds.lazy and len(ds) == 32 and ds.meta["kind"] == "voxel"
+    run = tmp_path / "run"
+    assert main(["--quiet", "fit", str(shards), "-o", str(run), "--steps", "4", *FAST]) == 0
+    fs = tmp_path / "fs"
+    assert main(["--quiet", "encode", str(shards), "-m", str(run), "-o", str(fs), "--batch-size", "6"]) == 0
+    manifest = json.loads((fs / "manifest.json").read_text())
+    assert manifest["count"] == 32 and manifest["complete"]
+
+
+def test_single_item_files_are_size_checked_before_reading(tmp_path):
+    """A 100-byte .npy declaring a 2^43-voxel grid is refused from its header, without allocating."""
+    import io as io_
+
+    header = io_.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (2**15, 2**14, 2**14)})
+    hostile = tmp_path / "huge.npy"
+    hostile.write_bytes(header.getvalue() + b"\x00" * 32)
+    with pytest.raises(DataError, match="huge.npy.*truncated"):
+        VoxelModality().read_item(hostile)
+    with pytest.raises(DataError, match="no array 'voxels'"):
+        np.savez(tmp_path / "other.npz", grid=np.zeros((2, 2, 2), np.uint8))
+        VoxelModality().read_item(tmp_path / "other.npz")

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from torch import nn
 
+from .atomic import atomic_write_bytes
 from .fields import field_from_config
 
 __all__ = [
@@ -51,22 +52,6 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     return {"functa": __version__, "torch": torch.__version__, "format": str(FORMAT_VERSION)}
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -1,9 +1,14 @@
 """Voxel / generic-array loaders: npz, npy, shard directories, binvox; ShardedArray; the hashed split."""
 
+import gc
 import hashlib
 import io
 import json
 import os
+import pickle
+import subprocess
+import sys
+import textwrap
 import tracemalloc
 import zipfile
 
@@ -22,6 +27,7 @@ from functa.data import (
     write_binvox,
 )
 from functa.data import __all__ as data_all
+from functa.data.shards import NpyShard
 
 
 def grids(m, shape=(4, 5, 6), seed=0):
@@ -452,14 +458,15 @@ def test_array_dataset_on_lazy_data(tmp_path):
 # ---------------------------------------------------------------------------------------------- npy
 
 
-def test_npy_file_is_memory_mapped_with_tail_split(tmp_path):
+def test_npy_file_is_lazy_with_tail_split(tmp_path):
     a = np.random.default_rng(0).normal(size=(20, 3, 2)).astype(np.float32)
     p = tmp_path / "x.npy"
     np.save(p, a)
     np.save(tmp_path / "x.labels.npy", np.arange(20) % 4)
     assert sniff_format(p) == "npy"
     train, test, full = load_dataset(p), load_dataset(p, "test"), load_dataset(p, "all")
-    assert isinstance(train.data, np.memmap) and train.lazy and train.meta["kind"] == "array"
+    assert isinstance(train.data, ShardedArray) and train.lazy and train.meta["kind"] == "array"
+    assert len(train.data.shards) == 1 and isinstance(train.data.shards[0], NpyShard)  # a file shard, not a memmap
     assert len(train) == 18 and len(test) == 2 and test.meta["item_range"] == [18, 20]
     np.testing.assert_array_equal(test.take([0, 1]), a[18:])
     np.testing.assert_array_equal(test.labels, [2, 3])
@@ -473,7 +480,7 @@ def test_npy_bool_4d_is_voxel(tmp_path):
     v = grids(6, (2, 2, 3)).astype(bool)
     np.save(tmp_path / "v.npy", v)
     ds = load_dataset(tmp_path / "v.npy", "all")
-    assert ds.meta["kind"] == "voxel" and ds.data.dtype == np.uint8 and isinstance(ds.data, np.memmap)
+    assert ds.meta["kind"] == "voxel" and ds.data.dtype == np.uint8 and isinstance(ds.data, ShardedArray) and ds.lazy
     np.testing.assert_array_equal(ds.take(np.arange(6)), v)
     np.save(tmp_path / "u.npy", v.astype(np.uint8))  # uint8 is not scanned, so it stays a generic array
     assert load_dataset(tmp_path / "u.npy").meta["kind"] == "array"
@@ -529,8 +536,8 @@ def test_shard_directory_is_lazy(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 100_000  # the shards were mapped, not read
-    assert isinstance(ds.data, ShardedArray) and all(isinstance(s, np.memmap) for s in ds.data.shards)
+    assert peak < 100_000  # only the headers were read
+    assert isinstance(ds.data, ShardedArray) and all(isinstance(s, NpyShard) for s in ds.data.shards)
     assert ds.meta["format"] == "npy-shards" and ds.meta["n_shards"] == 2 and ds.meta["kind"] == "array"
     tracemalloc.start()
     try:
@@ -613,6 +620,230 @@ def test_shard_directory_errors(tmp_path):
     (tmp_path / "d" / "meta.json").write_text(json.dumps({"kind": "voxel"}))  # int16 is not occupancy
     with pytest.raises(DataError, match="kind 'voxel' needs bool or uint8"):
         load_dataset(tmp_path / "d")
+
+
+# ----------------------------------------------------------------------- file shards: positional reads
+
+
+def npy_shard(path):
+    """An NpyShard for a .npy file, from numpy's own header reader."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        assert not fortran
+        return NpyShard(path, f.tell(), shape[0], shape[1:], dtype)
+
+
+def run_python(script, *args, timeout=240):
+    """Run ``script`` in a fresh interpreter (clean of this process's memory history); its stdout."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_file_shards_match_concatenate(tmp_path):
+    sizes = [7, 0, 1, 13, 5, 0, 20, 2]
+    parts = write_shards(tmp_path, sizes, item=(3, 2), labels=False, seed=4)
+    full = np.concatenate(parts)
+    ds = load_dataset(tmp_path, "all")
+    direct = ShardedArray([npy_shard(tmp_path / f"part{k:03d}.npy") for k in range(len(sizes))])
+    mixed = ShardedArray([p if k % 2 else npy_shard(tmp_path / f"part{k:03d}.npy") for k, p in enumerate(parts)])
+    rng = np.random.default_rng(0)
+    n = len(full)
+    for sa in (ds.data, direct, mixed):
+        assert sa.shape == full.shape and sa.dtype == full.dtype and sa.ndim == 3 and len(sa) == n
+        assert repr(sa).startswith(f"ShardedArray(shape={full.shape}, dtype=int16")
+        for _ in range(30):  # random, unsorted, repeated, negative, across every shard boundary
+            idx = rng.integers(-n, n, size=int(rng.integers(1, 3 * n)))
+            out = sa[idx]
+            assert type(out) is np.ndarray and out.flags.writeable and out.flags.c_contiguous
+            np.testing.assert_array_equal(out, full[idx])
+        runs = np.concatenate([np.arange(5, 30), np.arange(2, 9), [8, 8, 7], np.arange(n - 1, -1, -1)])
+        np.testing.assert_array_equal(sa[runs], full[runs])  # consecutive runs spanning shards, reversed
+        np.testing.assert_array_equal(sa[runs.tolist()], full[runs])
+        for sl in (slice(None), slice(3, 40), slice(1, None, 3), slice(None, None, -1), slice(40, 2, -7),
+                   slice(-5, None), slice(6, 6), slice(30, 2), slice(100, 200), slice(None, None, 1000)):  # fmt: skip
+            np.testing.assert_array_equal(sa[sl], full[sl])
+        for i in (0, 6, 7, 8, 20, 21, n - 1, -1, -n):
+            assert sa[i].shape == (3, 2)
+            np.testing.assert_array_equal(sa[i], full[i])
+        assert sa[np.array([], dtype=np.int64)].shape == (0, 3, 2)
+        assert sa[[]].shape == (0, 3, 2)
+        np.testing.assert_array_equal(np.asarray(sa), full)
+        np.testing.assert_array_equal(np.asarray(sa, dtype=np.float32), full.astype(np.float32))
+        view = sa.range(6, 45).range(2, 30)  # a view of a view: items 8 .. 36
+        np.testing.assert_array_equal(view[:], full[8:36])
+        np.testing.assert_array_equal(view[np.array([27, 0, 13, 13])], full[[35, 8, 21, 21]])
+        empty = sa.range(9, 9)
+        assert len(empty) == 0 and empty[:].shape == (0, 3, 2) and np.asarray(empty).shape == (0, 3, 2)
+        with pytest.raises(IndexError):
+            sa[n]
+        with pytest.raises(IndexError):
+            sa[np.array([0, -n - 1])]
+        with pytest.raises(TypeError):
+            sa[0, 1]
+        with pytest.raises(TypeError):
+            sa[np.zeros((2, 2), np.int64)]
+    with pytest.raises(ValueError):
+        ShardedArray([npy_shard(tmp_path / "part000.npy"), parts[1].astype(np.int32)])
+    one = ShardedArray([npy_shard(tmp_path / "part006.npy")])  # 1-D items and 0-d results
+    np.testing.assert_array_equal(one.range(3, 9)[::2], parts[6][3:9:2])
+
+
+def test_file_shards_scalar_items_and_voxel_view(tmp_path):
+    a = np.arange(50, dtype=np.float64) / 7
+    np.save(tmp_path / "s.npy", a)
+    sa = load_dataset(tmp_path / "s.npy", "all").data
+    assert sa.shape == (50,) and sa[3].shape == () and sa[3] == a[3] and type(sa[3]) is np.ndarray
+    np.testing.assert_array_equal(sa[[49, 0, 1, 2, 2]], a[[49, 0, 1, 2, 2]])
+    v = grids(5, (2, 3, 4), seed=2).astype(bool)
+    np.save(tmp_path / "v.npy", v)
+    ds = load_dataset(tmp_path / "v.npy", "all")
+    assert ds.data.dtype == np.uint8 and ds.data.shards[0].dtype == np.uint8
+    np.testing.assert_array_equal(ds.data[::-1], v[::-1].astype(np.uint8))
+
+
+def test_file_shards_read_runs_at_once_and_map_nothing(tmp_path, monkeypatch):
+    parts = write_shards(tmp_path, [10, 10, 10], item=(4,), labels=False)
+    full = np.concatenate(parts)
+    sa = load_dataset(tmp_path, "all").data
+    calls = []
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off, *a: calls.append(off) or real(fd, bufs, off, *a))
+    np.testing.assert_array_equal(sa[np.arange(3, 25)], full[3:25])
+    assert len(calls) == 3  # one read per shard touched
+    calls.clear()
+    np.testing.assert_array_equal(sa[[5, 6, 7, 2, 9, 10, 11]], full[[5, 6, 7, 2, 9, 10, 11]])
+    assert len(calls) == 4  # runs [5, 6, 7], [2], [9] | [10, 11]
+    calls.clear()
+    np.testing.assert_array_equal(sa[4:17], full[4:17])
+    assert len(calls) == 2
+    if os.path.exists("/proc/self/maps"):
+        with open("/proc/self/maps") as f:
+            assert str(tmp_path) not in f.read()  # nothing of the shards is mapped into the process
+
+
+def test_file_shards_pickle_fds_and_changed_files(tmp_path):
+    parts = write_shards(tmp_path, [4] * 100, item=(3,), labels=False)
+    full = np.concatenate(parts)
+    sa = load_dataset(tmp_path, "all").data
+    idx = np.random.default_rng(1).permutation(len(full))
+    np.testing.assert_array_equal(sa[idx], full[idx])
+    raw = pickle.dumps(sa)
+    assert len(raw) < 40_000  # the shard descriptions, not the data
+    np.testing.assert_array_equal(pickle.loads(raw)[idx], full[idx])
+
+    def open_here():
+        fd_dir = "/proc/self/fd"
+        if not os.path.isdir(fd_dir):
+            return 0
+        links = []
+        for name in os.listdir(fd_dir):
+            try:
+                links.append(os.readlink(os.path.join(fd_dir, name)))
+            except OSError:
+                pass
+        return sum(link.startswith(str(tmp_path)) for link in links)
+
+    assert open_here() <= 64  # a bounded cache of descriptors, not one per shard
+    # a shard rewritten in place is read as it is now; one cut short raises a DataError naming it
+    mm = np.load(tmp_path / "part050.npy", mmap_mode="r+")
+    mm[:] = -1
+    mm.flush()
+    del mm
+    np.testing.assert_array_equal(sa[200:204], np.full((4, 3), -1, np.int16))
+    with open(tmp_path / "part051.npy", "r+b") as f:
+        f.truncate(os.path.getsize(tmp_path / "part051.npy") - 1)
+    with pytest.raises(DataError, match=r"part051\.npy: the file ends at byte \d+"):
+        sa[207]
+    np.testing.assert_array_equal(sa[203], np.full(3, -1, np.int16))  # the other shards still read
+    with pytest.raises(DataError, match=r"part051\.npy: truncated \.npy file"):
+        load_dataset(tmp_path)
+    del sa
+    gc.collect()
+    assert open_here() == 0  # closed with the arrays
+
+
+def test_npy_fortran_order_and_0d_refused(tmp_path):
+    p = tmp_path / "f.npy"
+    np.save(p, np.asfortranarray(np.zeros((4, 3), np.float32)))
+    with pytest.raises(DataError, match=r"f\.npy: Fortran-order float32 \(4, 3\) array"):
+        load_dataset(p)
+    np.save(p, np.asfortranarray(np.arange(4.0)))  # 1-D: the same layout, accepted
+    np.testing.assert_array_equal(load_dataset(p, "all").data[:], np.arange(4.0))
+    np.save(p, np.float32(3))
+    with pytest.raises(DataError, match=r"f\.npy: no items \(shape \(\)\)"):
+        load_dataset(p)
+
+
+RSS_SCRIPT = """
+    import os, resource, sys
+    from pathlib import Path
+    import numpy as np
+    from functa.data import ShardedArray, load_dataset
+
+    root, how = Path(sys.argv[1]), sys.argv[2]
+    if how == "memmap":  # the control: shards read through memory maps
+        data = ShardedArray([np.load(p, mmap_mode="r") for p in sorted(root.glob("*.npy"))])
+    else:
+        data = load_dataset(root, "all").data
+    order = np.random.default_rng(0).permutation(len(data))
+    # Read in a forked child: its ru_maxrss starts at its resident size, free of the peaks of the imports and
+    # of the parent processes (a process's ru_maxrss carries over the pre-exec peak of the process it came from).
+    r, w = os.pipe()
+    if os.fork() == 0:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        total = 0
+        for s in range(0, len(data), 64):
+            total += int(data[order[s : s + 64]].sum(dtype=np.uint64))
+        growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        os.write(w, f"{total} {growth}".encode())
+        os._exit(0)
+    os.close(w)
+    print(os.read(r, 100).decode())
+    assert os.wait()[1] == 0
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB, fork: Linux")
+def test_reading_every_item_keeps_peak_rss_bounded(tmp_path):
+    rng = np.random.default_rng(0)
+    total = 0
+    for k in range(8):  # 8 shards of 1024 items of 8 KiB: 64 MiB
+        a = rng.integers(0, 256, size=(1024, 8, 32, 32), dtype=np.uint8)
+        np.save(tmp_path / f"part{k}.npy", a)
+        total += int(a.sum(dtype=np.uint64))
+    got, growth = map(int, run_python(RSS_SCRIPT, tmp_path, "pread").split())
+    assert got == total  # every item was read, in random batches of 64
+    assert growth < 32 * 2**20, f"peak RSS grew by {growth / 2**20:.1f} MiB while reading a 64 MiB dataset"
+    # the measurement does see mapped pages: read through memory maps, the whole 64 MiB stays resident
+    got, growth = map(int, run_python(RSS_SCRIPT, tmp_path, "memmap").split())
+    assert got == total and growth > 48 * 2**20, f"memmap control: peak RSS grew by only {growth / 2**20:.1f} MiB"
+
+
+FD_SCRIPT = """
+    import os, resource, sys
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), hard))
+    import numpy as np
+    from functa.data import load_dataset
+
+    ds = load_dataset(sys.argv[1], "all")
+    order = np.random.default_rng(0).permutation(len(ds))
+    total = sum(int(ds.take(order[s : s + 64]).sum(dtype=np.int64)) for s in range(0, len(ds), 64))
+    print(total, int(np.asarray(ds.data).sum(dtype=np.int64)), int(ds.labels.sum()), len(os.listdir("/proc/self/fd")))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_NOFILE and /proc: Linux")
+def test_more_shards_than_the_open_file_limit(tmp_path):
+    parts = write_shards(tmp_path, [5] * 300, item=(4, 4))  # 300 shards and 300 label files, limit 40
+    total = int(np.concatenate(parts).sum(dtype=np.int64))
+    labels = sum(5 * k for k in range(300))
+    gathered, whole, label_sum, n_open = map(int, run_python(FD_SCRIPT, tmp_path, 40).split())
+    assert gathered == whole == total and label_sum == labels and n_open <= 40
 
 
 # --------------------------------------------------------------------------------------- real data

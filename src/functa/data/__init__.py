@@ -1,4 +1,4 @@
-"""Dataset loading: sniff a path's format and return an :class:`ArrayDataset` (in memory or memory-mapped).
+"""Dataset loading: sniff a path's format and return an :class:`ArrayDataset` (in memory, or read from disk item by item).
 
 Supported formats (``meta["format"]``):
 
@@ -10,13 +10,14 @@ Supported formats (``meta["format"]``):
 * ``netcdf``        NetCDF3 classic ``.nc`` with the same lat/lon/variable layout
 * ``voxel-npz``     ``.npz`` with ``voxels`` ``(M, X, Y, Z)`` 0/1 occupancy, optional ``label(s)`` and ``class_names``
 * ``array-npz``     ``.npz`` with generic ``data`` ``(M, ...)`` (bool/int/float), optional ``label(s)``, ``class_names``
-* ``npy``           one ``.npy`` ``(M, ...)``, memory-mapped (optional ``NAME.labels.npy`` beside it)
-* ``npy-shards``    a directory of ``.npy`` shards (optionally in ``train/``/``test/``), memory-mapped and concatenated
+* ``npy``           one ``.npy`` ``(M, ...)``, read on demand (optional ``NAME.labels.npy`` beside it)
+* ``npy-shards``    a directory of ``.npy`` shards (optionally in ``train/``/``test/``), concatenated and read on demand
 * ``binvox``        one binvox occupancy grid; ``binvox-folder``: a directory of them (class / train / test folders)
 
 Images come back as ``(M, H, W, C)`` uint8 with ``C`` in {1, 3}; fields as ``(M, H, W)`` float32; voxels as
 ``(M, X, Y, Z)`` uint8 in {0, 1}; arrays ``(M, ...)`` in their own dtype. ``npy`` and ``npy-shards`` data stay
-on disk (``np.memmap`` / :class:`ShardedArray`): items are read when indexed. Split rules: :mod:`.arrays`.
+on disk (:class:`ShardedArray`, positional file reads, no memory maps): items are read when indexed,
+so memory stays O(batch). Split rules: :mod:`.arrays`.
 A directory that holds exactly one ``.npz`` file (e.g. ``modelnet10_vox32/``) loads as that file.
 """
 
@@ -43,6 +44,7 @@ from .arrays import (
     load_npy,
     load_npy_shards,
     load_voxel_npz,
+    read_array_file,
     read_binvox,
     write_binvox,
 )
@@ -53,7 +55,7 @@ from .idx import find_idx_pair, is_idx_file, load_idx, read_idx
 from .shards import ShardedArray
 
 __all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "load_dataset",
-           "load_image_list", "read_binvox", "read_idx", "write_binvox", "SUPPORTED_FORMATS", "sniff_format"]
+           "load_image_list", "read_array_file", "read_binvox", "read_idx", "write_binvox", "SUPPORTED_FORMATS", "sniff_format"]
 
 SUPPORTED_FORMATS = (
     "idx (MNIST/Fashion-MNIST directory or idx[.gz] file), "
@@ -64,7 +66,7 @@ SUPPORTED_FORMATS = (
     "netcdf (NetCDF3 classic .nc), "
     "voxel-npz (.npz with voxels (M, X, Y, Z) in {0,1}), "
     "array-npz (.npz with a data (M, ...) array), "
-    "npy (one .npy (M, ...), memory-mapped), "
+    "npy (one .npy (M, ...), read on demand), "
     "npy-shards (directory of .npy shards, optional train/test sub-directories), "
     "binvox (.binvox file), "
     "binvox-folder (directory of .binvox, optional train/test and class sub-folders)"
@@ -166,7 +168,7 @@ def load_dataset(
 
     Returns:
         :class:`ArrayDataset` with ``data`` ``(M, H, W, C)`` uint8 (images), ``(M, H, W)`` float32 (fields),
-        ``(M, X, Y, Z)`` uint8 in {0, 1} (voxels) or ``(M, ...)`` (arrays); ``np.memmap`` or
+        ``(M, X, Y, Z)`` uint8 in {0, 1} (voxels) or ``(M, ...)`` (arrays); a lazy
         :class:`ShardedArray` for ``npy`` / ``npy-shards``.
     """
     p = Path(path).expanduser()

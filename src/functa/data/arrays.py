@@ -5,11 +5,11 @@ Formats (``meta["format"]``), what they hold and the ``meta["kind"]`` they give:
 * ``voxel-npz``    ``.npz`` with ``voxels`` ``(M, X, Y, Z)`` bool or integer with values in {0, 1}, optional
   ``label`` or ``labels`` ``(M,)`` integers and ``class_names`` ``(C,)`` strings -> "voxel".
 * ``array-npz``    ``.npz`` with ``data`` ``(M, ...)`` bool, integer or (finite) float, same optional arrays -> "array".
-* ``npy``          one ``.npy`` ``(M, ...)``, memory-mapped (lazy, nothing read at open); optional
-  ``NAME.labels.npy`` ``(M,)`` beside ``NAME.npy``. "voxel" for a 4-D bool array, else "array" (values are
-  not scanned: the file may be larger than memory).
+* ``npy``          one ``.npy`` ``(M, ...)``, lazy (only the header is read at open): a one-shard
+  :class:`~functa.data.shards.ShardedArray`; optional ``NAME.labels.npy`` ``(M,)`` beside ``NAME.npy``.
+  "voxel" for a 4-D bool array, else "array" (values are not scanned: the file may be larger than memory).
 * ``npy-shards``   a directory of ``*.npy`` shards ``(n_k, ...)`` of one item shape and dtype, sorted by name and
-  concatenated lazily into a :class:`~functa.data.shards.ShardedArray` of memory maps, each shard with an
+  concatenated lazily into a :class:`~functa.data.shards.ShardedArray`, each shard with an
   optional ``NAME.labels.npy`` ``(n_k,)`` (every shard or none); or ``train/`` and ``test/`` sub-directories
   of shards. An optional ``meta.json`` beside them may give ``{"kind": "voxel" | "array", "class_names": [...]}``;
   without it the kind is decided as for ``npy``.
@@ -19,7 +19,11 @@ Formats (``meta["format"]``), what they hold and the ``meta["kind"]`` they give:
   the same dims.
 
 Voxels come back as ``(M, X, Y, Z)`` uint8 with values {0, 1} (lazy bool data is viewed as uint8), arrays
-``(M, ...)`` in their own dtype (native byte order), labels ``(M,)`` int64. ``.npy`` inputs need native byte order.
+``(M, ...)`` in their own dtype (native byte order), labels ``(M,)`` int64. ``.npy`` inputs need native byte order
+and C order (Fortran order only for 1-D arrays, where it is the same), and a file size of exactly the header
+plus the declared data. Lazy ``.npy`` data is never memory-mapped: items are read with positional file reads
+when indexed (:mod:`functa.data.shards`), so reading costs memory for the batch only, however many items
+are read in all.
 
 Splits (``split="all"`` always returns every item, train before test):
 
@@ -49,7 +53,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -58,12 +61,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from .dataset import ArrayDataset, DataError
 from .grid import split_range
-from .shards import ShardedArray
+from .shards import NpyShard, ShardedArray
 
 __all__ = [
     "BINVOX_MAX_DIM",
+    "read_array_file",
     "has_binvox",
     "hashed_test_mask",
     "is_npy_shard_dir",
@@ -199,12 +204,18 @@ def _tail_range(m: int, split: str, test_fraction: float, limit: int | None, pat
 
 def _npy_header(f: BinaryIO, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
     """Read a ``.npy`` header from ``f``: ``(shape, dtype, header_bytes)``."""
+    shape, dtype, offset, _ = _npy_header_order(f, where)
+    return shape, dtype, offset
+
+
+def _npy_header_order(f: BinaryIO, where: str) -> tuple[tuple[int, ...], np.dtype, int, bool]:
+    """Read a ``.npy`` header from ``f``: ``(shape, dtype, header_bytes, fortran_order)``."""
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
             raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
         offset = f.tell()
@@ -212,14 +223,14 @@ def _npy_header(f: BinaryIO, where: str) -> tuple[tuple[int, ...], np.dtype, int
         raise DataError(f"{where}: not a valid .npy array ({e})") from e
     if dtype.hasobject:
         raise DataError(f"{where}: holds Python objects (dtype {dtype}), which would need pickle")
-    return tuple(int(d) for d in shape), dtype, offset
+    return tuple(int(d) for d in shape), dtype, offset, bool(fortran)
 
 
-def _open_npy(path: Path) -> np.memmap:
-    """Memory-map a numeric ``.npy`` after checking its header against the file size (no data is read)."""
+def _open_npy(path: Path) -> NpyShard:
+    """Describe a numeric ``.npy`` as a file shard after checking its header against the file size (no data read)."""
     try:
         with open(path, "rb") as f:
-            shape, dtype, offset = _npy_header(f, str(path))
+            shape, dtype, offset, fortran = _npy_header_order(f, str(path))
             size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
@@ -231,10 +242,12 @@ def _open_npy(path: Path) -> np.memmap:
         raise DataError(f"{path}: data must be bool, integer or float, found dtype {dtype}")
     if not dtype.isnative:
         raise DataError(f"{path}: non-native byte order ({dtype}); rewrite it with a.astype(a.dtype.newbyteorder('='))")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot memory-map ({e})") from e
+    if fortran and len(shape) > 1:
+        raise DataError(f"{path}: Fortran-order {dtype} {shape} array; items must be stored in C order "
+                        "(rewrite it with np.save(path, np.ascontiguousarray(a)))")  # fmt: skip
+    if not shape:
+        _check_items(shape, str(path))
+    return NpyShard(str(path), offset, shape[0], shape[1:], dtype)
 
 
 def _labels_path(data_path: Path) -> Path:
@@ -242,12 +255,12 @@ def _labels_path(data_path: Path) -> Path:
 
 
 def _read_labels_file(path: Path, m: int, data_path: Path, class_names: list[str] | None) -> np.ndarray:
-    mm = _open_npy(path)
-    _check_labels_layout(mm.shape, mm.dtype, m, f"{path} (labels of {data_path.name}, {m} items)")
-    return _as_labels(np.asarray(mm), str(path), class_names)
+    shard = _open_npy(path)
+    _check_labels_layout(shard.shape, shard.dtype, m, f"{path} (labels of {data_path.name}, {m} items)")
+    return _as_labels(np.asarray(ShardedArray([shard])), str(path), class_names)
 
 
-def _lazy_kind(mm: np.ndarray, declared: str | None, where: str) -> str:
+def _lazy_kind(mm: NpyShard, declared: str | None, where: str) -> str:
     if declared is None:
         return "voxel" if mm.dtype == np.bool_ and mm.ndim == 4 else "array"
     if declared == "voxel" and (mm.dtype not in (np.bool_, np.uint8) or mm.ndim != 4):
@@ -255,28 +268,28 @@ def _lazy_kind(mm: np.ndarray, declared: str | None, where: str) -> str:
     return declared
 
 
-def _lazy_voxels(mm: np.memmap) -> np.memmap:
-    return mm.view(np.uint8) if mm.dtype == np.bool_ else mm  # still a memory map, nothing read
+def _lazy_voxels(shard: NpyShard) -> NpyShard:
+    return shard.view(np.uint8) if shard.dtype == np.bool_ else shard  # the same bytes, nothing read
 
 
 def load_npy(path: Path, split: str, *, test_fraction: float = 0.1, limit: int | None = None) -> ArrayDataset:
-    """Memory-map one ``.npy`` file ``(M, ...)`` (see module docstring); ``data`` is a lazy ``np.memmap``."""
+    """Open one ``.npy`` file ``(M, ...)`` lazily (module docstring); ``data`` is a one-shard :class:`ShardedArray`."""
     _check_fraction(path, test_fraction)
-    mm = _open_npy(path)
-    _check_items(mm.shape, str(path))
-    kind = _lazy_kind(mm, None, str(path))
-    data = _lazy_voxels(mm) if kind == "voxel" else mm
+    shard = _open_npy(path)
+    _check_items(shard.shape, str(path))
+    kind = _lazy_kind(shard, None, str(path))
+    data = ShardedArray([_lazy_voxels(shard) if kind == "voxel" else shard])
     files = [str(path)]
     labels = None
     if _labels_path(path).is_file():
-        labels = _read_labels_file(_labels_path(path), len(mm), path, None)
+        labels = _read_labels_file(_labels_path(path), len(shard), path, None)
         files.append(str(_labels_path(path)))
-    start, stop = _tail_range(len(mm), split, test_fraction, limit, path)
+    start, stop = _tail_range(len(shard), split, test_fraction, limit, path)
     meta: dict[str, Any] = {
         "source": str(path), "format": "npy", "kind": kind, "split": split, "files": files,
-        "n_total": len(mm), "item_range": [start, stop], "test_fraction": float(test_fraction), "split_rule": "tail",
+        "n_total": len(shard), "item_range": [start, stop], "test_fraction": float(test_fraction), "split_rule": "tail",
     }  # fmt: skip
-    return ArrayDataset(data[start:stop], None if labels is None else labels[start:stop], meta)
+    return ArrayDataset(data.range(start, stop), None if labels is None else labels[start:stop], meta)
 
 
 # --------------------------------------------------------------------------------------- npy shards
@@ -341,7 +354,7 @@ def _shard_layout(root: Path, split: str) -> tuple[list[Path], list[Path], bool]
     return groups[split], every, True
 
 
-def _check_shards(shards: dict[Path, np.memmap]) -> bool:
+def _check_shards(shards: dict[Path, NpyShard]) -> bool:
     """Same item shape and dtype everywhere; labels beside every shard or none. Returns: labelled."""
     (first, a), *_ = shards.items()
     for f, s in shards.items():
@@ -427,6 +440,28 @@ def _read_member(zf: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
             return np.lib.format.read_array(f, allow_pickle=False)
     except _ZIP_ERRORS as e:
         raise DataError(f"{path}: cannot read array {key!r} ({type(e).__name__}: {e})") from e
+
+
+def read_array_file(path: str | os.PathLike, key: str) -> np.ndarray:
+    """One numeric array from a ``.npy`` file, or the array ``key`` of a ``.npz`` file (no pickle).
+
+    Declared shapes are checked against the file (or zip member) sizes before anything is read, so
+    a small hostile file cannot make this allocate. Raises :class:`DataError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    if head == b"\x93NUMPY":
+        return ShardedArray([_open_npy(path)])[:]
+    with _open_zip(path) as zf:
+        if key + ".npy" not in zf.namelist():
+            raise DataError(f"{path}: no array {key!r} (found {sorted(n.removesuffix('.npy') for n in zf.namelist())})")
+        _member_header(zf, path, key)
+        return _read_member(zf, path, key)
 
 
 def _class_names(a: np.ndarray, path: Path) -> list[str]:
@@ -575,21 +610,6 @@ def read_binvox(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(values, counts).reshape(dims).transpose(0, 2, 1))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_binvox(voxels: np.ndarray, path: str | os.PathLike) -> None:
     """Write ``(X, Y, Z)`` occupancy (bool or integer 0/1) as a binvox file (atomically; translate 0, scale 1)."""
     path = Path(path)
@@ -609,7 +629,7 @@ def write_binvox(voxels: np.ndarray, path: str | os.PathLike) -> None:
     counts[np.cumsum(pairs_per_run) - 1] = lengths - 255 * (pairs_per_run - 1)
     payload = np.stack([values, counts.astype(np.uint8)], axis=1).tobytes()
     x, y, z = a.shape
-    _write_atomic(path, f"#binvox 1\ndim {x} {z} {y}\ntranslate 0 0 0\nscale 1\ndata\n".encode("ascii") + payload)
+    atomic_write_bytes(path, f"#binvox 1\ndim {x} {z} {y}\ntranslate 0 0 0\nscale 1\ndata\n".encode("ascii") + payload)
 
 
 def load_binvox(path: Path, split: str) -> ArrayDataset:

@@ -7,9 +7,11 @@ An :class:`ArrayDataset` holds the whole dataset as one array of items along axi
 * voxels (occupancy grids): ``data`` has shape ``(M, X, Y, Z)``, dtype ``uint8``, values in ``{0, 1}``;
 * arrays (generic data for user-defined modalities): ``data`` has shape ``(M, ...)``, any numeric dtype.
 
-``data`` is an in-memory ``ndarray`` or a lazy array (larger than memory): a read-only ``np.memmap``
-or a :class:`~functa.data.shards.ShardedArray` of them. Lazy data is never materialised as a whole:
-``dataset[i]``, ``take`` and ``subset`` read only the items asked for and return in-memory arrays.
+``data`` is an in-memory ``ndarray`` or a lazy array (larger than memory): a
+:class:`~functa.data.shards.ShardedArray` (what the ``npy`` / ``npy-shards`` loaders give: items read from
+the files with positional reads, nothing memory-mapped) or a read-only ``np.memmap`` made by the caller.
+Lazy data is never materialised as a whole: ``dataset[i]``, ``take`` and ``subset`` read only the items asked
+for and return in-memory arrays.
 
 ``labels`` is ``(M,)`` ``int64`` or ``None``; ``meta`` is a JSON-serialisable dict describing the source.
 """
@@ -40,7 +42,7 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     Attributes:
         data: ``(M, H, W, C)`` uint8 images, ``(M, H, W)`` float32 fields, ``(M, X, Y, Z)`` uint8 voxels or
-            ``(M, ...)`` arrays; an ``ndarray``, an ``np.memmap`` or a :class:`ShardedArray`.
+            ``(M, ...)`` arrays; an ``ndarray``, a :class:`ShardedArray` or an ``np.memmap``.
         labels: ``(M,)`` int64 class ids, or ``None`` when the source has no labels.
         meta: JSON-serialisable description (``source``, ``format``, ``kind``, ``split``, ...).
     """
@@ -63,7 +65,7 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     @property
     def lazy(self) -> bool:
-        """Whether ``data`` is read on demand (a memory map or a :class:`ShardedArray`)."""
+        """Whether ``data`` is read on demand (a :class:`ShardedArray` or a memory map)."""
         return isinstance(self.data, (np.memmap, ShardedArray))
 
     def _read(self, index: Any) -> np.ndarray:

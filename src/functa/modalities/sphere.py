@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..data import DataError
+from ..data import DataError, read_array_file
 from ..io import atomic_write_bytes
 from .base import ModalityBase, register_modality
 
@@ -143,16 +143,7 @@ class SphereModality(ModalityBase):
 
     def read_item(self, path: Path) -> np.ndarray:
         """A field ``(lat, lon)`` from ``.npy`` or ``.npz`` (array ``values``, as :meth:`save` writes)."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arr = z["values"] if isinstance(z, np.lib.npyio.NpzFile) else np.asarray(z)
-        except TypeError:  # np.load of a .npy returns an array, which is not a context manager
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, KeyError) as e:
-            raise DataError(f"{path}: cannot read a field (need .npy or .npz with 'values'; {e})") from None
+        arr = read_array_file(path, "values")
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
             raise DataError(f"{path}: a field must be a finite 2-D numeric array, got {arr.dtype} {arr.shape}")
         return arr.astype(np.float32)

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..data import DataError, read_binvox, write_binvox
+from ..data import DataError, read_array_file, read_binvox, write_binvox
 from ..io import atomic_write_bytes
 from ..viz import occupancy_mesh, shaded_view, write_mesh
 from .base import ModalityBase, grid_centres, register_modality
@@ -228,17 +228,9 @@ class VoxelModality(ModalityBase):
     def read_item(self, path: Path) -> np.ndarray:
         """One grid ``(X, Y, Z)`` uint8 from ``.binvox``, ``.npy`` or ``.npz`` (array ``voxels``)."""
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
         if path.suffix.lower() == ".binvox":
             return read_binvox(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arr = z["voxels"] if isinstance(z, np.lib.npyio.NpzFile) else np.asarray(z)
-        except TypeError:  # np.load of a .npy returns an array, which is not a context manager
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, KeyError, EOFError) as e:
-            raise DataError(f"{path}: cannot read a voxel grid (need .binvox, .npy or .npz with 'voxels'; {e})") from None
+        arr = read_array_file(path, "voxels")
         if arr.ndim == 4 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim != 3 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ._common import as_volume
 
 __all__ = ["MESH_FORMATS", "occupancy_mesh", "write_mesh"]
 
@@ -42,15 +43,6 @@ def _require(module: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise ImportError(_MISSING) from e
-
-
-def _as_volume(values: np.ndarray) -> np.ndarray:
-    vol = np.asarray(values, dtype=np.float32)
-    if vol.ndim != 3 or min(vol.shape) < 1:
-        raise ValueError(f"values must be a non-empty (X, Y, Z) grid, got shape {vol.shape}")
-    if not np.all(np.isfinite(vol)):
-        raise ValueError("values contain NaN or infinity")
-    return vol
 
 
 def _voxel_size(shape: tuple[int, ...], spacing: float | Sequence[float] | None) -> np.ndarray:
@@ -87,7 +79,7 @@ def occupancy_mesh(
         ImportError: scikit-image is not installed.
         ValueError: ``values`` is not a finite 3-D grid, or ``level``/``spacing`` are invalid.
     """
-    vol = _as_volume(values)
+    vol = as_volume(values)
     if not (np.isfinite(level) and level > 0):
         raise ValueError(f"level must be > 0 (the zero padding is outside), got {level!r}")
     size = _voxel_size(vol.shape, spacing)

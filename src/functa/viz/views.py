@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_write_bytes
+from ..atomic import atomic_write_bytes
+from ._common import as_volume
 
 __all__ = ["VIEW_EXTENT", "shaded_view", "slices", "write_png"]
 
@@ -39,15 +40,6 @@ _FILL = 0.25  # Lambertian head light (from the camera), so faces turned from th
 _DEPTH_CUE = 0.35  # farthest surfaces are darkened by this fraction
 _SAMPLE_BUDGET = 1 << 19  # samples per marching block: bounds the marching memory at any size
 _RAY_CHUNK = 1 << 16
-
-
-def _as_volume(values: np.ndarray) -> np.ndarray:
-    vol = np.asarray(values, dtype=np.float32)
-    if vol.ndim != 3 or min(vol.shape) < 1:
-        raise ValueError(f"values must be a non-empty (X, Y, Z) grid, got shape {vol.shape}")
-    if not np.all(np.isfinite(vol)):
-        raise ValueError("values contain NaN or infinity")
-    return vol
 
 
 # ----------------------------------------------------------------------------- camera and rays
@@ -238,7 +230,7 @@ def shaded_view(values: np.ndarray, size: int = 256, elevation: float = 30.0, az
     darker). Background pixels are white. Rays are marched in blocks of at most 2**19 samples, so
     peak memory stays under 100 MB (measured ~85 MB) for a 128³ grid at ``size = 512``.
     """
-    vol = _as_volume(values)
+    vol = as_volume(values)
     size = int(size)
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
@@ -281,7 +273,7 @@ def slices(values: np.ndarray, count: int = 4) -> np.ndarray:
     each tile shows x to the right and y up. Values in ``[0, 1]`` map to ``0 .. 255`` (occupied is
     white); values outside are clipped.
     """
-    vol = _as_volume(values)
+    vol = as_volume(values)
     count = int(count)
     if not 1 <= count <= vol.shape[2]:
         raise ValueError(f"count must be in [1, {vol.shape[2]}] (the z size), got {count}")

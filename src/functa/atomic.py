@@ -1,4 +1,4 @@
-"""Atomic file writes for :mod:`functa.viz` (kept local: this package imports no other functa module)."""
+"""Atomic file writes: the lowest layer of the package (every module that writes files uses it)."""
 
 from __future__ import annotations
 
