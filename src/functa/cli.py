@@ -15,7 +15,8 @@ __all__ = ["main", "build_parser"]
 
 def _add_common_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML or JSON config file (sections: modality, field, train, data)")
-    p.add_argument("--preset", default="cpu", help="starting settings: 'cpu' (best PSNR per CPU minute, default), 'paper' (functa) or 'coinpp' (COIN++ CIFAR-10 compression)")
+    p.add_argument("--preset", default="cpu", help="starting settings: 'cpu' (best PSNR per CPU minute, default), 'shapes-cpu' (3-D occupancy grids on a CPU), "
+                   "'paper' (functa) or 'coinpp' (COIN++ CIFAR-10 compression)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=500 --set field.latent_dim=64 (repeatable)")
 

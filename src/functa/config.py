@@ -69,6 +69,8 @@ class RunConfig:
 #   depth 10, w0 50, no meta-SGD (inner lr 1e-2), PyTorch init of the latent map, Adam 3e-6,
 #   batch 64, 390k steps on a GPU.
 # ``cpu``: settings measured to give the best PSNR per CPU minute (docs/benchmarks.md).
+# ``shapes-cpu``: 3-D occupancy grids on a CPU (docs/benchmarks.md, 3-D shapes): a small SIREN, 1,024 random
+#   voxels per item and step, constant Adam 3e-4 (for runs stopped by --time-limit).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"field": {"width": 256, "depth": 10, "latent_dim": 128}, "train": {"outer_lr": 3e-6, "batch_size": 32}},
     "coinpp": {"field": {"width": 512, "depth": 10, "latent_dim": 128, "w0": 50.0, "meta_sgd": False,
@@ -76,6 +78,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                "train": {"outer_lr": 3e-6, "batch_size": 64, "steps": 390_000}},
     "cpu": {"field": {"width": 128, "depth": 6, "latent_dim": 128},
             "train": {"outer_lr": 3e-4, "schedule": "cosine", "warmup_steps": 100, "grad_clip": 1.0, "batch_size": 32}},
+    "shapes-cpu": {"field": {"width": 64, "depth": 4, "latent_dim": 256},
+                   "train": {"outer_lr": 3e-4, "schedule": "constant", "warmup_steps": 50, "grad_clip": 1.0,
+                             "batch_size": 8, "points_per_step": 1024, "eval_every": 1000, "save_every": 1000}},
 }
 
 

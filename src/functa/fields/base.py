@@ -29,11 +29,13 @@ class Field(Protocol):
 
     Attributes:
         name: registry key (``config.json`` records it).
+        config_class: the frozen dataclass of its settings (the run config's ``[field]`` keys).
         latent_shape: shape of one datum's latent, e.g. ``(D,)`` or ``(s, s, c)``.
         in_dim, out_dim: coordinate and output dimensions ``d`` and ``C``.
     """
 
     name: ClassVar[str]
+    config_class: ClassVar[type]
     latent_shape: tuple[int, ...]
     in_dim: int
     out_dim: int
@@ -65,6 +67,11 @@ class Field(Protocol):
 
     def to_config(self) -> dict[str, Any]:
         """JSON-serialisable config, ``name`` included; :func:`field_from_config` reads it."""
+        ...
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Field":
+        """Build from the settings of :meth:`to_config` (``name`` may be present)."""
         ...
 
 

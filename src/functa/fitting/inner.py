@@ -60,7 +60,7 @@ def latent_grad(field: nn.Module, loss: Loss, batch: Batch, latents: Tensor, *, 
     with torch.enable_grad():
         z = latents if latents.requires_grad else latents.detach().requires_grad_(True)
         value = loss.per_item(field_outputs(field, batch, z), batch.y, batch.mask).sum()
-        (g,) = torch.autograd.grad(value, z, create_graph=create_graph and torch.is_grad_enabled())
+        (g,) = torch.autograd.grad(value, z, create_graph=create_graph)
     return g
 
 

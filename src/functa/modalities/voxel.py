@@ -33,6 +33,8 @@ from .base import ModalityBase, grid_centres, register_modality
 
 __all__ = ["OccupancyMetrics", "VoxelModality", "VoxelRescale", "depth_scan_mask", "voxel_coordinates"]
 
+VIEW_SIZE = 256  # pixels of the shaded PNG views
+
 
 def voxel_coordinates(shape: tuple[int, int, int]) -> Tensor:
     """``(X*Y*Z, 3)`` voxel centres in ``[0, 1]^3``, row-major over ``(x, y, z)``."""
@@ -218,7 +220,7 @@ class VoxelModality(ModalityBase):
         paths = []
         for grid, name in zip(items, names):
             p = directory / f"{name}.png"
-            Image.fromarray(shaded_view(grid, size=max(128, 2 * max(grid.shape)))).save(p)
+            Image.fromarray(shaded_view(grid, size=VIEW_SIZE)).save(p)  # one size at every resolution
             vertices, faces = occupancy_mesh(grid)
             for suffix in (".obj", ".ply") if len(faces) else ():
                 write_mesh(vertices, faces, directory / f"{name}{suffix}")
