@@ -405,6 +405,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (an ``OSError`` with its file name)."""
+    if isinstance(error, OSError) and not str(error).startswith(str(error.filename or "\0")) and error.filename:
+        text = f"{error.filename}: {error.strerror or error}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -412,13 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     from .fitting import tune_cpu_allocator
 
     tune_cpu_allocator()  # the command line owns its process (FUNCTA_NO_MALLOC_TUNING=1 turns it off)
-    from .data import DataError
-    from .io import ArtefactError
+    from .errors import FunctaError
 
     try:
         return _run(args)
-    except (DataError, ArtefactError, FileNotFoundError, ValueError, FloatingPointError) as e:
-        print(f"functa {args.command}: error: {e}", file=sys.stderr)
+    except (FunctaError, OSError, ValueError, FloatingPointError) as e:
+        # FunctaError: bad input, artefact, config, full disk, locked output (one line naming the path).
+        # OSError/ValueError: raised by a dependency while reading a user's file (names it where it can).
+        print(f"functa {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"functa {args.command}: error: out of memory (try a smaller --batch-size or fewer points)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"functa {args.command}: interrupted", file=sys.stderr)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from torch import nn
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write, atomic_write_bytes
+from .errors import ArtefactError
 from .fields import field_from_config
 
 __all__ = [
@@ -44,8 +44,6 @@ CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 
 
-class ArtefactError(ValueError):
-    """A file produced by functa is missing, corrupt or does not match what uses it."""
 
 
 def versions() -> dict[str, str]:
@@ -70,16 +68,8 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Atomically save a flat dict of tensors as safetensors."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from ..errors import CodecError
 from ..modalities import get_modality, modality_by_code
 
 __all__ = ["ContainerError", "Header", "pack", "unpack", "MAGIC", "VERSION", "ENTROPY_CODES",
@@ -45,7 +46,7 @@ MAX_POINTS = 2**31
 _FIXED = struct.Struct("<4sB8sBBBB")  # magic, version, codec id, modality, quantiser, entropy, axes
 
 
-class ContainerError(ValueError):
+class ContainerError(CodecError):
     """A ``.fta`` byte string is truncated, corrupt, of another version, or for another codec."""
 
 

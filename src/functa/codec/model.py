@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -35,7 +34,9 @@ from torch import Tensor
 
 from torch import nn
 
+from ..atomic import atomic_copy
 from ..device import resolve_device
+from ..errors import CodecError
 from ..fields import field_device
 from ..fitting import Batch, auto_batch_size, fit_latents, get_loss, predict
 from ..io import CONFIG_FILE, MODEL_FILE, ArtefactError, load_base_network, load_tensors, read_json, save_tensors, write_json
@@ -54,8 +55,6 @@ FORMAT = "functa-codec"
 FORMAT_VERSION = 1
 
 
-class CodecError(ValueError):
-    """A compressed file cannot be decoded by this codec (corrupt, truncated or made by another)."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +159,7 @@ class FunctaCodec:
         directory.mkdir(parents=True, exist_ok=True)
         for name in (MODEL_FILE, CONFIG_FILE):
             if (base_dir / name).resolve() != (directory / name).resolve():
-                shutil.copyfile(base_dir / name, directory / name)
+                atomic_copy(base_dir / name, directory / name)
         tensors = {f"quantizer.{k}": v for k, v in self.quantizer.state().items()}
         tensors.update({f"entropy.{k}": v for k, v in self.entropy.state().items()})
         save_tensors(directory / CODEC_TENSORS, tensors)

@@ -24,16 +24,12 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
+from ..errors import DataError
 from .shards import ShardedArray
 
 __all__ = ["ArrayDataset", "DataError", "concat_datasets"]
 
 
-class DataError(ValueError):
-    """A dataset file is missing, malformed or in an unsupported format.
-
-    The message always names the offending file and the problem.
-    """
 
 
 @dataclass(eq=False)
