@@ -24,13 +24,15 @@ from .data import ArrayDataset, DataError, load_dataset
 from .device import resolve_device
 from .fields import DEFAULT_FIELD, field_from_config
 from .fitting import (Batch, Loss, MetaLearner, MetricMeter, auto_batch_size, evaluate_reconstruction, fit_latents,
-                      get_loss, predict)
+                      get_loss, predict, release_free_memory)
 from .functaset import Functaset, FunctasetWriter
 from .io import ArtefactError, load_base_network, read_json, save_base_network
 from .modalities import FieldDataset, Modality, PatchDataset, detect_modality, get_modality, modality_from_config
 
 __all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "model_loss", "open_data",
            "parse_indices", "render"]
+
+TRIM_EVERY = 8  # encoding batches between heap trims (bounded RSS on any number of items)
 
 
 def open_data(path: str | Path, split: str, data_cfg: dict | None = None, progress: bool = True) -> ArrayDataset:
@@ -163,6 +165,7 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
     t0 = time.perf_counter()
     row = writer.count
     params = None
+    batches = 0
     while row < total:
         copy, s = divmod(row, m)
         idx = np.arange(s, min(s + batch_size, m))
@@ -177,6 +180,9 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
         writer.append(enc.latents, src.labels(idx), idx, {"loss": enc.loss, **values})
         bar.update(len(idx))
         row += len(idx)
+        batches += 1
+        if batches % TRIM_EVERY == 0:
+            release_free_memory()  # bounded RSS however many items (see release_free_memory)
     bar.close()
     writer.flush()
     writer.close({**_summary(metrics, writer), "encode_s_last_session": time.perf_counter() - t0})

@@ -7,9 +7,22 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_cpu_allocator"]
+__all__ = ["release_free_memory", "tune_cpu_allocator"]
 
 _ALLOCATOR_TUNED: bool | None = None
+_LIBC: ctypes.CDLL | None | bool = None
+
+
+def _libc() -> ctypes.CDLL | None:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = False
+        if sys.platform.startswith("linux"):
+            try:
+                _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            except OSError:
+                pass
+    return _LIBC or None
 
 
 def tune_cpu_allocator() -> bool:
@@ -29,10 +42,26 @@ def tune_cpu_allocator() -> bool:
     if not sys.platform.startswith("linux") or os.environ.get("FUNCTA_NO_MALLOC_TUNING") == "1":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
+        if libc is None:
+            return False
         m_trim_threshold, m_mmap_threshold = -1, -3
         ok = libc.mallopt(m_mmap_threshold, 32 * 2**20) == 1 and libc.mallopt(m_trim_threshold, 2**30) == 1
     except (OSError, AttributeError):
         ok = False
     _ALLOCATOR_TUNED = bool(ok)
     return _ALLOCATOR_TUNED
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free pages to the OS (glibc ``malloc_trim(0)``); False where unavailable.
+
+    Long loops that keep small arrays (a functaset writer's rows) between large temporary tensors
+    fragment the heap: each kept block pins the pages around it, and the resident set grows with
+    the number of batches (measured: +1.2 GB over 10k encoded shapes). Trimming every few batches
+    keeps it bounded; it costs the next batch a few page faults.
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    return bool(libc.malloc_trim(0))
