@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         opt.zero_grad(set_to_none=True)
         r.loss.backward()
         opt.step()
-        return float(r.loss)
+        return float(r.loss.detach())
 
     t0 = time.perf_counter()
     for _ in range(args.warmup):

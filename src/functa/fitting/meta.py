@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..errors import DivergenceError
 from ..fields import field_device
 from ..io import ArtefactError, load_tensors, read_json, save_tensors, write_json
 from ..optim import load_optimizer_tensors, lr_at, optimizer_tensors
@@ -45,6 +46,11 @@ class MetaLearningConfig:
     steps on large grids (climate fields, big images) proportionally cheaper; evaluation always
     uses all points.
 
+    ``divergence_factor``: training stops with :class:`~functa.errors.DivergenceError`, without
+    saving, when a running mean of the training loss, or the validation loss after the inner
+    steps, exceeds this factor times its best value so far (``None``: never); the run directory
+    keeps the last good checkpoint.
+
     ``outer_lr=3e-6`` is meant for runs of 10^5-10^6 steps; for short CPU runs use the
     recommended ``--preset cpu`` (``docs/benchmarks.md``, quality for time: higher lr with warm-up + cosine decay and
     gradient clipping).
@@ -65,6 +71,7 @@ class MetaLearningConfig:
     eval_items: int = 256
     save_every: int = 500
     points_per_step: int | None = None
+    divergence_factor: float | None = 10.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.inner_steps < 0:
@@ -73,6 +80,8 @@ class MetaLearningConfig:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.outer_lr <= 0:
             raise ValueError(f"outer_lr must be positive, got {self.outer_lr}")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be > 1 or None, got {self.divergence_factor}")
         if self.points_per_step is not None and self.points_per_step < 1:
             raise ValueError(f"points_per_step must be >= 1 or None, got {self.points_per_step}")
 
@@ -87,28 +96,88 @@ def evaluate_reconstruction(field: nn.Module, source: BatchSource, steps: int, *
                             progress: bool = False) -> dict:
     """Reconstruction metrics after each inner step ``0..steps`` on (the first ``limit`` items of) ``source``.
 
-    Returns ``{"per_step": [{"step", **metrics summary, "count"}, ...], "count": n, **extra}``: the
-    summary of ``metrics`` (e.g. ``psnr_of_mean_mse``, ``mean_psnr``) after every step, and the
+    Returns ``{"per_step": [{"step", **metrics summary, "count", "loss"}, ...], "count": n, **extra}``: the
+    summary of ``metrics`` (e.g. ``psnr_of_mean_mse``, ``mean_psnr``) and the mean per-item loss
+    after every step, and the
     means of ``extra(pred, target)`` (more per-item metrics) after the last one. Predictions are the
     loss's (``loss.predict``: sigmoid of logits for BCE).
     """
     n = len(source) if limit is None else min(limit, len(source))
     batch_size = batch_size or auto_batch_size(field, source.num_points)
     meters = [MetricMeter(metrics) for _ in range(steps + 1)]
+    losses = [0.0] * (steps + 1)
     sums: dict[str, float] = {}
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
         batch = source.batch(np.arange(start, min(start + batch_size, n))).to(field_device(field))
         enc = fit_latents(field, batch, steps, loss=loss, track_steps=True)
         with torch.no_grad():
-            for meter, z in zip(meters, enc.history):
-                pred = loss.predict(field_outputs(field, batch, z))
+            for k, (meter, z) in enumerate(zip(meters, enc.history)):
+                out = field_outputs(field, batch, z)
+                losses[k] += float(loss.per_item(out, batch.y, batch.mask).double().sum())
+                pred = loss.predict(out)
                 meter.update(pred, batch.y)
         if extra is not None:
             for key, v in extra(pred, batch.y).items():
                 sums[key] = sums.get(key, 0.0) + float(v.double().sum())
-    out = {"per_step": [{"step": k, **m.as_dict()} for k, m in enumerate(meters)], "count": n}
+    out = {"per_step": [{"step": k, **m.as_dict(), "loss": losses[k] / max(n, 1)} for k, m in enumerate(meters)],
+           "count": n}
     out.update({k: v / max(n, 1) for k, v in sums.items()})
     return out
+
+
+class DivergenceWatch:
+    """Stops a run whose loss blows up: a running mean of the training loss (decay 0.9) above
+    ``factor`` times its best so far (the first loss counts, so a run that blows up in its first
+    steps is caught too), or a validation loss above ``factor`` times its best, raises
+    :class:`DivergenceError`.
+
+    It is called before the checkpoint of a step is written, so a diverged state is never saved.
+    """
+
+    DECAY = 0.9
+    WARMUP = 10  # training steps before the running mean is trusted
+
+    def __init__(self, factor: float | None, run_dir: Path | None, step: int, grad_clip: float | None) -> None:
+        self.factor, self.run_dir, self.grad_clip = factor, run_dir, grad_clip
+        self.last_saved = step if step > 0 else None
+        self.mean: float | None = None
+        self.seen = 0
+        self.best_train = self.best_val = math.inf
+        self.best_val_step = 0
+
+    def train_loss(self, value: float, step: int) -> None:
+        if self.factor is None:
+            return
+        if self.mean is None:  # the first loss seen (the untrained network's, in a new run) is the reference
+            self.mean = self.best_train = value
+        self.mean = self.DECAY * self.mean + (1 - self.DECAY) * value
+        self.seen += 1
+        if self.seen < self.WARMUP:
+            return
+        if self.mean > self.factor * max(self.best_train, 1e-12):
+            self._fail(step, f"the running mean of the training loss is {self.mean:.4g}, over {self.factor:g}x its "
+                             f"best {self.best_train:.4g}")
+        self.best_train = min(self.best_train, self.mean)
+
+    def val_loss(self, value: float, step: int) -> None:
+        if self.factor is None:
+            return
+        if not math.isfinite(value) or value > self.factor * max(self.best_val, 1e-12):
+            self._fail(step, f"the validation loss is {value:.4g}, over {self.factor:g}x its best {self.best_val:.4g} "
+                             f"(step {self.best_val_step})")
+        if value < self.best_val:
+            self.best_val, self.best_val_step = value, step
+
+    def saved(self, step: int) -> None:
+        self.last_saved = step
+
+    def _fail(self, step: int, why: str) -> None:
+        kept = (f"{self.run_dir} keeps the checkpoint of step {self.last_saved}" if self.run_dir is not None and
+                self.last_saved is not None else "nothing was saved")
+        advice = "lower train.outer_lr" + (" or set train.grad_clip" if self.grad_clip is None else
+                                           f" or train.grad_clip (now {self.grad_clip:g})")
+        raise DivergenceError(f"meta-learning diverged at step {step}: {why}; {kept}; {advice} "
+                              "(train.divergence_factor=null turns this check off)")
 
 
 class MetaLearner:
@@ -145,8 +214,9 @@ class MetaLearner:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip))
         loss = float(result.loss.detach())
         if not math.isfinite(loss):
-            raise FloatingPointError(f"non-finite meta-learning loss at step {self.step_count}; "
-                                     "lower train.outer_lr or set train.grad_clip")
+            advice = "lower train.outer_lr" + (" or set train.grad_clip" if self.config.grad_clip is None else
+                                               f" or train.grad_clip (now {self.config.grad_clip:g})")
+            raise DivergenceError(f"non-finite meta-learning loss at step {self.step_count}; {advice}")
         self.optimizer.step()
         self.step_count += 1
         with torch.no_grad():
@@ -172,6 +242,7 @@ class MetaLearner:
             raise ValueError(f"training set has {len(train)} items, fewer than batch_size={cfg.batch_size}")
         t0 = time.perf_counter()
         headline = self.metrics.headline
+        watch = DivergenceWatch(cfg.divergence_factor, run_dir, self.step_count, cfg.grad_clip)
         bar = tqdm(total=cfg.steps, initial=self.step_count, desc="meta-learning", disable=not progress,
                    dynamic_ncols=True)
         try:
@@ -183,6 +254,7 @@ class MetaLearner:
                     pts = np.sort(rng.choice(train.num_points, cfg.points_per_step, replace=False))
                     batch = batch.points(torch.from_numpy(pts))
                 stats = self.train_step(batch)
+                watch.train_loss(stats["loss"], self.step_count)
                 bar.update(1)
                 bar.set_postfix({"loss": f"{stats['loss']:.2e}", headline: f"{stats['metric']:.4g}"})
                 done = self.step_count >= cfg.steps
@@ -195,8 +267,10 @@ class MetaLearner:
                     self.history.append(row)
                     bar.write(f"step {self.step_count}: validation after {cfg.inner_steps} inner steps: "
                               f"{self.metrics.describe(ev['per_step'][-1])}")
+                    watch.val_loss(ev["per_step"][-1]["loss"], self.step_count)
                 if run_dir is not None and (self.step_count % cfg.save_every == 0 or done or out_of_time):
                     self.save_state(run_dir, on_save)
+                    watch.saved(self.step_count)
                 if out_of_time:
                     bar.write(f"time limit of {time_limit_s:.0f} s reached at step {self.step_count}")
                     break

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..errors import DivergenceError
 from ..io import ArtefactError, load_tensors, read_json, save_tensors, write_json
 from ..optim import EMA, Schedule, load_optimizer_tensors, lr_at, optimizer_tensors
 
@@ -102,8 +103,9 @@ class Trainer:
         loss.backward()
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise FloatingPointError(f"non-finite loss at step {self.step_count}; lower the learning rate "
-                                     "or set grad_clip")
+            advice = "lower train.lr" + (" or set train.grad_clip" if cfg.grad_clip is None else
+                                         f" or train.grad_clip (now {cfg.grad_clip:g})")
+            raise DivergenceError(f"non-finite loss at step {self.step_count}; {advice}")
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
