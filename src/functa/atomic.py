@@ -15,11 +15,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from .errors import StorageError
 
-__all__ = ["atomic_copy", "atomic_write", "atomic_write_bytes", "file_mode", "storage_errors"]
+__all__ = ["atomic_copy", "atomic_stream", "atomic_write", "atomic_write_bytes", "file_mode", "storage_errors"]
 
 TMP_SUFFIX = ".tmp"
 
@@ -41,7 +41,7 @@ def storage_errors(path: str | os.PathLike) -> Iterator[None]:
     except OSError as e:
         reason = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                   errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                  errno.EPERM: "permission denied"}.get(e.errno, e.strerror or str(e))
+                  errno.EPERM: "permission denied", errno.EFBIG: "file size limit exceeded"}.get(e.errno, e.strerror or str(e))
         error = StorageError(f"{path}: cannot write: {reason}")
         error.errno = e.errno
         raise error from None
@@ -78,6 +78,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             handle.write(data)
 
     return atomic_write(path, write)
+
+
+def atomic_stream(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(handle)`` on a binary file handle, then rename the file to ``path`` atomically.
+
+    For writers that take a file object: ``atomic_stream(p, lambda f: np.savez(f, values=a))``,
+    ``atomic_stream(p, lambda f: image.save(f, format="PNG"))``.
+    """
+
+    def to_file(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            write(handle)
+
+    return atomic_write(path, to_file)
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

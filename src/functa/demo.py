@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import time
 from pathlib import Path
 
@@ -18,7 +17,9 @@ import numpy as np
 from PIL import Image
 
 from . import pipeline
+from .atomic import atomic_write_bytes
 from .config import load_config
+from .io import write_json
 
 __all__ = ["run_demo", "write_digits_folder"]
 
@@ -74,7 +75,7 @@ def run_demo(out: Path, steps: int | None = None, time_limit_s: float | None = 1
                           indices=picks, scale=4)
     summary = {"wall_s": time.perf_counter() - t0, "meta_learning_steps": fit_info["training"]["step"],
                "test_eval": ev["results"], "renders": rec["grid"], "super_resolution": sup["grid"]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     _write_report(out, table, rec, sup, summary)
     print(f"done in {summary['wall_s']:.0f} s: report at {out / 'report.html'}")
     return summary
@@ -93,4 +94,4 @@ Each test digit is a 64-dimensional latent that modulates one shared SIREN, fitt
 <h2>Original, reconstruction (8x8), 4x super-resolution (32x32)</h2>
 <table><tr><th>original</th><th>functa 8x8</th><th>functa 32x32</th></tr>{''.join(rows)}</table>
 </body></html>"""
-    (out / "report.html").write_text(page)
+    atomic_write_bytes(out / "report.html", page.encode())

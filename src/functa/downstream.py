@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .atomic import atomic_stream
 from .config import apply_overrides
 from .functaset import Functaset
 from .io import ArtefactError, write_json
@@ -286,7 +287,7 @@ def render_latents(field, modality, loss: Loss, latents: Tensor, out: Path, pref
     values = modality.from_features(predict(field, modality.coordinates(shape)[None], latents, loss=loss), shape)
     paths = modality.save(values, out / prefix, [f"{prefix}{i:04d}" for i in range(len(latents))])
     grid = contact_sheet(paths, out / f"{prefix}_grid.png", columns=columns)
-    np.savez(out / f"{prefix}.npz", values=values.astype(np.float32), latents=latents.numpy())
+    atomic_stream(out / f"{prefix}.npz", lambda f: np.savez(f, values=values.astype(np.float32), latents=latents.numpy()))
     return {"grid": str(grid), "shape": list(shape), "count": len(latents)}
 
 

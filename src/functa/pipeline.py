@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from torch import nn
 
+from .atomic import atomic_stream
 from .codec.patches import from_patches, to_patches
 from .config import RunConfig
 from .data import ArrayDataset, DataError, load_dataset
@@ -315,7 +316,7 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
     if originals is not None:
         written["originals"] = [str(p) for p in modality.save(originals, out, [f"item{int(i):06d}_original" for i in idx])]
     grid = contact_sheet(paths, out / "grid.png")
-    np.savez(out / "renders.npz", values=values.astype(np.float32), indices=idx)
+    atomic_stream(out / "renders.npz", lambda f: np.savez(f, values=values.astype(np.float32), indices=idx))
     return {"shape": list(target_shape), "count": len(idx), "grid": str(grid), **written}
 
 
@@ -328,5 +329,5 @@ def contact_sheet(paths: list[Path], dest: Path, columns: int = 8) -> Path:
     sheet = Image.new("RGB", (cols * (w + 2), rows * (h + 2)), "white")
     for k, im in enumerate(imgs):
         sheet.paste(im, ((k % cols) * (w + 2), (k // cols) * (h + 2)))
-    sheet.save(dest)
+    atomic_stream(dest, lambda f: sheet.save(f, format="PNG"))
     return dest

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..data import DataError
 from ..data.augment import ImageAugmentation
+from ..atomic import atomic_stream
 from ..io import atomic_write_bytes
 from .base import ModalityBase, grid_centres, register_modality
 
@@ -116,7 +117,8 @@ class ImageModality(ModalityBase):
         for img, name in zip(items, names):
             arr = np.clip(np.round(img / self.max_value * 255.0), 0, 255).astype(np.uint8)
             p = directory / f"{name}.png"
-            Image.fromarray(arr[..., 0] if self.channels == 1 else arr).save(p)
+            image = Image.fromarray(arr[..., 0] if self.channels == 1 else arr)
+            atomic_stream(p, lambda f: image.save(f, format="PNG"))
             paths.append(p)
         return paths
 

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..data import DataError, read_array_file
+from ..atomic import atomic_stream
 from ..io import atomic_write_bytes
 from .base import ModalityBase, register_modality
 
@@ -134,10 +135,11 @@ class SphereModality(ModalityBase):
             if ascending:
                 img = img[::-1]
             p = directory / f"{name}.png"
-            Image.fromarray(np.ascontiguousarray(img)).save(p)
+            image = Image.fromarray(np.ascontiguousarray(img))
+            atomic_stream(p, lambda f: image.save(f, format="PNG"))
             lat, lon = self.grid(field_.shape)
-            np.savez(directory / f"{name}.npz", values=field_.astype(np.float32), lat=lat.numpy(), lon=lon.numpy(),
-                     units=np.array(self.units))
+            atomic_stream(directory / f"{name}.npz", lambda f: np.savez(
+                f, values=field_.astype(np.float32), lat=lat.numpy(), lon=lon.numpy(), units=np.array(self.units)))
             paths.append(p)
         return paths
 

@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..data import DataError, read_array_file, read_binvox, write_binvox
+from ..atomic import atomic_stream
 from ..io import atomic_write_bytes
 from ..viz import occupancy_mesh, shaded_view, write_mesh
 from .base import ModalityBase, grid_centres, register_modality
@@ -220,7 +221,8 @@ class VoxelModality(ModalityBase):
         paths = []
         for grid, name in zip(items, names):
             p = directory / f"{name}.png"
-            Image.fromarray(shaded_view(grid, size=VIEW_SIZE)).save(p)  # one size at every resolution
+            view = Image.fromarray(shaded_view(grid, size=VIEW_SIZE))  # one size at every resolution
+            atomic_stream(p, lambda f: view.save(f, format="PNG"))
             vertices, faces = occupancy_mesh(grid)
             for suffix in (".obj", ".ply") if len(faces) else ():
                 write_mesh(vertices, faces, directory / f"{name}{suffix}")
