@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from torch import nn
 
-from .atomic import atomic_write, atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .errors import ArtefactError
 from .fields import field_from_config
 
@@ -69,7 +69,7 @@ def read_json(path: str | os.PathLike) -> Any:
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Atomically save a flat dict of tensors as safetensors."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+    atomic_write_bytes(path, save(flat, metadata=metadata))  # bytes first: a full disk is an OSError, named
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
