@@ -17,12 +17,13 @@ Usage::
 The last line of output is one JSON object per run: counts of inputs, passes, failures by
 exception type (with the first few failing inputs saved under ``--keep``), inputs over the time
 and memory limits, the slowest input and the largest RSS growth. The test suite runs a few
-thousand inputs of each target (``tests/test_fuzz.py``).
+thousand inputs of each target (``tests/test_hostile_artefacts.py``, ``tests/codec/test_hostile_fta.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import os
@@ -117,7 +118,7 @@ def _mutate_json(data: bytes, rng: random.Random) -> bytes:
         paths = list(_json_paths(obj))
         path = rng.choice(paths)
         if not path:
-            obj = rng.choice(JSON_VALUES) if rng.random() < 0.2 else obj
+            obj = copy.deepcopy(rng.choice(JSON_VALUES)) if rng.random() < 0.2 else obj
             continue
         parent = obj
         for key in path[:-1]:
@@ -132,7 +133,7 @@ def _mutate_json(data: bytes, rng: random.Random) -> bytes:
         elif op == 2 and isinstance(parent[key], list) and parent[key]:
             parent[key] = parent[key] * rng.choice([0, 2]) if rng.random() < 0.5 else parent[key][:-1]
         else:
-            parent[key] = rng.choice(JSON_VALUES)
+            parent[key] = copy.deepcopy(rng.choice(JSON_VALUES))  # a copy: later mutations must not alias it
     return json.dumps(obj).encode()
 
 

@@ -164,6 +164,8 @@ def _add_compression(sub) -> None:
     p.add_argument("input", type=Path)
     p.add_argument("-m", "--codec", required=True, type=Path)
     p.add_argument("-o", "--out", required=True, type=Path, help="output file (e.g. .png for images)")
+    p.add_argument("--max-output-points", type=int, default=2**25,
+                   help="refuse files whose item has more points, padded to whole patches (default 2^25: one 8K frame)")
 
 
 def _run_compression(args: argparse.Namespace, progress: bool) -> None:
@@ -200,7 +202,8 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
                 print(f"BD-rate {name} vs {other}: " + ("curves do not overlap" if v is None else f"{v:+.1f}%"))
         print(f"wrote {args.out / 'rd.json'}" + (f" and {r['plot']}" if r.get("plot") else " (pip install matplotlib for rd.png)"))
     else:
-        r = comp.decompress_file(args.codec, args.input, args.out, device=args.device)
+        r = comp.decompress_file(args.codec, args.input, args.out, device=args.device,
+                                 max_output_points=args.max_output_points)
         print(f"wrote {args.out}: shape {tuple(r['shape'])}, {r['decode_s']:.3f} s")
 
 
@@ -293,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=["train", "test", "all"])
     p.add_argument("--steps", type=int, help="inner steps (default: as in meta-learning)")
     p.add_argument("--batch-size", type=int, help="items per batch (default: as many as fit ~24 MiB activations)")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="items per chunk file (default 4096); an interrupted run resumes after its last chunk")
     p.add_argument("--augment", help="also encode augmented copies of every item, with the modality's augmentations: "
                    "images 'flip,crop', 'crop' or 'flip'; shapes 'scale' (paper A.1: per-axis rescaling)")
     p.add_argument("--copies", type=int, default=0, help="number of augmented copies of the split (with --augment)")
@@ -364,8 +369,8 @@ def _run(args: argparse.Namespace) -> int:
         kinds = tuple(a.strip() for a in args.augment.split(",")) if args.augment else ()
         options = {"pad": args.pad} if args.pad is not None else {}
         fs = pipeline.encode(args.model, args.data, args.out, split=args.split, steps=args.steps,
-                             batch_size=args.batch_size, progress=progress, augment=kinds, copies=args.copies,
-                             augment_seed=args.seed, augment_options=options, device=args.device)
+                             batch_size=args.batch_size, chunk_size=args.chunk_size, progress=progress, augment=kinds,
+                             copies=args.copies, augment_seed=args.seed, augment_options=options, device=args.device)
         print(f"wrote {len(fs)} latents of shape {tuple(fs.latent_shape)} to {args.out}: "
               f"{_describe(fs.header['base_network']['modality'], fs.manifest['summary'])}")
     elif args.command == "render":
@@ -381,13 +386,13 @@ def _run(args: argparse.Namespace) -> int:
 
             write_json(args.json, res)
     elif args.command == "info":
-        from .io import read_json
+        from .io import read_json_object
 
         for name in ("manifest.json", "config.json"):
             if (args.path / name).is_file():
-                info = read_json(args.path / name)
+                info = read_json_object(args.path / name)
                 info.pop("chunks", None)
-                if "modality" in info:
+                if isinstance(info.get("modality"), dict):
                     info["modality"] = {k: v for k, v in info["modality"].items() if k not in ("lat", "lon")}
                 print(json.dumps(info, indent=2)[:20000])
                 break

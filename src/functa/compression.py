@@ -14,14 +14,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .codec import AutoregressiveConfig, CodecConfig, EncodeSettings, FunctaCodec, QuantizerConfig, to_patches
+from .codec import (MAX_OUTPUT_POINTS, AutoregressiveConfig, CodecConfig, EncodeSettings, FunctaCodec, QuantizerConfig,
+                    to_patches)
+from .codec.container import MAX_POINTS
+from .atomic import output_lock
+from .errors import CodecError
 from .fitting import Batch, auto_batch_size, fit_latents
 from .data import MixedSizesError, load_image_list
 from .functaset import Functaset
 from .io import ArtefactError, atomic_write_bytes, read_json
 from .pipeline import load_model, model_loss, open_data
 
-__all__ = ["build_codec", "codec_bench", "compress_file", "decompress_file", "encode_settings", "bits_per_point"]
+__all__ = ["build_codec", "codec_bench", "compress_file", "decompress_file", "encode_settings", "bits_per_point",
+           "read_fta"]
 
 
 def bits_per_point(num_bytes: int, shape: tuple[int, ...]) -> float:
@@ -59,8 +64,16 @@ def build_codec(model: str | Path, out: str | Path, data: str | Path | None = No
                 encode: EncodeSettings = EncodeSettings(), autoregressive: AutoregressiveConfig | None = None,
                 progress: bool = True, device: str = "cpu") -> dict:
     """Freeze a codec for the base network ``model``: quantiser statistics and entropy tables are
-    fitted on the latents of a functaset of that network or of (the patches of) ``data[split]``."""
+    fitted on the latents of a functaset of that network or of (the patches of) ``data[split]``.
+    ``out`` is locked while it is built (a second build into it raises :class:`~functa.errors.LockError`)."""
     model, out = Path(model), Path(out)
+    with output_lock(out):
+        return _build_codec(model, out, data, functaset, split, limit, bits, per_dimension, entropy_model, encode,
+                            autoregressive, progress, device)
+
+
+def _build_codec(model: Path, out: Path, data, functaset, split, limit, bits, per_dimension, entropy_model,
+                 encode: EncodeSettings, autoregressive, progress: bool, device: str) -> dict:
     field, modality, cfg = load_model(model)
     latents, source = _training_latents(model, data, functaset, split, limit, progress, device)
     config = CodecConfig(QuantizerConfig(bits=bits, per_dimension=per_dimension), entropy_model, encode,
@@ -94,7 +107,7 @@ def compress_file(codec_dir: str | Path, source: str | Path, out: str | Path, in
     data = codec.compress(item, settings)
     encode_s = time.perf_counter() - t
     atomic_write_bytes(out, data)
-    recon = codec.decompress(data)
+    recon = codec.decompress(data, max_output_points=MAX_POINTS)  # our own file: any size the format allows
     shape = tuple(item.shape[:k])
     res = {"input": str(source), "output": str(out), "shape": list(item.shape), "bytes": len(data),
            "bits_per_point": bits_per_point(len(data), shape), "encode_s": encode_s,
@@ -103,17 +116,26 @@ def compress_file(codec_dir: str | Path, source: str | Path, out: str | Path, in
     return res
 
 
-def decompress_file(codec_dir: str | Path, source: str | Path, out: str | Path, device: str = "cpu") -> dict:
-    """Decode a ``.fta`` file made by this codec and write the item (format from ``out``'s suffix)."""
-    codec = FunctaCodec.load(codec_dir, device)
-    path = Path(source)
+def read_fta(codec: FunctaCodec, path: str | Path, max_output_points: int = MAX_OUTPUT_POINTS) -> np.ndarray:
+    """Decode the ``.fta`` file at ``path`` into its item ``(*shape[, C])`` (what ``functa decompress`` does
+    before writing it). Any problem with the file raises :class:`~functa.errors.CodecError` naming it;
+    items of more than ``max_output_points`` points (padded to whole patches) are refused."""
+    path = Path(path)
     if not path.is_file():
         raise ArtefactError(f"{path}: no such file")
-    t = time.perf_counter()
     try:
-        item = codec.decompress(path.read_bytes())
-    except ValueError as e:
-        raise ArtefactError(f"{path}: {e}") from None
+        return codec.decompress(path.read_bytes(), max_output_points)
+    except ValueError as e:  # CodecError, and anything else the file's contents provoke
+        raise CodecError(f"{path}: {e}") from None
+
+
+def decompress_file(codec_dir: str | Path, source: str | Path, out: str | Path, device: str = "cpu",
+                    max_output_points: int = MAX_OUTPUT_POINTS) -> dict:
+    """Decode a ``.fta`` file made by this codec (:func:`read_fta`) and write the item (format from ``out``'s suffix)."""
+    codec = FunctaCodec.load(codec_dir, device)
+    path = Path(source)
+    t = time.perf_counter()
+    item = read_fta(codec, path, max_output_points)
     decode_s = time.perf_counter() - t
     codec.modality.write_item(item, Path(out))
     return {"input": str(path), "output": str(out), "shape": list(item.shape), "decode_s": decode_s}

@@ -20,15 +20,20 @@ A config file has two top-level keys and three sections, e.g. ``fit.toml``::
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
-from .fitting import MetaLearningConfig, get_loss
+from .errors import ConfigError
+from .fitting import MetaLearningConfig, available_losses
+from .validation import MAX_GRID_POINTS, Choice, Int, IntSeq, Real, Text, check_fields, check_total, in_file
 
-__all__ = ["DataConfig", "RunConfig", "PRESETS", "load_config", "apply_overrides"]
+__all__ = ["DataConfig", "RunConfig", "PRESETS", "load_config", "apply_overrides", "MAX_CONFIG_BYTES"]
+
+MAX_CONFIG_BYTES = 16 * 2**20  # a config file larger than this is refused before it is parsed
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,11 @@ class DataConfig:
     patch: list[int] | None = None  # meta-learn on random crops of this size (COIN++ patches for large items)
 
     def __post_init__(self) -> None:
+        check_fields(self, "data", variable=Text(max_len=256, optional=True), test_fraction=Real(0, 1),
+                     limit=Int(1, 2**40, optional=True),
+                     patch=IntSeq(1, 65536, min_len=1, max_len=4, optional=True, as_list=True))
         if self.patch is not None:
-            object.__setattr__(self, "patch", [int(p) for p in self.patch])
-            if not self.patch or min(self.patch) < 1:
-                raise ValueError(f"data.patch must be a list of positive sizes, got {self.patch}")
+            check_total("data.patch", math.prod(self.patch), MAX_GRID_POINTS, f"a patch of {self.patch}", "points")
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,12 @@ class RunConfig:
     data: DataConfig = dc_field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
-        if self.loss is not None:
-            get_loss(self.loss)  # raises for unknown names
+        # the modality name is checked where it is looked up (functa.modalities.get_modality)
+        check_fields(self, "", modality=Text(max_len=64, optional=True), loss=Choice(*available_losses(), optional=True))
+        if not isinstance(self.field, dict):
+            raise ConfigError(f"field = {self.field!r} is not a section (allowed: a table of field settings)")
+        if not isinstance(self.train, MetaLearningConfig) or not isinstance(self.data, DataConfig):
+            raise ConfigError("train and data must be MetaLearningConfig and DataConfig objects")
 
     def to_dict(self) -> dict:
         return {"modality": self.modality, "loss": self.loss, "field": dict(self.field), "train": asdict(self.train),
@@ -107,57 +117,90 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``section.key=value`` strings (values parsed as JSON when possible)."""
     raw = json.loads(json.dumps(raw))
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
         key, value = item.split("=", 1)
         *path, last = key.strip().split(".")
+        if not all(path) or not last:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
         node = raw
-        for p in path:
+        for i, p in enumerate(path):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(path[:i + 1])} is a value ({node!r}), not a section")
         node[last] = _parse_value(value.strip())
     return raw
 
 
+def _section(raw: dict, name: str) -> dict:
+    d = raw.get(name, {})
+    if not isinstance(d, dict):
+        raise ConfigError(f"{name} = {d!r} is not a section (allowed: a table of [{name}] settings)")
+    return d
+
+
 def _build(raw: dict) -> RunConfig:
+    """Check every section, key, type and range of a raw config and build it (:class:`ConfigError` otherwise)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a table of sections, got {type(raw).__name__}")
     unknown = set(raw) - {"modality", "loss", "field", "train", "data"}
     if unknown:
-        raise ValueError(f"unknown config sections {sorted(unknown)}; expected modality, loss, field, train, data")
+        raise ConfigError(f"unknown config sections {sorted(unknown)}; expected modality, loss, field, train, data")
 
     def make(cls, d: dict, section: str):
         names = {f.name for f in fields(cls)}
         bad = set(d) - names
         if bad:
-            raise ValueError(f"unknown [{section}] keys {sorted(bad)}; valid: {sorted(names)}")
+            raise ConfigError(f"unknown [{section}] keys {sorted(bad)}; valid: {sorted(names)}")
         return cls(**d)
 
-    from .fields import DEFAULT_FIELD, get_field
+    from .fields import DEFAULT_FIELD, available_fields, get_field
 
-    field_cls = get_field(raw.get("field", {}).get("name", DEFAULT_FIELD))
-    field_names = ({f.name for f in fields(field_cls.config_class)} - {"in_dim", "out_dim"}) | {"name"}
-    bad = set(raw.get("field", {})) - field_names
+    field = _section(raw, "field")
+    name = Choice(*available_fields())(field.get("name", DEFAULT_FIELD), "field.name")
+    field_cls = get_field(name)
+    all_names = {f.name for f in fields(field_cls.config_class)}
+    field_names = (all_names - {"in_dim", "out_dim"}) | {"name"}
+    bad = set(field) - field_names
     if bad:
-        raise ValueError(f"unknown [field] keys {sorted(bad)}; valid: {sorted(field_names)}")
-    train = make(MetaLearningConfig, raw.get("train", {}), "train")
-    data = make(DataConfig, raw.get("data", {}), "data")
-    return RunConfig(modality=raw.get("modality"), loss=raw.get("loss"), field=dict(raw.get("field", {})),
-                     train=train, data=data)
+        raise ConfigError(f"unknown [field] keys {sorted(bad)}; valid: {sorted(field_names)}")
+    # the field's own checks (types, ranges, parameter count) before anything is allocated; in_dim and
+    # out_dim come from the modality later (small: they hardly change the parameter count)
+    field_cls.config_class(**{k: v for k, v in field.items() if k != "name"},
+                           **{k: 1 for k in ("in_dim", "out_dim") if k in all_names})
+    train = make(MetaLearningConfig, _section(raw, "train"), "train")
+    data = make(DataConfig, _section(raw, "data"), "data")
+    return RunConfig(modality=raw.get("modality"), loss=raw.get("loss"), field=dict(field), train=train, data=data)
+
+
+def _read_config_file(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config file of {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} allowed")
+    try:
+        text = path.read_bytes().decode("utf-8")
+        loaded = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, UTF-8, huge ints
+        raise ConfigError(f"{path}: cannot parse config ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config must be a table of sections, got {type(loaded).__name__}")
+    return loaded
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, preset: str = "cpu") -> RunConfig:
     """Preset, then the file (TOML or JSON), then the overrides; validated into a :class:`RunConfig`."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     raw = json.loads(json.dumps(PRESETS[preset]))
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        text = path.read_text()
+        raw = _merge(raw, _read_config_file(path))
         try:
-            loaded = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot parse config ({e})") from None
-        raw = _merge(raw, loaded)
+            _build(raw)  # the file's own values, named with the file
+        except ConfigError as e:
+            raise in_file(path, e) from None
     raw = apply_overrides(raw, overrides or [])
     return _build(raw)
 

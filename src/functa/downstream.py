@@ -8,16 +8,20 @@ below and take ``section.key=value`` overrides, e.g. ``--set model.width=1024``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .atomic import atomic_stream
+from .atomic import atomic_stream, output_lock
 from .config import apply_overrides
+from .data import read_array_file
 from .functaset import Functaset
+from .errors import ConfigError
 from .io import ArtefactError, write_json
 from .modalities import FieldDataset
 from .fitting import Loss, MetricMeter, predict
@@ -60,9 +64,33 @@ def settings(task: str, overrides: list[str] | None = None, base: dict | None = 
     raw = apply_overrides(base if base is not None else defaults, overrides or [])
     unknown = set(raw) - set(defaults)
     if unknown:
-        raise ValueError(f"unknown {task} settings {sorted(unknown)}; known: {sorted(defaults)}")
+        raise ConfigError(f"unknown {task} settings {sorted(unknown)}; known: {sorted(defaults)}")
+    for section in ("model", "train"):
+        if not isinstance(raw.get(section), dict):
+            raise ConfigError(f"{section} = {str(raw.get(section))[:40]!r} is not a section")
+    from .tasks.diffusion import DenoiserConfig
+    from .tasks.flow import FlowConfig
+
+    model_cls = {"classify": MLPConfig, "baseline": ConvConfig, "flow": FlowConfig, "diffusion": DenoiserConfig}[task]
+    known = set(model_cls.__dataclass_fields__) - {"in_dim", "in_channels", "dim", "grid_shape", "num_classes"}
+    bad = set(raw["model"]) - known
+    if bad:
+        raise ConfigError(f"unknown {task} model settings {sorted(bad)}; known: {sorted(known)}")
     TrainConfig.from_dict(raw["train"])  # validate early
     return raw
+
+
+def _writes_out(fn: Callable) -> Callable:
+    """Hold the advisory lock of the ``out`` directory while ``fn`` trains into it (a second
+    ``train`` into the same directory raises :class:`~functa.errors.LockError`)."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with output_lock(sig.bind(*args, **kwargs).arguments["out"]):
+            return fn(*args, **kwargs)
+
+    return locked
 
 
 # ---------------------------------------------------------------------------- functasets
@@ -104,6 +132,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------- classification
 
+@_writes_out
 def classify_train(train: str | Path, out: str | Path, test: str | Path | None = None,
                    overrides: list[str] | None = None, progress: bool = True) -> dict:
     """Train an MLP on functaset latents (one model per seed); test accuracy with error bars."""
@@ -164,6 +193,7 @@ def _arrays(data: str | Path, split: str, progress: bool = True) -> tuple[Tensor
     return x, torch.as_tensor(np.asarray(ds.labels), dtype=torch.long), ds.meta
 
 
+@_writes_out
 def classify_baseline(data: str | Path, out: str | Path, overrides: list[str] | None = None,
                       progress: bool = True) -> dict:
     """Train the array CNN baseline (2-D on pixels, 3-D on voxel grids) on the same items, with the
@@ -198,6 +228,7 @@ def _conditioning(s: dict, tr: dict) -> tuple[int, Tensor | None]:
     return _num_classes(tr["labels"]), tr["labels"]
 
 
+@_writes_out
 def flow_train(train: str | Path, out: str | Path, test: str | Path | None = None,
                overrides: list[str] | None = None, progress: bool = True) -> dict:
     """Fit a neural spline flow to standardised latents; reports test NLL against a diagonal Gaussian."""
@@ -241,6 +272,7 @@ def flow_train(train: str | Path, out: str | Path, test: str | Path | None = Non
     return metrics
 
 
+@_writes_out
 def diffusion_train(train: str | Path, out: str | Path, overrides: list[str] | None = None,
                     progress: bool = True) -> dict:
     """Train a DDPM (residual-MLP denoiser) on standardised latents."""
@@ -473,10 +505,7 @@ def fid_score(weights: str | Path, reference: str | Path, samples: str | Path, s
     path = Path(samples)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: samples file not found")
-    with np.load(path, allow_pickle=False) as z:
-        if "values" not in z:
-            raise ValueError(f"{path}: no 'values' array (expected a sample.npz / renders.npz)")
-        values = z["values"]
+    values = read_array_file(path, "values")  # size-checked before decoding (functa.data.safeio)
     if values.ndim != 4 or values.shape[-1] != ref.data.shape[-1]:
         raise ValueError(f"{path}: values of shape {values.shape} do not match the reference images "
                          f"{ref.data.shape[1:]}")

@@ -19,16 +19,22 @@ complete chunk. No pickle anywhere; any safetensors reader can open a chunk.
 from __future__ import annotations
 
 import bisect
+import hashlib
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .io import ArtefactError, read_json, save_tensors, sha256_file, versions, write_json
+from .errors import ConfigError
+from .io import ArtefactError, read_json, read_json_object, save_tensors, sha256_file, tensor_shapes, versions, write_json
+from .validation import Bool, Int, IntSeq, Text
 
 __all__ = ["FunctasetWriter", "Functaset", "MANIFEST"]
 
@@ -51,6 +57,8 @@ class FunctasetWriter:
     def __init__(self, path: str | Path, header: dict[str, Any], total: int, chunk_size: int = 4096) -> None:
         self.path = Path(path)
         self.header, self.total, self.chunk_size = header, int(total), int(chunk_size)
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self._buf: dict[str, list[np.ndarray]] = {}
         self._buffered = 0
         if (self.path / MANIFEST).exists():
@@ -129,35 +137,79 @@ class Functaset(Dataset):
     """Read a functaset; ``ds[i] -> (latent (*latent_shape), label)``. Chunks are read on demand.
 
     :attr:`columns` names every stored column: ``latents``, ``labels``, ``index`` and the per-item
-    values (``loss`` and the modality's metrics; ``mse`` and ``psnr`` in format-1 functasets)."""
+    values (``loss`` and the modality's metrics; ``mse`` and ``psnr`` in format-1 functasets).
 
-    def __init__(self, path: str | Path, verify: bool = False) -> None:
+    Opening checks the manifest (its schema: types, ranges, required keys; chunk files are plain
+    names inside the directory; the chunk counts add up to ``count``) and the header of every
+    chunk (each array's shape and dtype as the manifest declares: ``latents (n, *latent_shape)``
+    float32, ``labels`` / ``index`` ``(n,)`` int64, one float32 ``(n,)`` per column), so nothing is
+    allocated from a size the files do not hold. With ``verify=True`` (the default) every chunk's
+    bytes are also checked against the SHA-256 in the manifest when the chunk is first read
+    (:meth:`arrays`, :meth:`take`, indexing), so corrupt latents are never returned;
+    ``verify=False`` skips the hashes (the fast path, for files known to be intact). Problems
+    raise :class:`ArtefactError` naming the file.
+    """
+
+    def __init__(self, path: str | Path, verify: bool = True) -> None:
         self.path = Path(path)
-        if not (self.path / MANIFEST).is_file():
+        self.verify = bool(verify)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            if manifest_path.exists():
+                raise ArtefactError(f"{manifest_path}: not a regular file")
             raise ArtefactError(f"{self.path}: not a functaset (no {MANIFEST})")
-        self.manifest = read_json(self.path / MANIFEST)
+        self.manifest = read_json_object(manifest_path, "a functaset manifest (a JSON object)")
         if self.manifest.get("format") != FORMAT:
-            raise ArtefactError(f"{self.path / MANIFEST}: format is {self.manifest.get('format')!r}, not a functaset")
-        if int(self.manifest.get("format_version", 0)) > FORMAT_VERSION:
-            raise ArtefactError(f"{self.path}: functaset format {self.manifest['format_version']} is newer than "
-                                f"this library supports ({FORMAT_VERSION}); upgrade functa")
+            raise ArtefactError(f"{manifest_path}: format is {str(self.manifest.get('format'))[:40]!r}, not a functaset")
+        try:
+            version = Int(0, 2**31)(self.manifest.get("format_version", 0), "format_version")
+            if version > FORMAT_VERSION:
+                raise ArtefactError(f"{self.path}: functaset format {version} is newer than "
+                                    f"this library supports ({FORMAT_VERSION}); upgrade functa")
+            self._latent_shape, stored, self._chunks = _check_manifest(self.manifest, version)
+        except ConfigError as e:
+            raise ArtefactError(f"{manifest_path}: {e}") from None
+        self.columns: tuple[str, ...] = _KEYS + stored
+        self._expected = [self._expected_arrays(int(ch["count"])) for ch in self._chunks]
+        root = self.path.resolve()
         self._starts = [0]
-        for ch in self.manifest["chunks"]:
+        for ch, expected in zip(self._chunks, self._expected):
             f = self.path / ch["file"]
             if not f.is_file():
-                raise ArtefactError(f"{f}: chunk listed in the manifest is missing")
-            if verify and sha256_file(f) != ch["sha256"]:
-                raise ArtefactError(f"{f}: checksum mismatch (corrupt chunk)")
+                raise ArtefactError(f"{f}: chunk listed in the manifest is "
+                                    f"{'not a regular file' if f.exists() else 'missing'}")
+            if f.resolve().parent != root:
+                raise ArtefactError(f"{f}: chunk is a link to a file outside the functaset")
+            try:
+                stored_arrays = tensor_shapes(f)
+            except ArtefactError:
+                if self.verify and sha256_file(f) != ch["sha256"]:
+                    raise ArtefactError(f"{f}: checksum mismatch (corrupt chunk)") from None
+                raise ArtefactError(f"{f}: unreadable chunk (not a safetensors file)") from None
+            self._match(f, expected, stored_arrays)
             self._starts.append(self._starts[-1] + int(ch["count"]))
         self._cache: tuple[int, dict[str, Tensor]] | None = None
-        stored = self.manifest.get("columns") or (list(_V1_COLUMNS) if self.manifest.get("format_version") == 1 else [])
-        self.columns: tuple[str, ...] = _KEYS + tuple(stored)
+        self._verified: set[int] = set()
+
+    def _expected_arrays(self, n: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        out = {"latents": ((n, *self._latent_shape), "F32"), "labels": ((n,), "I64"), "index": ((n,), "I64")}
+        out.update({k: ((n,), "F32") for k in self.columns[len(_KEYS):]})
+        return out
+
+    @staticmethod
+    def _match(f: Path, expected: dict, stored: dict) -> None:
+        for k, (shape, dtype) in expected.items():
+            if k not in stored:
+                raise ArtefactError(f"{f}: chunk has no {k!r} array (the manifest lists it)")
+            s_shape, s_dtype = stored[k]
+            if tuple(s_shape) != shape or s_dtype != dtype:
+                raise ArtefactError(f"{f}: {k} are {s_dtype} of shape {tuple(s_shape)}; the manifest declares "
+                                    f"{dtype} of shape {shape}")
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
         """Shape of one latent (format 1 recorded only ``latent_dim``: a vector)."""
-        h = self.header
-        return tuple(h["latent_shape"]) if "latent_shape" in h else (int(h["latent_dim"]),)
+        return self._latent_shape
 
     @property
     def header(self) -> dict:
@@ -172,12 +224,27 @@ class Functaset(Dataset):
 
     def _chunk(self, c: int) -> dict[str, Tensor]:
         if self._cache is None or self._cache[0] != c:
-            f = self.path / self.manifest["chunks"][c]["file"]
+            ch = self._chunks[c]
+            f = self.path / ch["file"]
             try:
-                with safe_open(str(f), framework="pt") as st:
-                    data = {k: st.get_tensor(k) for k in self.columns}
-            except Exception as e:  # safetensors raises several types for corrupt files
-                raise ArtefactError(f"{f}: unreadable chunk ({e})") from None
+                if self.verify and c not in self._verified:
+                    raw = f.read_bytes()  # hash the very bytes that are parsed
+                    if hashlib.sha256(raw).hexdigest() != ch["sha256"]:
+                        raise ArtefactError(f"{f}: checksum mismatch (corrupt chunk)")
+                    tensors = load_safetensors(raw)
+                    del raw
+                    data = {k: tensors[k] for k in self.columns}
+                    self._verified.add(c)
+                else:
+                    with safe_open(str(f), framework="pt") as st:
+                        data = {k: st.get_tensor(k) for k in self.columns}
+            except ArtefactError:
+                raise
+            except Exception as e:  # noqa: BLE001 - safetensors raises several types for corrupt files
+                raise ArtefactError(f"{f}: unreadable chunk ({' '.join(str(e).split())[:200]})") from None
+            # the file may have been replaced since it was opened
+            self._match(f, self._expected[c], {k: (tuple(v.shape), _DTYPE_NAMES.get(v.dtype, str(v.dtype)))
+                                                for k, v in data.items()})
             self._cache = (c, data)
         return self._cache[1]
 
@@ -213,7 +280,7 @@ class Functaset(Dataset):
     def arrays(self) -> dict[str, Tensor]:
         """All columns concatenated: ``latents (M, *latent_shape)``, ``labels``, ``index`` and the per-item
         values ``(M,)``."""
-        parts = [self._chunk(c) for c in range(len(self.manifest["chunks"]))]
+        parts = [self._chunk(c) for c in range(len(self._chunks))]
         if not parts:
             return {k: torch.empty(0) for k in self.columns}
         out = {k: torch.cat([p[k] for p in parts]) for k in self.columns}
@@ -226,3 +293,73 @@ class Functaset(Dataset):
         if mine != sha256:
             raise ArtefactError(f"{self.path}: encoded with base network {str(mine)[:12]}…, not {sha256[:12]}…; "
                                 "latents are only meaningful with the network that produced them")
+
+
+_DTYPE_NAMES = {torch.float32: "F32", torch.int64: "I64", torch.float64: "F64", torch.float16: "F16",
+                torch.int32: "I32"}
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")  # a file name: no separators, no "..", no dot files
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_LATENT_SIZE = 2**24  # floats in one latent
+MAX_ROWS = 2**40
+
+
+def _check_manifest(m: dict, version: int) -> tuple[tuple[int, ...], tuple[str, ...], list[dict]]:
+    """Schema of a functaset manifest; returns ``(latent_shape, per-item columns, chunks)``.
+    Raises :class:`ConfigError` (the caller names the file)."""
+    header = m.get("header")
+    if not isinstance(header, dict):
+        raise ConfigError("header is missing or not an object")
+    base = header.get("base_network")
+    if not isinstance(base, dict):
+        raise ConfigError("header.base_network is missing or not an object")
+    Text(max_len=256)(base.get("sha256"), "header.base_network.sha256")
+    dim = Int(1, MAX_LATENT_SIZE)(header.get("latent_dim"), "header.latent_dim")
+    if "latent_shape" in header:
+        shape = IntSeq(1, MAX_LATENT_SIZE, min_len=1, max_len=8)(header["latent_shape"], "header.latent_shape")
+        if math.prod(shape) != dim:
+            raise ConfigError(f"header.latent_shape {list(shape)} does not hold header.latent_dim = {dim} values")
+    else:
+        shape = (dim,)
+    total = Int(0, MAX_ROWS)(m.get("total"), "total")
+    count = Int(0, total)(m.get("count"), "count")
+    if "complete" in m:
+        complete = Bool()(m["complete"], "complete")
+        if complete and count != total:
+            raise ConfigError(f"marked complete with count = {count} of total = {total}")
+    columns = m.get("columns")
+    if columns is None:
+        stored = _V1_COLUMNS if version == 1 else ()
+    else:
+        if not isinstance(columns, list) or len(columns) > 256:
+            raise ConfigError(f"columns = {str(columns)[:40]!r} is not a list of column names")
+        for i, name in enumerate(columns):
+            if not isinstance(name, str) or not _COLUMN_NAME.fullmatch(name) or name in _KEYS:
+                raise ConfigError(f"columns[{i}] = {str(name)[:40]!r} is not a column name")
+        if len(set(columns)) != len(columns):
+            raise ConfigError(f"columns {columns} has repeated names")
+        stored = tuple(columns)
+    for key in ("sums", "summary"):
+        if key in m and not isinstance(m[key], dict):
+            raise ConfigError(f"{key} = {str(m[key])[:40]!r} is not an object")
+    chunks = m.get("chunks")
+    if not isinstance(chunks, list):
+        raise ConfigError(f"chunks = {str(chunks)[:40]!r} is not a list")
+    seen: set[str] = set()
+    rows = 0
+    for i, ch in enumerate(chunks):
+        if not isinstance(ch, dict):
+            raise ConfigError(f"chunks[{i}] = {str(ch)[:40]!r} is not an object")
+        name = ch.get("file")
+        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or name == MANIFEST:
+            raise ConfigError(f"chunks[{i}].file = {str(name)[:60]!r} is not a plain file name inside the functaset")
+        if name in seen:
+            raise ConfigError(f"chunks[{i}].file = {name!r} is listed twice")
+        seen.add(name)
+        rows += Int(1, MAX_ROWS)(ch.get("count"), f"chunks[{i}].count")
+        digest = ch.get("sha256")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ConfigError(f"chunks[{i}].sha256 = {str(digest)[:70]!r} is not a SHA-256 digest")
+    if rows != count:
+        raise ConfigError(f"the chunks hold {rows} rows, but count = {count}")
+    return tuple(shape), stored, chunks

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from torch import nn
 
-from .atomic import atomic_stream
+from .atomic import atomic_stream, output_lock
 from .codec.patches import from_patches, to_patches
-from .config import RunConfig
+from .config import DataConfig, RunConfig
 from .data import ArrayDataset, DataError, load_dataset
 from .device import resolve_device
 from .fields import DEFAULT_FIELD, field_from_config
@@ -28,6 +28,8 @@ from .fitting import (Batch, Loss, MetaLearner, MetricMeter, auto_batch_size, ev
                       get_loss, predict, release_free_memory)
 from .functaset import Functaset, FunctasetWriter
 from .io import ArtefactError, load_base_network, read_json, save_base_network
+from .errors import ConfigError
+from .validation import in_file
 from .modalities import FieldDataset, Modality, PatchDataset, detect_modality, get_modality, modality_from_config
 
 __all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "model_loss", "open_data",
@@ -56,11 +58,24 @@ def model_loss(config: dict) -> Loss:
 def load_model(run_dir: str | Path, device: str | torch.device | None = "cpu") -> tuple[nn.Module, Modality, dict]:
     """Base network (on ``device``; ``"auto"``: CUDA if available), modality and config of a ``fit`` directory."""
     field, config = load_base_network(run_dir)
-    field.to(resolve_device(device))
     if "modality" not in config:
         raise ArtefactError(f"{run_dir}: base network has no modality config")
+    if "inner_steps" not in config.get("run", {}).get("train", {}):  # types checked by load_base_network
+        raise ArtefactError(f"{Path(run_dir) / 'config.json'}: no run.train.inner_steps; not written by 'functa fit'")
+    try:  # the settings later stages use, named with the file
+        modality = modality_from_config(config["modality"])
+        model_loss(config)
+        data = config.get("data", {})
+        DataConfig(**{k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__})
+    except ConfigError as e:
+        raise in_file(Path(run_dir) / "config.json", e) from None
+    if (field.in_dim, field.out_dim) != (modality.in_dim, modality.out_channels):
+        raise ArtefactError(f"{Path(run_dir) / 'config.json'}: the field maps {field.in_dim}-d coordinates to "
+                            f"{field.out_dim} channel(s), the {modality.name} modality needs {modality.in_dim} to "
+                            f"{modality.out_channels}")
+    field.to(resolve_device(device))
     field.eval()
-    return field, modality_from_config(config["modality"]), config
+    return field, modality, config
 
 
 def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = True,
@@ -70,8 +85,15 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
     Resumes if ``out`` holds an unfinished run with the same field settings. With ``data.patch``
     the base network is meta-learned on random crops of that size (its modality grid is the patch;
     large items are then compressed patch by patch). Returns the final ``config.json`` content.
+    ``out`` is locked while the run writes it (:func:`functa.atomic.output_lock`: a second ``fit``
+    into it raises :class:`~functa.errors.LockError`).
     """
-    out = Path(out)
+    with output_lock(out):
+        return _fit(data, Path(out), config, progress, time_limit_s, device)
+
+
+def _fit(data: str | Path, out: Path, config: RunConfig, progress: bool, time_limit_s: float | None,
+         device: str | torch.device | None) -> dict:
     data_cfg = asdict(config.data)
     train_ds = open_data(data, "train", data_cfg, progress)
     try:
@@ -137,8 +159,16 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
     ``{"pad": 4}`` in ``augment_options``) and ``copies > 0`` the functaset holds the originals
     followed by ``copies`` augmented copies of the whole split (rows of the same item share
     ``index``). Items are read batch by batch, so a memory-mapped dataset streams. Every row stores
-    the fitting loss and the modality's per-item metrics. Resumes an interrupted run.
+    the fitting loss and the modality's per-item metrics. Resumes an interrupted run; ``out`` is
+    locked while it is written (a second writer raises :class:`~functa.errors.LockError`).
     """
+    with output_lock(out):
+        return _encode(model, data, Path(out), split, steps, batch_size, chunk_size, progress, augment, copies,
+                       augment_seed, augment_options, device)
+
+
+def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progress, augment, copies, augment_seed,
+            augment_options, device) -> Functaset:
     field, modality, cfg = load_model(model, device)
     loss, metrics = model_loss(cfg), modality.reconstruction_metrics()
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
@@ -169,7 +199,8 @@ def encode(model: str | Path, data: str | Path, out: str | Path, split: str = "t
     batches = 0
     while row < total:
         copy, s = divmod(row, m)
-        idx = np.arange(s, min(s + batch_size, m))
+        # batches never straddle a chunk boundary: a resumed run (it restarts at one) fits the same batches
+        idx = np.arange(s, min(s + batch_size, m, s + writer.chunk_size - row % writer.chunk_size))
         if copy == 0:
             y = src.features(idx)
         else:

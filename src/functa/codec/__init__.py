@@ -1,7 +1,7 @@
 """Compression with functa (COIN++ and beyond): quantisation, entropy coding, the ``.fta``
 container, patches for large items, the codec itself, and the baselines it is measured against."""
 
-from .container import ContainerError, Header, pack, unpack
+from .container import MAX_OUTPUT_POINTS, ContainerError, Header, pack, unpack
 from .autoregressive import AutoregressiveConfig, AutoregressiveModel
 from .entropy import ENTROPY_MODELS, FactorizedModel, fit_entropy_model
 from .model import CodecConfig, CodecError, EncodeSettings, FunctaCodec
@@ -19,6 +19,7 @@ __all__ = [
     "FactorizedModel",
     "FunctaCodec",
     "Header",
+    "MAX_OUTPUT_POINTS",
     "PatchGrid",
     "Quantizer",
     "QuantizerConfig",

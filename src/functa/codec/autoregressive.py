@@ -13,11 +13,16 @@ which is exact and sums to one, so it is both the training likelihood (no dequan
 needed) and the coding distribution: dimension by dimension, the range coder gets the ``(P, S)``
 table of every patch's next symbol.
 
-Encoder and decoder evaluate the network in the same sequence of calls (one pass per dimension,
-later dimensions zero; their weights are masked to exact zeros), so both sides see bit-identical
-tables on the same machine and library build. As with most learned entropy models, decoding on a
-different CPU or BLAS may in rare cases compute a different table and fail; the factorised models
-(integer counts) have no such caveat.
+Encoder and decoder evaluate the network in the same sequence of calls (per dimension, one pass
+over each chunk of :attr:`AutoregressiveModel.chunk` patches, later dimensions zero; their weights
+are masked to exact zeros), so both sides see bit-identical tables on the same machine and library
+build. As with most learned entropy models, decoding on a different CPU or BLAS may in rare cases
+compute a different table and fail; the factorised models (integer counts) have no such caveat.
+The symbols are coded dimension-major (every patch's first dimension, then every patch's second,
+...). Only the first dimension's table is known before decoding, so a header asking for more
+patches than the payload holds is refused up front when their first dimensions alone exceed the
+payload's capacity, and otherwise once the decoded symbols do
+(:class:`~functa.codec.entropy.PayloadDecoder`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .entropy import _coder, bytes_to_words, words_to_bytes
+from ..errors import ConfigError
+from ..validation import MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
+from .entropy import PayloadDecoder, _coder, chunk_rows, code_length_bound, words_to_bytes
 
 __all__ = ["AutoregressiveConfig", "AutoregressiveModel"]
 
@@ -43,9 +50,14 @@ class AutoregressiveConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if self.components < 1 or not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"invalid autoregressive model config {self}")
+        try:
+            check_fields(self, "autoregressive", hidden=IntSeq(1, 16384, min_len=1, max_len=16),
+                         components=Int(1, 64), steps=Int(0, 10**9), batch_size=Int(1, 2**20),
+                         lr=Real(0, 1e3, lo_open=True), seed=Int(0, 2**63 - 1))
+        except ConfigError as e:
+            raise ConfigError(f"invalid autoregressive model config: {e}") from None
+        check_total("autoregressive", sum(a * b for a, b in zip(self.hidden, self.hidden[1:])), MAX_PARAMETERS,
+                    f"hidden layers {list(self.hidden)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,18 +151,33 @@ class AutoregressiveModel(nn.Module):
         enc = c.stream.queue.RangeEncoder()
         model = c.stream.model.Categorical(perfect=False)
         for d in range(self.dim):
-            enc.encode(sym[:, d].numpy().astype(np.int32), model, self._tables(sym, d))
+            for start in range(0, sym.shape[0], self.chunk):
+                part = sym[start:start + self.chunk]
+                enc.encode(part[:, d].numpy().astype(np.int32), model, self._tables(part, d))
         return words_to_bytes(enc.get_compressed())
 
+    def min_bits(self) -> float:
+        """A lower bound on the coded bits of one latent: those of its likeliest first level (the first
+        dimension's table has no context), with ``2^-16`` of slack for rounding across batch sizes."""
+        first = self._tables(torch.zeros(1, self.dim, dtype=torch.long), 0).max()
+        return float(code_length_bound(first + 2.0**-16))
+
+    @property
+    def chunk(self) -> int:
+        """Patches per network pass when coding (bounds the ``(n, S, K)`` mixture tensors)."""
+        return chunk_rows(self.num_symbols * self.config.components)
+
     def decode(self, data: bytes, count: int, dim: int) -> Tensor:
+        """Inverse of :meth:`encode` -> ``(count, dim)`` int64; raises :class:`~functa.errors.CodecError`
+        on a corrupt payload or one too short for ``count`` patches."""
         if dim != self.dim:
             raise ValueError(f"latents have {dim} dimensions, the entropy model was fitted on {self.dim}")
-        c = _coder()
-        dec = c.stream.queue.RangeDecoder(bytes_to_words(data))
-        model = c.stream.model.Categorical(perfect=False)
-        sym = torch.zeros(count, self.dim, dtype=torch.long)
+        dec = PayloadDecoder(data, count, self.min_bits())
+        sym = torch.empty(count, self.dim, dtype=torch.long)  # filled as decoded; _tables zeroes the rest
         for d in range(self.dim):
-            sym[:, d] = torch.from_numpy(np.asarray(dec.decode(model, self._tables(sym, d)), dtype=np.int64))
+            for start in range(0, count, self.chunk):
+                part = sym[start:start + self.chunk]
+                part[:, d] = torch.from_numpy(dec.decode(self._tables(part, d)))
         return sym
 
     def state(self) -> dict[str, Tensor]:

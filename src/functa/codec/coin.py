@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import CodecError
 from ..fields.init import siren_weight_bound
 from ..modalities.image import image_coordinates
-from .container import Header, pack, unpack
+from .container import MAX_OUTPUT_POINTS, Header, pack, unpack
 
 __all__ = ["CoinConfig", "CoinCodec"]
 
@@ -118,12 +120,17 @@ class CoinCodec:
         header = Header(self.codec_id, "image", 16, False, "raw16", (h, w))
         return [pack(header, row.astype("<f2").tobytes()) for row in flat]
 
-    def decompress(self, data: bytes) -> np.ndarray:
+    def decompress(self, data: bytes, max_output_points: int = MAX_OUTPUT_POINTS) -> np.ndarray:
+        """``.fta`` bytes -> the image ``(H, W, C)`` float in ``[0, 255]``; raises :class:`CodecError` for a
+        corrupt file, another codec's, or an image of more than ``max_output_points`` pixels."""
         header, payload = unpack(data)
-        if header.codec_id != self.codec_id or header.entropy_model != "raw16":
-            raise ValueError(f"the file was made by codec {header.codec_id.hex()}, this is COIN codec {self.codec_id.hex()}")
+        if header.codec_id != self.codec_id or header.entropy_model != "raw16" or len(header.shape) != 2:
+            raise CodecError(f"the file was made by codec {header.codec_id.hex()}, this is COIN codec {self.codec_id.hex()}")
         if len(payload) != 2 * self.config.num_params:
-            raise ValueError(f"payload holds {len(payload)} bytes, the COIN architecture needs {2 * self.config.num_params}")
+            raise CodecError(f"payload holds {len(payload)} bytes, the COIN architecture needs {2 * self.config.num_params}")
+        if math.prod(header.shape) > max_output_points:
+            raise CodecError(f"the file declares a {header.shape[0]}x{header.shape[1]} image, more than the limit of "
+                             f"{max_output_points} pixels")
         flat = torch.from_numpy(np.frombuffer(payload, dtype="<f2").astype(np.float32))
         params, pos = [], 0
         for o, i in self.config.shapes():

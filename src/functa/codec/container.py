@@ -22,7 +22,10 @@ end-4  4       CRC-32 (zlib) of every preceding byte
 ====== ======= ==============================================================================
 
 :func:`unpack` checks the length, magic, version, checksum and every field's range before
-anything is decoded, and raises :class:`ContainerError` naming the problem.
+anything is decoded, and raises :class:`ContainerError` naming the problem. The checksum only
+catches accidents (anyone can recompute it); decoders treat every field as untrusted and by
+default refuse items of more than :data:`MAX_OUTPUT_POINTS` points (``2^25``, e.g. one 7680x4320
+frame; ``max_output_points`` raises it).
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ from ..errors import CodecError
 from ..modalities import get_modality, modality_by_code
 
 __all__ = ["ContainerError", "Header", "pack", "unpack", "MAGIC", "VERSION", "ENTROPY_CODES",
-           "MAX_AXIS", "MAX_POINTS"]
+           "MAX_AXIS", "MAX_POINTS", "MAX_OUTPUT_POINTS"]
 
 MAGIC = b"FTAC"
 VERSION = 1
 ENTROPY_CODES = {"histogram": 0, "per_dimension": 1, "raw16": 2, "autoregressive": 3}
 MAX_AXIS = 2**20
-MAX_POINTS = 2**31
+MAX_POINTS = 2**31  # what the format can describe
+MAX_OUTPUT_POINTS = 2**25  # what decoders accept by default (an override raises it up to MAX_POINTS)
 _FIXED = struct.Struct("<4sB8sBBBB")  # magic, version, codec id, modality, quantiser, entropy, axes
 
 

@@ -13,7 +13,11 @@ steps with a straight-through gradient, optionally against a rate-distortion obj
 (:class:`EncodeSettings`), quantise, range-code all patches'
 symbols as one payload, and wrap it in a ``.fta`` container (:mod:`functa.codec.container`).
 Decompressing reverses this without any fitting: decode symbols, dequantise, evaluate the base
-network on every patch grid, stitch.
+network on every patch grid, stitch. A file is untrusted input: its declared item may have at most
+``max_output_points`` points once padded to whole patches (:data:`MAX_OUTPUT_POINTS` by default,
+e.g. one 7680x4320 frame), its payload must be long enough for that many patches
+(:mod:`functa.codec.entropy`), and every problem raises :class:`~functa.errors.CodecError` before
+the item is rendered.
 
 On disk a codec is a directory: the base network's ``model.safetensors`` and ``config.json``
 (copied byte for byte, so it stays a valid base network) plus ``codec.json`` (settings, codec id)
@@ -39,11 +43,14 @@ from ..device import resolve_device
 from ..errors import CodecError
 from ..fields import field_device
 from ..fitting import Batch, auto_batch_size, fit_latents, get_loss, predict
-from ..io import CONFIG_FILE, MODEL_FILE, ArtefactError, load_base_network, load_tensors, read_json, save_tensors, write_json
+from ..errors import ConfigError
+from ..io import (CONFIG_FILE, MODEL_FILE, ArtefactError, load_base_network, load_tensors, read_json_object, save_tensors,
+                  write_json)
+from ..validation import Choice, Int, Real, check_fields, in_file
 from ..modalities import Modality, modality_from_config
-from .container import Header, pack, unpack
+from .container import MAX_OUTPUT_POINTS, Header, pack, unpack
 from .autoregressive import AutoregressiveConfig
-from .entropy import FACTORIZED, entropy_from_state, fit_entropy_model
+from .entropy import ENTROPY_MODELS, FACTORIZED, entropy_from_state, fit_entropy_model
 from .patches import PatchGrid, from_patches, to_patches
 from .quantize import Quantizer, QuantizerConfig
 
@@ -53,8 +60,6 @@ CODEC_FILE = "codec.json"
 CODEC_TENSORS = "codec.safetensors"
 FORMAT = "functa-codec"
 FORMAT_VERSION = 1
-
-
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,8 @@ class EncodeSettings:
     rate_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.inner_steps is not None and self.inner_steps < 0:
-            raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
-        if self.refine_steps < 0 or not self.refine_lr > 0 or self.rate_weight < 0:
-            raise ValueError("refine_steps >= 0, refine_lr > 0 and rate_weight >= 0 are required")
+        check_fields(self, "encode", inner_steps=Int(0, 100_000, optional=True), refine_steps=Int(0, 10**6),
+                     refine_lr=Real(0, 1e6, lo_open=True), rate_weight=Real(0, 1e9))
         if self.rate_weight > 0 and self.refine_steps == 0:
             raise ValueError("rate_weight acts through the refinement steps; set refine_steps > 0")
 
@@ -93,12 +96,17 @@ class CodecConfig:
     autoregressive: AutoregressiveConfig = AutoregressiveConfig()  # used by entropy_model="autoregressive"
 
     def __post_init__(self) -> None:
-        if isinstance(self.quantizer, dict):
-            object.__setattr__(self, "quantizer", QuantizerConfig(**self.quantizer))
-        if isinstance(self.autoregressive, dict):
-            object.__setattr__(self, "autoregressive", AutoregressiveConfig(**self.autoregressive))
-        if isinstance(self.encode, dict):
-            object.__setattr__(self, "encode", EncodeSettings(**self.encode))
+        for name, cls in (("quantizer", QuantizerConfig), ("autoregressive", AutoregressiveConfig),
+                          ("encode", EncodeSettings)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+                if unknown:
+                    raise ConfigError(f"unknown {name} settings {unknown[:5]}; valid: {sorted(cls.__dataclass_fields__)}")
+                object.__setattr__(self, name, cls(**value))
+            elif not isinstance(value, cls):
+                raise ConfigError(f"{name} = {str(value)[:40]!r} is not a section")
+        check_fields(self, "", entropy_model=Choice(*ENTROPY_MODELS))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,12 +165,15 @@ class FunctaCodec:
         """Write the codec directory (base network files copied from ``base_dir``)."""
         directory, base_dir = Path(directory), Path(base_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        for name in (MODEL_FILE, CONFIG_FILE):
-            if (base_dir / name).resolve() != (directory / name).resolve():
-                atomic_copy(base_dir / name, directory / name)
+        # codec.json is the commit point: removed first, written last, so a build killed at any
+        # moment leaves an incomplete codec (recognised by load), never a mix of two builds
+        (directory / CODEC_FILE).unlink(missing_ok=True)
         tensors = {f"quantizer.{k}": v for k, v in self.quantizer.state().items()}
         tensors.update({f"entropy.{k}": v for k, v in self.entropy.state().items()})
         save_tensors(directory / CODEC_TENSORS, tensors)
+        for name in (MODEL_FILE, CONFIG_FILE):
+            if (base_dir / name).resolve() != (directory / name).resolve():
+                atomic_copy(base_dir / name, directory / name)
         write_json(directory / CODEC_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                             "codec_id": self.codec_id.hex(), "config": self.config.to_dict(),
                                             "base_network_sha256": self.base_config.get("sha256"),
@@ -174,17 +185,28 @@ class FunctaCodec:
         """Load a codec directory; the base network runs on ``device`` (``"auto"``: CUDA if available;
         the quantiser and entropy tables stay on the CPU)."""
         directory = Path(directory)
-        meta = read_json(directory / CODEC_FILE)
+        if not (directory / CODEC_FILE).is_file() and (directory / CODEC_TENSORS).is_file():
+            raise ArtefactError(f"{directory}: incomplete codec (no {CODEC_FILE}: its build was interrupted); "
+                                "rerun 'functa codec build'")
+        meta = read_json_object(directory / CODEC_FILE, "a codec description (a JSON object)")
         if meta.get("format") != FORMAT:
-            raise ArtefactError(f"{directory / CODEC_FILE}: not a functa codec (format {meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise ArtefactError(f"{directory}: codec format {meta['format_version']} is newer than this library "
+            raise ArtefactError(f"{directory / CODEC_FILE}: not a functa codec (format {str(meta.get('format'))[:40]!r})")
+        try:
+            version = Int(0, 2**31)(meta.get("format_version", 0), "format_version")
+            if not isinstance(meta.get("config"), dict):
+                raise ConfigError(f"config = {str(meta.get('config'))[:40]!r} is not a section")
+            config = CodecConfig(**meta["config"])
+        except ConfigError as e:
+            raise in_file(directory / CODEC_FILE, e) from None
+        except TypeError as e:  # unknown top-level keys
+            raise ConfigError(f"{directory / CODEC_FILE}: invalid codec config ({' '.join(str(e).split())[:200]})") from None
+        if version > FORMAT_VERSION:
+            raise ArtefactError(f"{directory}: codec format {version} is newer than this library "
                                 f"supports ({FORMAT_VERSION}); upgrade functa")
         field, base_config = load_base_network(directory)
         if meta.get("base_network_sha256") != base_config.get("sha256"):
             raise ArtefactError(f"{directory}: the codec was built for base network {meta.get('base_network_sha256')}, "
                                 f"but the directory holds {base_config.get('sha256')}")
-        config = CodecConfig(**meta["config"])
         tensors = load_tensors(directory / CODEC_TENSORS)
         try:
             quantizer = Quantizer.from_state(config.quantizer, {k[10:]: v for k, v in tensors.items()
@@ -194,8 +216,11 @@ class FunctaCodec:
                                          math.prod(field.latent_shape), config.quantizer.levels, config.autoregressive)
         except (KeyError, ValueError, RuntimeError) as e:
             raise ArtefactError(f"{directory / CODEC_TENSORS}: invalid codec tables ({e})") from None
-        codec = cls(field.to(resolve_device(device)), modality_from_config(base_config["modality"]), base_config, quantizer, entropy,
-                    config)
+        try:
+            modality = modality_from_config(base_config.get("modality"))
+        except ConfigError as e:
+            raise in_file(directory / CONFIG_FILE, e) from None
+        codec = cls(field.to(resolve_device(device)), modality, base_config, quantizer, entropy, config)
         if codec.codec_id.hex() != meta.get("codec_id"):
             raise ArtefactError(f"{directory}: codec id {codec.codec_id.hex()} computed from the files does not match "
                                 f"{CODEC_FILE} ({meta.get('codec_id')}); the tables were modified")
@@ -312,12 +337,9 @@ class FunctaCodec:
         return Header(self.codec_id, self.modality.name, q.bits, q.per_dimension, self.config.entropy_model, shape)
 
     # ------------------------------------------------------------------ decoding
-    def _symbols(self, data: bytes) -> tuple[Tensor, PatchGrid]:
+    def _symbols(self, data: bytes, max_output_points: int) -> tuple[Tensor, PatchGrid]:
         """Validate a file against this codec and decode its symbols ``(P, D)``."""
-        try:
-            header, payload = unpack(data)
-        except ValueError as e:
-            raise CodecError(str(e)) from None
+        header, payload = unpack(data)  # raises ContainerError, a CodecError
         if header.codec_id != self.codec_id:
             raise CodecError(f"the file was made by codec {header.codec_id.hex()}, this is codec {self.codec_id.hex()}")
         expected = self._header(header.shape)
@@ -326,15 +348,25 @@ class FunctaCodec:
         if len(header.shape) != len(self.patch_shape):
             raise CodecError(f"file holds a {len(header.shape)}-axis item, the codec's patches have {len(self.patch_shape)}")
         grid = PatchGrid(header.shape, self.patch_shape)
+        points = math.prod(grid.padded)
+        if points > max_output_points:
+            raise CodecError(f"the file declares a {'x'.join(map(str, header.shape))} item ({points} points padded to "
+                             f"whole patches), more than the limit of {max_output_points}; raise max_output_points "
+                             f"(--max-output-points) if it is genuine")
         return self.entropy.decode(payload, grid.num_patches, self.latent_dim), grid
 
-    def decompress(self, data: bytes) -> np.ndarray:
-        """``.fta`` bytes -> the item ``(*shape[, C])`` in data units. Raises :class:`CodecError`."""
-        return self.decompress_many([data])[0]
+    def decompress(self, data: bytes, max_output_points: int = MAX_OUTPUT_POINTS) -> np.ndarray:
+        """``.fta`` bytes -> the item ``(*shape[, C])`` in data units.
 
-    def decompress_many(self, files: list[bytes]) -> list[np.ndarray]:
-        """Decode several files; the patches of all of them are rendered in shared batches."""
-        decoded = [self._symbols(f) for f in files]
+        Raises :class:`CodecError` for a corrupt file, one made by another codec, or one whose item
+        has more than ``max_output_points`` points padded to whole patches.
+        """
+        return self.decompress_many([data], max_output_points)[0]
+
+    def decompress_many(self, files: list[bytes], max_output_points: int = MAX_OUTPUT_POINTS) -> list[np.ndarray]:
+        """Decode several files (each within ``max_output_points``, see :meth:`decompress`); the
+        patches of all of them are rendered in shared batches."""
+        decoded = [self._symbols(f, max_output_points) for f in files]
         if not decoded:
             return []
         patches = self.render_latents(self.quantizer.dequantize(torch.cat([s for s, _ in decoded])))

@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
+from ..validation import Bool, Int, Real, check_fields
+
 __all__ = ["QuantizerConfig", "Quantizer", "default_std_range"]
 
 
@@ -38,10 +41,10 @@ class QuantizerConfig:
     std_range: float | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "quantizer", bits=Int(-2**63, 2**63), per_dimension=Bool(),
+                     std_range=Real(0, 1e6, lo_open=True, optional=True))
         if not 1 <= self.bits <= 16:
-            raise ValueError(f"bits must be in 1..16, got {self.bits}")
-        if self.std_range is not None and not self.std_range > 0:
-            raise ValueError(f"std_range must be positive, got {self.std_range}")
+            raise ConfigError(f"bits must be in 1..16, got {self.bits}")
 
     @property
     def levels(self) -> int:

@@ -19,6 +19,11 @@ Images come back as ``(M, H, W, C)`` uint8 with ``C`` in {1, 3}; fields as ``(M,
 on disk (:class:`ShardedArray`, positional file reads, no memory maps): items are read when indexed,
 so memory stays O(batch). Split rules: :mod:`.arrays`.
 A directory that holds exactly one ``.npz`` file (e.g. ``modelnet10_vox32/``) loads as that file.
+
+Hostile files: every reader checks what a file declares (idx dims, ``.npy`` headers, zip member sizes, image
+headers, binvox dims) against what the stored bytes can hold and against a limit on the decoded bytes of
+one array -- 2 GiB by default, ``FUNCTA_MAX_ARRAY_BYTES`` (e.g. ``8G``) or ``load_dataset(..., max_bytes=)`` --
+before decoding anything, and refuses with a :class:`DataError` naming the file (:mod:`.safeio`).
 """
 
 from __future__ import annotations
@@ -52,10 +57,12 @@ from .dataset import ArrayDataset, DataError
 from .folder import MixedSizesError, has_images, load_image_folder, load_image_list
 from .grid import is_grid_npz, load_grid_npz, load_netcdf, netcdf_kind
 from .idx import find_idx_pair, is_idx_file, load_idx, read_idx
+from .safeio import DEFAULT_MAX_ARRAY_BYTES, array_limit, max_array_bytes
 from .shards import ShardedArray
 
 __all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "load_dataset",
-           "load_image_list", "read_array_file", "read_binvox", "read_idx", "write_binvox", "SUPPORTED_FORMATS", "sniff_format"]
+           "load_image_list", "read_array_file", "read_binvox", "read_idx", "write_binvox", "SUPPORTED_FORMATS", "sniff_format",
+           "DEFAULT_MAX_ARRAY_BYTES", "array_limit", "max_array_bytes"]
 
 SUPPORTED_FORMATS = (
     "idx (MNIST/Fashion-MNIST directory or idx[.gz] file), "
@@ -148,6 +155,7 @@ def load_dataset(
     test_fraction: float = 0.1,
     limit: int | None = None,
     progress: bool = True,
+    max_bytes: int | str | None = None,
 ) -> ArrayDataset:
     """Load the dataset at ``path`` (format sniffed, see module docstring); ``npy`` / ``npy-shards`` lazily.
 
@@ -165,6 +173,9 @@ def load_dataset(
             always share a split.
         limit: keep only the first ``limit`` items of the split.
         progress: show a progress bar while decoding many image files (JPEG npz, image folders).
+        max_bytes: the most decoded bytes any one array read from a file may have (an int, or a string
+            such as ``"8G"``); default: ``$FUNCTA_MAX_ARRAY_BYTES``, else 2 GiB. Declared sizes over it are
+            refused with :class:`DataError` before anything is decoded (see :mod:`functa.data.safeio`).
 
     Returns:
         :class:`ArrayDataset` with ``data`` ``(M, H, W, C)`` uint8 (images), ``(M, H, W)`` float32 (fields),
@@ -179,6 +190,15 @@ def load_dataset(
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
         raise DataError(f"{p}: limit must be a positive integer or None, got {limit!r}")
     limit = None if limit is None else int(limit)
+    with array_limit(max_bytes):
+        try:
+            return _load(p, split, single, variable, test_fraction, limit, progress)
+        except MemoryError:
+            raise DataError(f"{p}: out of memory while loading the dataset") from None
+
+
+def _load(p: Path, split: str, single: bool, variable: str | None, test_fraction: float, limit: int | None,
+          progress: bool) -> ArrayDataset:
     fmt = sniff_format(p)
     if p.is_dir() and fmt in ("voxel-npz", "array-npz", "grid-npz"):
         p = _single_npz(p)  # a directory holding one .npz file is that file

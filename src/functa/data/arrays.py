@@ -25,6 +25,13 @@ plus the declared data. Lazy ``.npy`` data is never memory-mapped: items are rea
 when indexed (:mod:`functa.data.shards`), so reading costs memory for the batch only, however many items
 are read in all.
 
+Size checks (:mod:`functa.data.safeio`): ``.npz`` members are read with :class:`~functa.data.safeio.Npz`,
+never ``np.load``: each member's ``.npy`` header must match its size in the zip directory, a stored member
+its compressed size, a deflated one at most ~1032 times its compressed size, and what is decoded (each
+member, and all the members read from one file together) must fit the array limit (2 GiB by default,
+``FUNCTA_MAX_ARRAY_BYTES``); the member is then inflated incrementally into a preallocated array. Arrays read
+whole from ``.npy`` files (:func:`read_array_file`), binvox grids and binvox folders are held to the same limit.
+
 Splits (``split="all"`` always returns every item, train before test):
 
 * hashed, for files that hold a single split (``voxel-npz``, ``array-npz``, binvox folders without
@@ -43,8 +50,9 @@ binvox (Patrick Min's format): ASCII lines ``#binvox 1``, ``dim D0 D1 D2``, ``tr
 (any order), ``data``, then (value, count) byte pairs run-length encoding ``D0 * D1 * D2`` voxels. As in
 ``binvox_rw.read_as_3d_array`` (``fix_coords=True``) the decoded run is reshaped to ``(D0, D1, D2)`` and
 transposed to axes [x, y, z], giving ``(D0, D2, D1)``; :func:`write_binvox` writes the inverse (header
-``dim X Z Y``), so a round trip returns the array. Dims must be in 1..1024; the run lengths must add up to
-exactly the grid size, which is checked before the grid is allocated.
+``dim X Z Y``), so a round trip returns the array. Dims must be in 1..1024 and the grid within the array
+limit; the payload size must be possible for the grid, and the run lengths must add up to exactly the grid
+size, both checked before the grid is allocated.
 """
 
 from __future__ import annotations
@@ -53,8 +61,6 @@ import hashlib
 import json
 import math
 import os
-import zipfile
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -64,6 +70,7 @@ import numpy as np
 from ..atomic import atomic_write_bytes
 from .dataset import ArrayDataset, DataError
 from .grid import split_range
+from .safeio import Npz, array_limit, check_nbytes, empty_array, fill_from, npy_header
 from .shards import NpyShard, ShardedArray
 
 __all__ = [
@@ -89,9 +96,6 @@ _NUMERIC = "biuf"  # numpy dtype kinds accepted as data: bool, signed, unsigned,
 _KINDS = ("voxel", "array")
 _META_KEYS = frozenset({"kind", "class_names"})
 _META_MAX_BYTES = 1 << 20
-_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand its input more than ~1032-fold
-_ZIP_ERRORS = (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
-               zlib.error)  # fmt: skip
 _BINVOX_LINE_MAX = 256
 _BINVOX_PATTERNS = ("*.binvox", "*/*.binvox", "*/*/*.binvox")
 _PROGRESS_MIN = 1000
@@ -202,35 +206,11 @@ def _tail_range(m: int, split: str, test_fraction: float, limit: int | None, pat
 # ---------------------------------------------------------------------------------------------- npy
 
 
-def _npy_header(f: BinaryIO, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
-    """Read a ``.npy`` header from ``f``: ``(shape, dtype, header_bytes)``."""
-    shape, dtype, offset, _ = _npy_header_order(f, where)
-    return shape, dtype, offset
-
-
-def _npy_header_order(f: BinaryIO, where: str) -> tuple[tuple[int, ...], np.dtype, int, bool]:
-    """Read a ``.npy`` header from ``f``: ``(shape, dtype, header_bytes, fortran_order)``."""
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
-        offset = f.tell()
-    except _ZIP_ERRORS as e:
-        raise DataError(f"{where}: not a valid .npy array ({e})") from e
-    if dtype.hasobject:
-        raise DataError(f"{where}: holds Python objects (dtype {dtype}), which would need pickle")
-    return tuple(int(d) for d in shape), dtype, offset, bool(fortran)
-
-
 def _open_npy(path: Path) -> NpyShard:
     """Describe a numeric ``.npy`` as a file shard after checking its header against the file size (no data read)."""
     try:
         with open(path, "rb") as f:
-            shape, dtype, offset, fortran = _npy_header_order(f, str(path))
+            shape, dtype, offset, fortran = npy_header(f, str(path))
             size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
@@ -405,48 +385,12 @@ def load_npy_shards(root: Path, split: str, *, test_fraction: float = 0.1, limit
 # ---------------------------------------------------------------------------------------------- npz
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except _ZIP_ERRORS as e:
-        raise DataError(f"{path}: cannot open as .npz archive ({e})") from e
-
-
-def _member_header(zf: zipfile.ZipFile, path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of ``key`` in an open ``.npz``, checked against the member's declared sizes."""
-    where = f"{path}: array {key!r}"
-    try:
-        info = zf.getinfo(key + ".npy")
-        with zf.open(info) as f:
-            shape, dtype, offset = _npy_header(f, where)
-    except DataError:
-        raise
-    except _ZIP_ERRORS as e:
-        raise DataError(f"{where}: cannot read ({type(e).__name__}: {e})") from e
-    need = offset + math.prod(shape) * dtype.itemsize
-    if need != info.file_size:
-        raise DataError(f"{where}: header declares {dtype} {shape} ({need} bytes), the member holds {info.file_size}")
-    stored = info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size
-    deflated = info.compress_type == zipfile.ZIP_DEFLATED
-    inflated = deflated and info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 64
-    if stored or inflated or info.header_offset + info.compress_size > path.stat().st_size:
-        raise DataError(f"{where}: member sizes in the zip directory are inconsistent (truncated or corrupt archive)")
-    return shape, dtype
-
-
-def _read_member(zf: zipfile.ZipFile, path: Path, key: str) -> np.ndarray:
-    try:
-        with zf.open(key + ".npy") as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
-    except _ZIP_ERRORS as e:
-        raise DataError(f"{path}: cannot read array {key!r} ({type(e).__name__}: {e})") from e
-
-
-def read_array_file(path: str | os.PathLike, key: str) -> np.ndarray:
+def read_array_file(path: str | os.PathLike, key: str, *, max_bytes: int | str | None = None) -> np.ndarray:
     """One numeric array from a ``.npy`` file, or the array ``key`` of a ``.npz`` file (no pickle).
 
-    Declared shapes are checked against the file (or zip member) sizes before anything is read, so
-    a small hostile file cannot make this allocate. Raises :class:`DataError` naming the file."""
+    Declared shapes are checked against the file (or zip member) sizes and against the array limit
+    (``max_bytes``, else ``$FUNCTA_MAX_ARRAY_BYTES``, else 2 GiB: :mod:`functa.data.safeio`) before anything
+    is read, so a small hostile file cannot make this allocate. Raises :class:`DataError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -455,13 +399,22 @@ def read_array_file(path: str | os.PathLike, key: str) -> np.ndarray:
             head = f.read(6)
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
-    if head == b"\x93NUMPY":
-        return ShardedArray([_open_npy(path)])[:]
-    with _open_zip(path) as zf:
-        if key + ".npy" not in zf.namelist():
-            raise DataError(f"{path}: no array {key!r} (found {sorted(n.removesuffix('.npy') for n in zf.namelist())})")
-        _member_header(zf, path, key)
-        return _read_member(zf, path, key)
+    with array_limit(max_bytes):
+        if head == b"\x93NUMPY":
+            shard = _open_npy(path)
+            check_nbytes(len(shard) * shard.item_nbytes, str(path), f"{shard.dtype} {shard.shape}")
+            out = empty_array(shard.shape, shard.dtype, str(path))
+            try:
+                with open(path, "rb") as f:
+                    f.seek(shard.offset)
+                    got = fill_from(f, out)
+            except OSError as e:
+                raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+            if got != out.nbytes:
+                raise DataError(f"{path}: the file ends after {got} of its {out.nbytes} bytes of data (truncated?)")
+            return out
+        with Npz(path) as z:
+            return z.read(key)
 
 
 def _class_names(a: np.ndarray, path: Path) -> list[str]:
@@ -473,21 +426,19 @@ def _class_names(a: np.ndarray, path: Path) -> list[str]:
 def _load_npz(path: Path, split: str, key: str, kind: str, test_fraction: float, limit: int | None) -> ArrayDataset:
     _check_fraction(path, test_fraction)
     layout = _check_voxel_layout if kind == "voxel" else _check_array_layout
-    with _open_zip(path) as zf:
-        names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+    with Npz(path) as z:
+        names = set(z.names)
         if key not in names:
             raise DataError(f"{path}: {kind}-npz needs a {key!r} array; has {sorted(names)}")
         label_keys = [k for k in ("label", "labels") if k in names]
         if len(label_keys) > 1:
             raise DataError(f"{path}: has both 'label' and 'labels' arrays; keep one")
-        shape, dtype = _member_header(zf, path, key)
+        shape, dtype = z.header(key)
         layout(shape, dtype, f"{path}: array {key!r}")
         for k in label_keys:
-            _check_labels_layout(*_member_header(zf, path, k), shape[0], f"{path}: array {k!r}")
-        if "class_names" in names:
-            _member_header(zf, path, "class_names")
+            _check_labels_layout(*z.header(k), shape[0], f"{path}: array {k!r}")
         wanted = [key, *label_keys, *(["class_names"] if "class_names" in names else [])]
-        arrays = {k: _read_member(zf, path, k) for k in wanted}
+        arrays = z.read_all(wanted)
     class_names = _class_names(arrays["class_names"], path) if "class_names" in arrays else None
     where = f"{path}: array {key!r}"
     data = _as_voxels(arrays[key], where) if kind == "voxel" else _as_array(arrays[key], where)
@@ -562,6 +513,7 @@ def _binvox_layout(f: BinaryIO, path: Path) -> tuple[tuple[int, int, int], int]:
     if not all(1 <= d <= BINVOX_MAX_DIM for d in dims):
         raise DataError(f"{path}: binvox dims {' '.join(map(str, dims))} must each be in 1..{BINVOX_MAX_DIM}")
     n = math.prod(dims)
+    check_nbytes(n, str(path), f"a binvox grid of dim {' '.join(map(str, dims))}")
     payload = os.fstat(f.fileno()).st_size - f.tell()
     if not 2 * -(-n // 255) <= payload <= _max_rle_bytes(n):
         raise DataError(
@@ -607,7 +559,10 @@ def read_binvox(path: str | os.PathLike) -> np.ndarray:
                         f"needs exactly {n}")  # fmt: skip
     if values.max() > 1:
         raise DataError(f"{path}: binvox voxel values must be 0 or 1, found {int(values.max())}")
-    return np.ascontiguousarray(np.repeat(values, counts).reshape(dims).transpose(0, 2, 1))
+    try:
+        return np.ascontiguousarray(np.repeat(values, counts).reshape(dims).transpose(0, 2, 1))
+    except MemoryError:
+        raise DataError(f"{path}: out of memory decoding a binvox grid of dim {' '.join(map(str, dims))}") from None
 
 
 def write_binvox(voxels: np.ndarray, path: str | os.PathLike) -> None:
@@ -702,7 +657,9 @@ def _read_grids(files: list[Path], root: Path, progress: bool) -> np.ndarray:
         counts = Counter(shapes).items()
         listing = "; ".join(f"{'x'.join(map(str, s))}: {c} file(s), e.g. {example[s]}" for s, c in counts)
         raise DataError(f"{root}: binvox grids of different dims ({listing}); all grids of a dataset must match")
-    out = np.empty((len(files), *shapes[0]), dtype=np.uint8)
+    shape = (len(files), *shapes[0])
+    check_nbytes(math.prod(shape), str(root), f"{len(files)} binvox grids of {'x'.join(map(str, shapes[0]))}")
+    out = empty_array(shape, np.dtype(np.uint8), str(root))
     it: Any = enumerate(files)
     if progress and len(files) > _PROGRESS_MIN:
         from tqdm.auto import tqdm

@@ -9,25 +9,39 @@ Layouts understood (``root`` is the path given)::
 Every image must have the same size. If all images are grayscale (PIL modes ``1``, ``L``, ``LA``) the
 result is ``(M, H, W, 1)`` uint8, otherwise every image is converted to RGB and the result is
 ``(M, H, W, 3)`` uint8 (alpha channels are dropped; ``meta["notes"]`` records it).
+
+Decompression bombs: every image's size is read from its header before it is decoded, and refused
+(:class:`DataError` naming the file) above ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (Pillow's default, about
+89 million; when it is set to ``None`` that default still applies here) or above the array limit of
+:mod:`functa.data.safeio` in bytes; Pillow's ``DecompressionBombWarning`` and ``DecompressionBombError``
+become the same error. The stacked ``(M, H, W, C)`` array must fit the array limit too (checked from the
+headers, before anything is decoded).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
 
 from .dataset import ArrayDataset, DataError
+from .safeio import check_nbytes, empty_array
 
-__all__ = ["IMAGE_SUFFIXES", "MixedSizesError", "has_images", "load_image_folder", "load_image_list"]
+__all__ = ["IMAGE_SUFFIXES", "MixedSizesError", "decode_image", "has_images", "load_image_folder", "load_image_list",
+           "max_image_pixels", "open_image"]  # fmt: skip
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 _GRAY_MODES = frozenset({"1", "L", "LA"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 _SPLIT_DIRS = ("train", "test")
 _PROGRESS_MIN = 1000
+_PIL_DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's default Image.MAX_IMAGE_PIXELS (1024 * 1024 * 1024 // 4 // 3)
 
 
 class MixedSizesError(DataError):
@@ -83,8 +97,54 @@ def _layout(root: Path, split: str) -> tuple[list[Path], list[str] | None, str]:
     return bases, (classes or None), split_name
 
 
-def _open_error(f: Path, e: Exception) -> DataError:
-    return DataError(f"{f}: cannot read image ({type(e).__name__}: {e})")
+def max_image_pixels() -> int:
+    """The most pixels an image may have: ``PIL.Image.MAX_IMAGE_PIXELS``, or Pillow's default when that is None."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return int(limit) if limit else _PIL_DEFAULT_MAX_PIXELS
+
+
+def _image_error(where: str, e: BaseException) -> DataError:
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return DataError(f"{where}: image too large to decode, a decompression bomb? ({e})")
+    if isinstance(e, MemoryError):
+        return DataError(f"{where}: cannot read image (out of memory)")
+    return DataError(f"{where}: cannot read image ({type(e).__name__}: {e})")
+
+
+@contextlib.contextmanager
+def open_image(source: str | Path | IO[bytes], where: str) -> Iterator[Image.Image]:
+    """Open an image (a path or a binary file object) and check its size from the header; nothing is decoded.
+
+    Refuses (:class:`DataError` starting with ``where``) an unreadable header, more than
+    :func:`max_image_pixels` pixels, or more decoded bytes (4 per pixel) than the array limit; Pillow's
+    decompression-bomb warning counts as an error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(source)
+    except Exception as e:  # PIL raises many exception types for corrupt files
+        raise _image_error(where, e) from None
+    with im:
+        w, h = im.size
+        pixels = max_image_pixels()
+        if w * h > pixels:
+            raise DataError(f"{where}: image of {w}x{h} = {w * h} pixels is larger than the limit of {pixels} "
+                            "pixels (PIL.Image.MAX_IMAGE_PIXELS); a decompression bomb?")  # fmt: skip
+        check_nbytes(4 * w * h, where, f"a {w}x{h} image")
+        yield im
+
+
+def decode_image(im: Image.Image, mode: str, where: str) -> np.ndarray:
+    """Decode an image from :func:`open_image`, converted to ``mode``, as an ``(H, W[, C])`` uint8 array."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im.load()
+            return np.asarray(im if im.mode == mode else im.convert(mode))
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises many exception types for corrupt files
+        raise _image_error(where, e) from None
 
 
 def load_image_folder(root: Path, split: str, limit: int | None = None, progress: bool = True) -> ArrayDataset:
@@ -100,11 +160,8 @@ def load_image_folder(root: Path, split: str, limit: int | None = None, progress
     size0: tuple[int, int] | None = None
     gray = True
     for f, _ in items:
-        try:
-            with Image.open(f) as im:
-                size, mode = im.size, im.mode
-        except Exception as e:
-            raise _open_error(f, e) from e
+        with open_image(f, str(f)) as im:
+            size, mode = im.size, im.mode
         if mode.startswith("I") or mode == "F":
             raise DataError(f"{f}: unsupported image mode {mode!r} (only 8-bit grayscale / colour images)")
         if size0 is None:
@@ -117,7 +174,9 @@ def load_image_folder(root: Path, split: str, limit: int | None = None, progress
         gray = gray and mode in _GRAY_MODES
     target = "L" if gray else "RGB"
     w, h = size0  # type: ignore[misc]
-    data = np.empty((len(items), h, w, 1 if gray else 3), dtype=np.uint8)
+    shape = (len(items), h, w, 1 if gray else 3)
+    check_nbytes(math.prod(shape), str(root), f"{len(items)} decoded {w}x{h} {target} images")
+    data = empty_array(shape, np.dtype(np.uint8), str(root))
 
     # pass 2: decode
     it: Any = enumerate(items)
@@ -127,14 +186,13 @@ def load_image_folder(root: Path, split: str, limit: int | None = None, progress
         it = tqdm(it, total=len(items), desc=f"reading {root.name}", unit="img", leave=False)
     n_alpha = 0
     for i, (f, _) in it:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                if im.mode in _ALPHA_MODES or "transparency" in im.info:
-                    n_alpha += 1
-                arr = np.asarray(im.convert(target))
-        except Exception as e:
-            raise _open_error(f, e) from e
+        with open_image(f, str(f)) as im:
+            if im.size != size0:
+                raise MixedSizesError(f"{f}: image size {im.size[0]}x{im.size[1]} changed while the folder was read "
+                                      f"(was {w}x{h})")  # fmt: skip
+            arr = decode_image(im, target, str(f))
+            if im.mode in _ALPHA_MODES or "transparency" in im.info:
+                n_alpha += 1
         data[i] = arr.reshape(h, w, -1)
 
     meta: dict[str, Any] = {
@@ -163,10 +221,7 @@ def load_image_list(root: Path, split: str = "all", limit: int | None = None) ->
         raise DataError(f"{root}: no image files for split {split!r}")
     images = []
     for f, _ in items:
-        try:
-            with Image.open(f) as im:
-                images.append((im.mode, np.asarray(im.convert("RGB"))))
-        except Exception as e:
-            raise _open_error(f, e) from e
+        with open_image(f, str(f)) as im:
+            images.append((im.mode, decode_image(im, "RGB", str(f))))
     gray = all(mode in _GRAY_MODES for mode, _ in images)
     return [arr[..., :1] if gray else arr for _, arr in images]

@@ -11,7 +11,6 @@ Split: the last ``round(test_fraction * M)`` items (at least 1) are "test", the 
 from __future__ import annotations
 
 import math
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .dataset import ArrayDataset, DataError
+from .safeio import Npz, PickledArrayError, check_nbytes
 
 __all__ = ["LAT_NAMES", "LON_NAMES", "is_grid_npz", "load_grid_npz", "load_netcdf", "netcdf_kind", "split_range"]
 
@@ -165,38 +165,40 @@ def is_grid_npz(keys: list[str]) -> bool:
 def load_grid_npz(
     path: Path, split: str, *, variable: str | None = None, test_fraction: float = 0.1, limit: int | None = None
 ) -> ArrayDataset:
-    """Load a lat/lon field variable from an ``.npz`` archive (see module docstring)."""
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: cannot open as .npz archive ({e})") from e
-    with z:
-        arrays: dict[str, np.ndarray] = {}
-        for k in z.files:
+    """Load a lat/lon field variable from an ``.npz`` archive (see module docstring).
+
+    Only the members needed are decoded (coordinates, ``units``, the chosen variable), each after its header
+    has been checked against its zip sizes and the array limit (:mod:`functa.data.safeio`)."""
+    with Npz(path) as z:
+        headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        for k in z.names:
             try:
-                arrays[k] = z[k]
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+                headers[k] = z.header(k)
+            except PickledArrayError:
                 if k == variable:
-                    raise DataError(f"{path}: cannot read array {k!r} ({e})") from e
-                # object arrays (need pickle) and unreadable members are never field candidates
-    lat_name, lon_name = _find_name(list(arrays), LAT_NAMES), _find_name(list(arrays), LON_NAMES)
-    if lat_name is None or lon_name is None:
-        raise DataError(f"{path}: grid .npz needs 'lat' and 'lon' arrays; has {sorted(arrays)}")
-    lat = _coords(arrays[lat_name], lat_name, path, -90.0, 90.0)
-    lon = _coords(arrays[lon_name], lon_name, path, -360.0, 360.0)
-    units = ""
-    if "units" in arrays and arrays["units"].ndim == 0:
-        u = arrays["units"].item()
-        units = u.decode() if isinstance(u, bytes) else str(u)
-    variables = {
-        k: _Var(k, tuple(a.shape), np.issubdtype(a.dtype, np.floating), (lambda a=a: a))
-        for k, a in arrays.items()
-        if k not in (lat_name, lon_name)
-    }
-    return _build(
-        path, "grid-npz", variables, lat, lon,
-        variable=variable, split=split, test_fraction=test_fraction, limit=limit, default_units=units,
-    )  # fmt: skip
+                    raise
+                # object arrays (need pickle) are never field candidates; corrupt members are reported
+        lat_name, lon_name = _find_name(list(headers), LAT_NAMES), _find_name(list(headers), LON_NAMES)
+        if lat_name is None or lon_name is None:
+            raise DataError(f"{path}: grid .npz needs 'lat' and 'lon' arrays; has {sorted(headers)}")
+        for name in (lat_name, lon_name):
+            if len(headers[name][0]) != 1:
+                raise DataError(f"{path}: coordinate '{name}' must be 1-D, found shape {headers[name][0]}")
+        lat = _coords(z.read(lat_name), lat_name, path, -90.0, 90.0)
+        lon = _coords(z.read(lon_name), lon_name, path, -360.0, 360.0)
+        units = ""
+        if "units" in headers and headers["units"][0] == () and headers["units"][1].kind in "US":
+            u = z.read("units").item()
+            units = u.decode("utf-8", "replace") if isinstance(u, bytes) else str(u)
+        variables = {
+            k: _Var(k, shape, dtype.kind == "f", (lambda k=k: z.read(k)))
+            for k, (shape, dtype) in headers.items()
+            if k not in (lat_name, lon_name)
+        }
+        return _build(
+            path, "grid-npz", variables, lat, lon,
+            variable=variable, split=split, test_fraction=test_fraction, limit=limit, default_units=units,
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- netcdf
@@ -234,6 +236,11 @@ def _load_netcdf3(path: Path, **kw: Any) -> ArrayDataset:
         from scipy.io import netcdf_file
     except ImportError as e:  # pragma: no cover - scipy is a test dependency
         raise DataError(f"{path}: reading NetCDF needs scipy (pip install 'functa[netcdf]')") from e
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    check_nbytes(size, str(path), "reading this NetCDF3 file (it is read whole)")
     try:
         nc = netcdf_file(path, "r", mmap=False, maskandscale=True)
     except Exception as e:

@@ -2,21 +2,27 @@
 
 idx layout (big-endian): 2 zero bytes, 1 dtype-code byte, 1 byte ``ndim``, ``ndim`` uint32 dims,
 then ``prod(dims)`` items of that dtype in C order. Images files are ``(N, 28, 28)`` uint8 and become
-``(N, 28, 28, 1)``; label files are ``(N,)`` uint8 and become ``(N,)`` int64.
+``(N, 28, 28, 1)``; label files are ``(N,)`` uint8 and become ``(N,)`` int64. Every dimension must be at
+least 1, and the declared size must fit the array limit (:mod:`functa.data.safeio`, 2 GiB unless
+``FUNCTA_MAX_ARRAY_BYTES`` says otherwise) and, for ``.gz`` files, what the compressed file can hold (deflate
+expands at most ~1032-fold): both are checked before anything is decompressed.
 """
 
 from __future__ import annotations
 
 import gzip
 import math
+import os
 import re
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .dataset import ArrayDataset, DataError, concat_datasets
+from .safeio import array_limit, check_deflate, check_nbytes, empty_array, fill_from
 
 __all__ = ["read_idx", "is_idx_file", "find_idx_pair", "load_idx"]
 
@@ -33,22 +39,21 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Whole file contents, transparently gunzipped (detected by magic bytes, not by suffix)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read idx file ({e.strerror or e})") from e
-    if raw[:2] == _GZIP_MAGIC:
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt gzip stream ({e})") from e
-    return raw
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream`` (fewer only at its end)."""
+    parts, left = [], n
+    while left:
+        data = stream.read(left)
+        if not data:
+            break
+        parts.append(data)
+        left -= len(data)
+    return b"".join(parts)
 
 
-def _check_header(buf: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
-    """Validate an idx header; return ``(big-endian dtype, dims, header_size)``."""
+def _check_header(stream: BinaryIO, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Read and validate an idx header from ``stream``; return ``(big-endian dtype, dims, header_size)``."""
+    buf = _read_exact(stream, 4)
     if len(buf) < 4:
         raise DataError(f"{path}: not an idx file (only {len(buf)} bytes, need a 4-byte magic number)")
     if buf[0] != 0 or buf[1] != 0:
@@ -62,30 +67,68 @@ def _check_header(buf: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], in
     if ndim == 0:
         raise DataError(f"{path}: idx header declares 0 dimensions")
     header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise DataError(f"{path}: truncated idx header (need {header} bytes for {ndim} dims, file has {len(buf)})")
-    dims = struct.unpack(f">{ndim}I", buf[4:header])
-    return np.dtype(_IDX_DTYPES[code]), tuple(int(d) for d in dims), header
+    raw = _read_exact(stream, 4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise DataError(f"{path}: truncated idx header (need {header} bytes for {ndim} dims, file has {4 + len(raw)})")
+    dims = tuple(int(d) for d in struct.unpack(f">{ndim}I", raw))
+    if 0 in dims:
+        raise DataError(f"{path}: idx header declares an empty dimension (dims {list(dims)}); every dimension "
+                        "must be at least 1")  # fmt: skip
+    return np.dtype(_IDX_DTYPES[code]), dims, header
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def _read_payload(stream: BinaryIO, path: Path, gz: bool, size: int) -> np.ndarray:
+    """Header and data of an idx stream (raw file or gunzipped), every size checked before allocating."""
+    dtype, dims, header = _check_header(stream, path)
+    expected = math.prod(dims) * dtype.itemsize
+    check_nbytes(expected, str(path), f"idx header dims {list(dims)} ({dtype.name})")
+    if gz:
+        check_deflate(header + expected, size, str(path), f"the idx header (dims {list(dims)})")
+    elif size - header != expected:
+        what = "truncated" if size - header < expected else "trailing bytes in"
+        raise DataError(f"{path}: {what} idx payload: header dims {list(dims)} need {expected} bytes, "
+                        f"found {size - header}")  # fmt: skip
+    arr = empty_array(dims, dtype, str(path))
+    got = fill_from(stream, arr)
+    extra = _read_exact(stream, 1) if got == expected else b""
+    if got != expected or extra:
+        what = "truncated" if got < expected else "trailing bytes in"
+        found = f"{got}" if got < expected else "more"
+        raise DataError(f"{path}: {what} idx payload: header dims {list(dims)} need {expected} bytes, found {found}")
+    return arr
+
+
+def read_idx(path: str | Path, *, max_bytes: int | str | None = None) -> np.ndarray:
     """Parse one idx file (raw or ``.gz``) into an array of shape ``dims`` in native byte order.
 
-    Raises :class:`DataError` (naming the file) on a bad magic number, unknown dtype code, corrupt gzip
-    stream, or a payload whose size differs from ``prod(dims) * itemsize`` (expected vs actual bytes).
+    Raises :class:`DataError` (naming the file) on a bad magic number, unknown dtype code, an empty
+    dimension, corrupt gzip stream, or a payload whose size differs from ``prod(dims) * itemsize``
+    (expected vs actual bytes). The declared size is checked before anything is decompressed: against
+    the array limit (``max_bytes``, else ``$FUNCTA_MAX_ARRAY_BYTES``, else 2 GiB) and, for ``.gz``, against
+    what the compressed file can hold; the stream is then read into a preallocated array and may not yield
+    more or fewer bytes than declared.
     """
     path = Path(path)
-    buf = _read_bytes(path)
-    dtype, dims, header = _check_header(buf, path)
-    expected = math.prod(dims) * dtype.itemsize
-    actual = len(buf) - header
-    if actual != expected:
-        what = "truncated" if actual < expected else "trailing bytes in"
-        raise DataError(
-            f"{path}: {what} idx payload: header dims {list(dims)} need {expected} bytes, found {actual}"
-        )
-    arr = np.frombuffer(buf, dtype=dtype, count=math.prod(dims), offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="))  # copy: writable, native byte order
+    try:
+        with array_limit(max_bytes), open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
+            gz = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            if not gz:
+                arr = _read_payload(raw, path, False, size)
+            else:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                    try:
+                        arr = _read_payload(stream, path, True, size)
+                    except (OSError, EOFError, zlib.error) as e:
+                        raise DataError(f"{path}: corrupt gzip stream ({e})") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read idx file ({e.strerror or e})") from e
+    except MemoryError:
+        raise DataError(f"{path}: out of memory reading the idx file") from None
+    if not arr.dtype.isnative:
+        arr = arr.byteswap(inplace=True).view(arr.dtype.newbyteorder("="))
+    return arr  # writable, native byte order
 
 
 def is_idx_file(path: Path) -> bool:

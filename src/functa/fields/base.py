@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 __all__ = ["Field", "LatentAdjoint", "available_fields", "field_device", "field_from_config", "get_field",
            "register_field", "DEFAULT_FIELD"]
 
@@ -107,15 +109,16 @@ def available_fields() -> list[str]:
 
 
 def get_field(name: str) -> type:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown field {name!r}; available: {', '.join(available_fields())}") from None
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ConfigError(f"unknown field {str(name)[:40]!r}; available: {', '.join(available_fields())}")
+    return _REGISTRY[name]
 
 
 def field_from_config(config: dict[str, Any]) -> nn.Module:
     """Build the field a config describes (``name`` defaults to :data:`DEFAULT_FIELD`, as in the
     configs written before fields were registered)."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"field = {str(config)[:40]!r} is not a section (allowed: a table of field settings)")
     config = dict(config)
     cls = get_field(config.pop("name", DEFAULT_FIELD))
     return cls.from_config(config)

@@ -34,13 +34,22 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+from ..validation import MAX_PARAMETERS, Bool, Choice, Int, Real, RealPair, check_fields, check_total
 from .base import register_field
 from .init import BiasInit, init_latent_map_, init_siren_linear_
 from .matmul import matmul_nn, matmul_nt
 from .sincos import sin_cos
 from .meta_sgd import MetaSGDLrs
 
-__all__ = ["SirenConfig", "LatentModulatedSiren", "Trace", "hidden_matmul_flops"]
+__all__ = ["SirenConfig", "LatentModulatedSiren", "Trace", "hidden_matmul_flops", "MAX_WIDTH", "MAX_DEPTH",
+           "MAX_LATENT_DIM"]
+
+# Bounds of a SIREN config (generous; they refuse absurd allocations, e.g. ``--set field.width=1e6``).
+MAX_WIDTH = 8192
+MAX_DEPTH = 64
+MAX_LATENT_DIM = 65536
+MAX_IO_DIM = 4096  # coordinate and output dimensions
 
 
 @dataclass(frozen=True)
@@ -68,22 +77,28 @@ class SirenConfig:
     inner_lr: float = 1e-2  # used only when meta_sgd is False
 
     def __post_init__(self) -> None:
-        if self.depth < 2:
-            raise ValueError(f"depth must be >= 2 (one sine layer + output), got {self.depth}")
-        if min(self.in_dim, self.out_dim, self.width) < 1:
-            raise ValueError("in_dim, out_dim and width must be positive")
+        check_fields(self, "field", in_dim=Int(1, MAX_IO_DIM), out_dim=Int(1, MAX_IO_DIM), width=Int(1, MAX_WIDTH),
+                     depth=Int(2, MAX_DEPTH), latent_dim=Int(1, MAX_LATENT_DIM, optional=True),
+                     w0=Real(0, 1e4, lo_open=True), modulate_shift=Bool(), modulate_scale=Bool(),
+                     bias_init=Choice("zeros", "uniform"), latent_map_init=Choice("haiku", "torch"),
+                     output_offset=Real(-1e6, 1e6), meta_sgd=Bool(),
+                     # JSON round trips turn tuples into lists; the specs return tuples, so configs compare equal.
+                     meta_sgd_init=RealPair(0, 1e3), meta_sgd_clip=RealPair(0, 1e3, optional=True),
+                     inner_lr=Real(0, 1e3, lo_open=True))
         if not (self.modulate_shift or self.modulate_scale):
-            raise ValueError("at least one of modulate_shift / modulate_scale must be True")
-        if self.latent_dim is not None and self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be positive or None, got {self.latent_dim}")
-        if self.bias_init not in ("zeros", "uniform"):
-            raise ValueError(f"bias_init must be 'zeros' or 'uniform', got {self.bias_init!r}")
-        if self.latent_map_init not in ("haiku", "torch"):
-            raise ValueError(f"latent_map_init must be 'haiku' or 'torch', got {self.latent_map_init!r}")
-        # JSON round trips turn tuples into lists; normalise so configs compare equal.
-        object.__setattr__(self, "meta_sgd_init", tuple(self.meta_sgd_init))
-        if self.meta_sgd_clip is not None:
-            object.__setattr__(self, "meta_sgd_clip", tuple(self.meta_sgd_clip))
+            raise ConfigError("field: at least one of modulate_shift / modulate_scale must be true")
+        check_total("field", self.num_parameters, MAX_PARAMETERS,
+                    f"width {self.width}, depth {self.depth}, latent_dim {self.latent_dim}"
+                    + (" with scale modulations" if self.modulate_scale else ""))
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of the network this config describes (weights, biases, latent map, meta-SGD rates)."""
+        w, mods = self.width, self.num_modulations
+        n = (self.in_dim + 1) * w + (self.depth - 2) * (w + 1) * w + (w + 1) * self.out_dim
+        if self.latent_dim is not None:
+            n += (self.latent_dim + 1) * mods
+        return n + self.code_dim
 
     @property
     def num_mod_layers(self) -> int:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
+
 __all__ = ["AnalyticOutputGrad", "Loss", "MSELoss", "BCEWithLogitsLoss", "available_losses", "get_loss"]
 
 
@@ -116,7 +118,6 @@ def available_losses() -> list[str]:
 
 def get_loss(name: str) -> Loss:
     """The loss registered under ``name`` (``"mse"`` or ``"bce"``)."""
-    try:
-        return _LOSSES[name]()
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; available: {', '.join(available_losses())}") from None
+    if not isinstance(name, str) or name not in _LOSSES:
+        raise ConfigError(f"unknown loss {str(name)[:40]!r}; available: {', '.join(available_losses())}")
+    return _LOSSES[name]()

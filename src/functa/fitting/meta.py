@@ -6,7 +6,10 @@ a :class:`~functa.fitting.losses.Loss` says what is fitted and a
 :class:`~functa.fitting.metrics.Metrics` what is reported.
 Training state (weights, Adam moments, step) is checkpointed to ``<run>/train_state.*`` so an
 interrupted run resumes where it stopped; batches are drawn from ``default_rng([seed, step])``
-so a resumed run sees the same batches as an uninterrupted one.
+so a resumed run sees the same batches as an uninterrupted one. A checkpoint is one file,
+``train_state.safetensors``: its metadata holds the step, settings and history with the tensors,
+so a kill at any moment leaves either the previous checkpoint or the new one
+(``train_state.json`` is a readable copy written after it).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from tqdm.auto import tqdm
 
 from ..errors import DivergenceError
 from ..fields import field_device
-from ..io import ArtefactError, load_tensors, read_json, save_tensors, write_json
+from ..io import (ArtefactError, load_tensors, read_train_state, save_tensors, state_metadata, sync_state_copy,
+                  write_json)
+from ..validation import MAX_GRID_POINTS, MAX_INNER_STEPS, Bool, Choice, Int, Real, check_fields
 from ..optim import load_optimizer_tensors, lr_at, optimizer_tensors
 from .encode import auto_batch_size, fit_latents
 from .inner import InnerLoop, field_outputs
@@ -74,16 +79,14 @@ class MetaLearningConfig:
     divergence_factor: float | None = 10.0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.inner_steps < 0:
-            raise ValueError("steps >= 0, batch_size >= 1 and inner_steps >= 0 are required")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.outer_lr <= 0:
-            raise ValueError(f"outer_lr must be positive, got {self.outer_lr}")
-        if self.divergence_factor is not None and not self.divergence_factor > 1:
-            raise ValueError(f"divergence_factor must be > 1 or None, got {self.divergence_factor}")
-        if self.points_per_step is not None and self.points_per_step < 1:
-            raise ValueError(f"points_per_step must be >= 1 or None, got {self.points_per_step}")
+        # types and (generous) ranges; ConfigError names the setting, the value and the range
+        check_fields(self, "train", steps=Int(0, 10**9), batch_size=Int(1, 65536), inner_steps=Int(0, MAX_INNER_STEPS),
+                     outer_lr=Real(0, 1e3, lo_open=True), schedule=Choice("constant", "cosine"),
+                     warmup_steps=Int(0, 10**9), grad_clip=Real(0, math.inf, lo_open=True, optional=True),
+                     first_order=Bool(), checkpoint_inner=Bool(), compile=Bool(), seed=Int(0, 2**63 - 1),
+                     eval_every=Int(1, 10**9), eval_items=Int(1, 2**31), save_every=Int(1, 10**9),
+                     points_per_step=Int(1, MAX_GRID_POINTS, optional=True),
+                     divergence_factor=Real(1, math.inf, lo_open=True, optional=True))
 
     def lr_at(self, step: int) -> float:
         """Learning rate at ``step`` (0-based): linear warm-up, then constant or cosine to 0."""
@@ -236,8 +239,8 @@ class MetaLearner:
         """
         cfg = self.config
         run_dir = Path(run_dir) if run_dir is not None else None
-        if run_dir is not None and (run_dir / self.STATE_JSON).exists():
-            self.load_state(run_dir)
+        if run_dir is not None and ((run_dir / self.STATE_TENSORS).exists() or (run_dir / self.STATE_JSON).exists()):
+            sync_state_copy(run_dir / self.STATE_JSON, self.load_state(run_dir))
         if len(train) < cfg.batch_size:
             raise ValueError(f"training set has {len(train)} items, fewer than batch_size={cfg.batch_size}")
         t0 = time.perf_counter()
@@ -285,20 +288,23 @@ class MetaLearner:
 
     # ------------------------------------------------------------------ checkpoints
     def save_state(self, run_dir: str | Path, on_save: Callable[[Path], None] | None = None) -> None:
-        """Write weights, Adam state and progress; the JSON is written last (it marks completion)."""
+        """Write weights, Adam state and progress as one file (the progress in its metadata), then
+        its readable copy ``train_state.json``."""
         run_dir = Path(run_dir)
         tensors = {f"model.{k}": v for k, v in self.field.state_dict().items()}
         tensors.update(optimizer_tensors(self.optimizer, "adam."))
-        save_tensors(run_dir / self.STATE_TENSORS, tensors)
-        write_json(run_dir / self.STATE_JSON, {"step": self.step_count, "config": asdict(self.config),
-                                                "field": self.field.to_config(), "loss": self.loss.name,
-                                                "history": self.history})
+        state = {"step": self.step_count, "config": asdict(self.config), "field": self.field.to_config(),
+                 "loss": self.loss.name, "history": self.history}
+        save_tensors(run_dir / self.STATE_TENSORS, tensors, metadata=state_metadata(state))
+        write_json(run_dir / self.STATE_JSON, state)
         if on_save is not None:
             on_save(run_dir)
 
-    def load_state(self, run_dir: str | Path) -> None:
+    def load_state(self, run_dir: str | Path) -> dict:
+        """Restore weights, Adam state, step and history from ``run_dir``; returns the saved state
+        (step, settings, history)."""
         run_dir = Path(run_dir)
-        meta = read_json(run_dir / self.STATE_JSON)
+        meta = read_train_state(run_dir, self.STATE_TENSORS, self.STATE_JSON)
         saved = dict(meta.get("field", {}))
         saved.setdefault("name", self.field.to_config()["name"])
         if json.loads(json.dumps(saved)) != json.loads(json.dumps(self.field.to_config())) or \
@@ -311,3 +317,4 @@ class MetaLearner:
         load_optimizer_tensors(self.optimizer, tensors, "adam.")
         self.step_count = int(meta["step"])
         self.history = list(meta.get("history", []))
+        return meta

@@ -12,7 +12,7 @@ registered with :func:`register_modality`. The trainer never imports a modality:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..fitting import Batch, Metrics, PsnrMetrics
 from .masks import grid_mask
 
@@ -174,10 +175,9 @@ def available_modalities() -> list[str]:
 
 
 def get_modality(name: str) -> type:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown modality {name!r}; available: {', '.join(available_modalities())}") from None
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ConfigError(f"unknown modality {str(name)[:40]!r}; available: {', '.join(available_modalities())}")
+    return _REGISTRY[name]
 
 
 def modality_by_code(code: int) -> type:
@@ -201,9 +201,26 @@ def detect_modality(dataset: Any) -> type:
 
 
 def modality_from_config(config: dict) -> Modality:
+    """The modality a config (``to_config()``, e.g. from a ``config.json``) describes; a bad config
+    raises :class:`~functa.errors.ConfigError` (callers reading a file name it)."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"modality = {str(config)[:40]!r} is not a section (allowed: a table with a 'name')")
     config = dict(config)
-    cls = get_modality(config.pop("name"))
-    return cls(**config)
+    name = config.pop("name", None)
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ConfigError(f"modality.name = {str(name)[:40]!r} is invalid (allowed: one of {', '.join(available_modalities())})")
+    cls = _REGISTRY[name]
+    if is_dataclass(cls):
+        valid = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(config) - valid)
+        if unknown:
+            raise ConfigError(f"unknown {name} modality settings {unknown[:5]}; valid: {sorted(valid)}")
+    try:
+        return cls(**config)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f"invalid {name} modality config ({' '.join(str(e).split())[:200]})") from None
 
 
 def grid_centres(n: int, lo: float = 0.0, hi: float = 1.0) -> Tensor:

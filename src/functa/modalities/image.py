@@ -15,8 +15,11 @@ from torch import Tensor
 
 from ..data import DataError
 from ..data.augment import ImageAugmentation
+from ..data.folder import decode_image, open_image
 from ..atomic import atomic_stream
+from ..errors import ConfigError
 from ..io import atomic_write_bytes
+from ..validation import MAX_GRID_POINTS, Choice, Int, Real, check_fields, check_total
 from .base import ModalityBase, grid_centres, register_modality
 
 __all__ = ["ImageModality", "image_coordinates"]
@@ -62,8 +65,11 @@ class ImageModality(ModalityBase):
     in_dim: int = field(init=False, default=2)
 
     def __post_init__(self) -> None:
-        if self.channels not in (1, 3):
-            raise ValueError(f"images must have 1 or 3 channels, got {self.channels}")
+        check_fields(self, "modality", height=Int(1, 65536), width=Int(1, 65536),
+                     coordinates_convention=Choice("centres", "corners"), max_value=Real(0, 1e12, lo_open=True))
+        if isinstance(self.channels, bool) or self.channels not in (1, 3):
+            raise ConfigError(f"images must have 1 or 3 channels, got {str(self.channels)[:40]}")
+        check_total("modality", self.height * self.width, MAX_GRID_POINTS, f"{self.height}x{self.width} images", "points")
         self.shape = (self.height, self.width)
         self.out_channels = self.channels
 
@@ -127,11 +133,8 @@ class ImageModality(ModalityBase):
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: no such file")
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("L" if self.channels == 1 else "RGB"))
-        except Exception as e:  # PIL raises many exception types for corrupt files
-            raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
+        with open_image(path, str(path)) as im:  # header size checks first: no decompression bombs
+            arr = decode_image(im, "L" if self.channels == 1 else "RGB", str(path))
         return arr.reshape(*arr.shape[:2], self.channels)
 
     def write_item(self, item: np.ndarray, path: Path) -> Path:

@@ -19,7 +19,9 @@ from torch import Tensor
 
 from ..data import DataError, read_array_file
 from ..atomic import atomic_stream
+from ..errors import ConfigError
 from ..io import atomic_write_bytes
+from ..validation import MAX_GRID_POINTS, Real, Text, check_fields, check_total
 from .base import ModalityBase, register_modality
 
 __all__ = ["SphereModality", "sphere_coordinates", "latitude_weights"]
@@ -71,12 +73,18 @@ class SphereModality(ModalityBase):
     out_channels: int = field(init=False, default=1)
 
     def __post_init__(self) -> None:
+        check_fields(self, "modality", vmin=Real(), vmax=Real(), units=Text(max_len=256))
+        for name in ("lat", "lon"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes, dict)) or not isinstance(values, (list, tuple)):
+                raise ConfigError(f"modality.{name} = {str(values)[:40]!r} is not a list of degrees")
+            setattr(self, name, [Real(-1e4, 1e4)(v, f"modality.{name}[{i}]") for i, v in enumerate(values)])
         if len(self.lat) < 2 or len(self.lon) < 2:
-            raise ValueError("a sphere modality needs at least 2 latitudes and 2 longitudes")
+            raise ConfigError("a sphere modality needs at least 2 latitudes and 2 longitudes")
+        check_total("modality", len(self.lat) * len(self.lon), MAX_GRID_POINTS,
+                    f"a {len(self.lat)}x{len(self.lon)} lat/lon grid", "points")
         if not self.vmax > self.vmin:
-            raise ValueError(f"vmax ({self.vmax}) must exceed vmin ({self.vmin})")
-        self.lat = [float(v) for v in self.lat]
-        self.lon = [float(v) for v in self.lon]
+            raise ConfigError(f"vmax ({self.vmax}) must exceed vmin ({self.vmin})")
         self.shape = (len(self.lat), len(self.lon))
 
     @classmethod
@@ -88,7 +96,14 @@ class SphereModality(ModalityBase):
         d, meta = dataset.data, dataset.meta
         if d.ndim != 3 or "lat" not in meta or "lon" not in meta:
             raise ValueError(f"{meta.get('source')}: sphere data must be (M, H, W) with lat/lon coordinates")
-        return cls(lat=list(meta["lat"]), lon=list(meta["lon"]), vmin=float(d.min()), vmax=float(d.max()),
+        if len(meta["lat"]) < 2 or len(meta["lon"]) < 2:
+            raise DataError(f"{meta.get('source')}: a sphere field needs at least 2 latitudes and 2 longitudes, "
+                            f"found {len(meta['lat'])}x{len(meta['lon'])}")  # fmt: skip
+        vmin, vmax = float(d.min()), float(d.max())
+        if not vmax > vmin:
+            raise DataError(f"{meta.get('source')}: the field is constant ({vmin:g} everywhere), so it cannot be "
+                            "normalised: vmax must exceed vmin")  # fmt: skip
+        return cls(lat=list(meta["lat"]), lon=list(meta["lon"]), vmin=vmin, vmax=vmax,
                    units=str(meta.get("units", "")))
 
     def grid(self, shape: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:

@@ -28,7 +28,9 @@ from torch import Tensor
 
 from ..data import DataError, read_array_file, read_binvox, write_binvox
 from ..atomic import atomic_stream
+from ..errors import ConfigError
 from ..io import atomic_write_bytes
+from ..validation import MAX_GRID_POINTS, Int, check_fields, check_total
 from ..viz import occupancy_mesh, shaded_view, write_mesh
 from .base import ModalityBase, grid_centres, register_modality
 
@@ -149,9 +151,12 @@ class VoxelModality(ModalityBase):
     out_channels: int = field(init=False, default=1)
 
     def __post_init__(self) -> None:
-        self.shape = (int(self.size_x), int(self.size_y), int(self.size_z))
-        if min(self.shape) < 1:
-            raise ValueError(f"voxel grids need positive sizes, got {self.shape}")
+        check_fields(self, "modality", size_x=Int(1, 4096), size_y=Int(1, 4096), size_z=Int(1, 4096))
+        self.shape = (self.size_x, self.size_y, self.size_z)
+        check_total("modality", self.size_x * self.size_y * self.size_z, MAX_GRID_POINTS,
+                    f"{self.size_x}x{self.size_y}x{self.size_z} voxel grids", "points")
+        if isinstance(self.class_names, (str, bytes, dict)) or not isinstance(self.class_names, (list, tuple)):
+            raise ConfigError(f"modality.class_names = {str(self.class_names)[:40]!r} is not a list of names")
         self.class_names = [str(c) for c in self.class_names]
 
     @classmethod

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+from ..validation import MAX_GRID_POINTS, MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
+
 __all__ = ["ConvClassifier", "ConvConfig", "MLPClassifier", "MLPConfig", "accuracy", "classification_loss",
            "count_parameters", "predict"]
 
@@ -31,10 +34,12 @@ class MLPConfig:
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.in_dim < 1 or self.num_classes < 2 or self.width < 1 or self.depth < 0:
-            raise ValueError(f"invalid MLP config {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_fields(self, "model", in_dim=Int(1, 2**24), num_classes=Int(2, 2**20), width=Int(1, 65536),
+                     depth=Int(0, 64), dropout=Real(0, 1, hi_open=True))
+        w, d = self.width, self.depth
+        n = (self.in_dim + 1) * w + (d - 1) * (w + 1) * w + (w + 1) * self.num_classes if d else \
+            (self.in_dim + 1) * self.num_classes
+        check_total("model", n, MAX_PARAMETERS, f"an MLP of width {w}, depth {d} on {self.in_dim}-d inputs")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,8 +79,19 @@ class ConvConfig:
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        if len(self.grid_shape) not in (2, 3):
-            raise ValueError(f"the conv baseline takes 2-D or 3-D grids, got {tuple(self.grid_shape)}")
+        if isinstance(self.grid_shape, (list, tuple)) and len(self.grid_shape) not in (2, 3):
+            raise ConfigError(f"the conv baseline takes 2-D or 3-D grids, got {tuple(self.grid_shape)}")
+        check_fields(self, "model", in_channels=Int(1, 4096), num_classes=Int(2, 2**20),
+                     grid_shape=IntSeq(1, 65536, min_len=2, max_len=3), channels=IntSeq(1, 8192, min_len=0, max_len=16),
+                     width=Int(1, 65536), dropout=Real(0, 1, hi_open=True))
+        grid, c, n = self.grid_shape, self.in_channels, 0
+        check_total("model", math.prod(grid), MAX_GRID_POINTS, f"a {'x'.join(map(str, grid))} grid", "points")
+        for out in self.channels:
+            n += c * out * 3 ** len(grid) + out
+            c, grid = out, tuple((g + 1) // 2 for g in grid)
+        n += (c * math.prod(grid) + 1) * self.width + (self.width + 1) * self.num_classes
+        check_total("model", n, MAX_PARAMETERS, f"a conv net of channels {list(self.channels)} and width {self.width} "
+                    f"on {'x'.join(map(str, self.grid_shape))} grids")
 
     def to_dict(self) -> dict:
         return asdict(self)

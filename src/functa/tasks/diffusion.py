@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..validation import MAX_PARAMETERS, Int, Real, check_fields, check_total
+
 __all__ = ["DDPMSchedule", "DenoiserConfig", "ResidualMLPDenoiser", "diffusion_loss", "diffusion_loss_fn",
            "ddim_timesteps", "sample", "timestep_embedding"]
 
@@ -70,8 +72,7 @@ class DDPMSchedule:
     variance: Variance = "beta"
 
     def __post_init__(self) -> None:
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        check_fields(self, "schedule", num_steps=Int(1, 100_000), beta_start=Real(), beta_end=Real())
         if not 0.0 < self.beta_start <= self.beta_end < 1.0:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
         if self.variance not in _VARIANCES:
@@ -291,16 +292,13 @@ class DenoiserConfig:
     cond_drop: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.dim < 1 or self.width < 1 or self.blocks < 0:
-            raise ValueError(f"need dim >= 1, width >= 1 and blocks >= 0, got {self}")
-        if self.time_embed_dim < 2:
-            raise ValueError(f"time_embed_dim must be >= 2, got {self.time_embed_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
-        if not 0.0 <= self.cond_drop < 1.0:
-            raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
+        check_fields(self, "model", dim=Int(1, 2**20), width=Int(1, 65536), blocks=Int(0, 256),
+                     dropout=Real(0, 1, hi_open=True), time_embed_dim=Int(2, 65536), num_classes=Int(0, 2**20),
+                     cond_drop=Real(0, 1, hi_open=True))
+        w, t = self.width, 4 * self.time_embed_dim
+        n = (self.time_embed_dim + 1) * t + (t + 1) * t + (self.num_classes + 1) * t * bool(self.num_classes) + \
+            2 * (self.dim + 1) * w + self.blocks * (2 * (w + 1) * w + (t + 1) * w + 4 * w)
+        check_total("model", n, MAX_PARAMETERS, f"a denoiser of width {w} and {self.blocks} blocks on {self.dim}-d latents")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -42,6 +42,9 @@ from zuko.transforms import (ComposedTransform, CouplingTransform, DependentTran
                              MonotonicRQSTransform, PermutationTransform)
 from zuko.utils import broadcast
 
+from ..errors import ConfigError
+from ..validation import MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
+
 __all__ = ["FlowConfig", "LatentFlow", "LinearTailRQSTransform", "PLULinear", "SplineCoupling", "bits_per_dim",
            "diagonal_gaussian_nll"]
 
@@ -74,17 +77,20 @@ class FlowConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if self.dim < 2:
-            raise ValueError(f"a coupling flow needs dim >= 2, got {self.dim}")
-        if self.layers < 1 or self.bins < 1 or any(h < 1 for h in self.hidden):
-            raise ValueError(f"invalid flow config {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.base_std <= 0 or self.bound <= 0:
-            raise ValueError(f"base_std and bound must be positive, got {self.base_std}, {self.bound}")
-        if self.num_classes < 0 or (self.num_classes > 0 and self.label_embed_dim < 1):
-            raise ValueError(f"invalid num_classes / label_embed_dim: {self.num_classes}, {self.label_embed_dim}")
+        if not isinstance(self.dim, bool) and isinstance(self.dim, int) and self.dim < 2:
+            raise ConfigError(f"a coupling flow needs dim >= 2, got {self.dim}")
+        check_fields(self, "model", dim=Int(2, 2**16), layers=Int(1, 256), bins=Int(1, 1024),
+                     hidden=IntSeq(1, 65536, min_len=0, max_len=16), dropout=Real(0, 1, hi_open=True),
+                     base_std=Real(0, 1e6, lo_open=True), num_classes=Int(0, 2**20), label_embed_dim=Int(0, 65536),
+                     bound=Real(0, 1e6, lo_open=True), seed=Int(0, 2**63 - 1))
+        if self.num_classes > 0 and self.label_embed_dim < 1:
+            raise ConfigError(f"invalid num_classes / label_embed_dim: {self.num_classes}, {self.label_embed_dim}")
+        context = self.label_embed_dim if self.num_classes else 0
+        sizes = [self.dim + context, *self.hidden, self.dim * (3 * self.bins + 1)]
+        per_layer = self.dim * self.dim + sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+        check_total("model", self.layers * per_layer + self.num_classes * self.label_embed_dim, MAX_PARAMETERS,
+                    f"a flow of {self.layers} layers, {self.bins} bins and hidden {list(self.hidden)} on "
+                    f"{self.dim}-d latents")
 
     @property
     def conditional(self) -> bool:

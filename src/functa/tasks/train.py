@@ -5,7 +5,9 @@ batches of rows from in-memory tensors with ``default_rng([seed, step])`` and se
 (dropout, diffusion noise) from ``(seed, step)`` as well, so a run resumed from its checkpoint
 follows exactly the uninterrupted run. It supports Adam/AdamW, the schedules of
 :func:`functa.optim.lr_at`, gradient clipping, an EMA of the weights, periodic evaluation,
-checkpoints (safetensors + JSON) and a progress bar; Ctrl-C saves before stopping.
+checkpoints and a progress bar; Ctrl-C saves before stopping. A checkpoint is one file,
+``train_state.safetensors`` (the step, settings and history in its metadata), so a kill at any
+moment leaves the previous or the new checkpoint; ``train_state.json`` is a readable copy.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import DivergenceError
-from ..io import ArtefactError, load_tensors, read_json, save_tensors, write_json
+from ..validation import Int, Real, check_fields
+from ..io import (ArtefactError, load_tensors, read_train_state, save_tensors, state_metadata, sync_state_copy,
+                  write_json)
 from ..optim import EMA, Schedule, load_optimizer_tensors, lr_at, optimizer_tensors
 
 __all__ = ["TrainConfig", "Trainer"]
@@ -48,8 +52,11 @@ class TrainConfig:
     save_every: int = 1000
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("steps >= 0, batch_size >= 1 and lr > 0 are required")
+        check_fields(self, "train", steps=Int(0, 10**9), batch_size=Int(1, 2**20), lr=Real(0, 1e3, lo_open=True),
+                     weight_decay=Real(0, 1e6), warmup_steps=Int(0, 10**9),
+                     grad_clip=Real(0, math.inf, lo_open=True, optional=True),
+                     ema_decay=Real(0, 1, hi_open=True, optional=True), seed=Int(0, 2**63 - 1),
+                     eval_every=Int(1, 10**9), save_every=Int(1, 10**9))
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         lr_at(0, self.lr, self.schedule, self.warmup_steps, self.steps)  # validates the schedule
@@ -132,8 +139,8 @@ class Trainer:
         if n == 0:
             raise ValueError("no training data")
         run_dir = Path(run_dir) if run_dir is not None else None
-        if run_dir is not None and (run_dir / self.STATE_JSON).exists():
-            self.load_state(run_dir)
+        if run_dir is not None and ((run_dir / self.STATE_TENSORS).exists() or (run_dir / self.STATE_JSON).exists()):
+            sync_state_copy(run_dir / self.STATE_JSON, self.load_state(run_dir))
         bar = tqdm(total=cfg.steps, initial=self.step_count, desc=desc, disable=not progress, dynamic_ncols=True)
         t0 = time.perf_counter()
         try:
@@ -170,15 +177,16 @@ class Trainer:
         if self.ema is not None:
             tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         tensors.update(optimizer_tensors(self.optimizer))
-        save_tensors(run_dir / self.STATE_TENSORS, tensors)
-        write_json(run_dir / self.STATE_JSON, {"step": self.step_count, "config": asdict(self.config),
-                                                "history": self.history})
+        state = {"step": self.step_count, "config": asdict(self.config), "history": self.history}
+        save_tensors(run_dir / self.STATE_TENSORS, tensors, metadata=state_metadata(state))  # the checkpoint
+        write_json(run_dir / self.STATE_JSON, state)  # its readable copy
         if on_save is not None:
             on_save(run_dir)
 
-    def load_state(self, run_dir: str | Path) -> None:
+    def load_state(self, run_dir: str | Path) -> dict:
+        """Restore the training state saved in ``run_dir``; returns it (step, settings, history)."""
         run_dir = Path(run_dir)
-        meta = read_json(run_dir / self.STATE_JSON)
+        meta = read_train_state(run_dir, self.STATE_TENSORS, self.STATE_JSON)
         if meta.get("config", {}).get("seed") != self.config.seed:
             raise ArtefactError(f"{run_dir / self.STATE_JSON}: saved with another seed; use a new output directory")
         tensors = load_tensors(run_dir / self.STATE_TENSORS)
@@ -191,3 +199,4 @@ class Trainer:
         load_optimizer_tensors(self.optimizer, tensors)
         self.step_count = int(meta["step"])
         self.history = list(meta.get("history", []))
+        return meta
