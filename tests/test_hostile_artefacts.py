@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from functa.cli import main
 from functa.config import load_config
@@ -338,3 +339,29 @@ def test_fuzz_readers(fuzz, target, tmp_path):
     assert not report.failures and report.over_time == 0 and report.over_memory == 0, (summary, report.examples[:3])
     assert report.passed_ok > 0 and report.passed_library_error > 0, summary  # both outcomes are exercised
     assert issubclass(ConfigError, FunctaError)
+
+
+@pytest.mark.parametrize("manifest", ["42", '{"header": {}, "total": 3}'])
+def test_resuming_a_writer_on_a_malformed_manifest_is_refused(tmp_path, manifest):
+    path = tmp_path / "x.functaset"
+    _functaset(path)
+    (path / "manifest.json").write_text(manifest)
+    with pytest.raises(ArtefactError) as info:
+        FunctasetWriter(path, {"latent_dim": 4}, total=12)
+    assert str(path / "manifest.json") in _one_line(info.value)
+
+
+def test_fit_resuming_on_a_config_that_is_not_an_object(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("[1]")
+    data = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        (data / split).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(data / split / f"{i}.png")
+    assert main(["--quiet", "fit", str(data), "-o", str(run), "--steps", "1", "--set", "field.width=8",
+                 "--set", "field.depth=2", "--set", "field.latent_dim=4", "--set", "train.batch_size=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{run / 'config.json'}: expected a base network config" in err

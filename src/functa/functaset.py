@@ -62,7 +62,11 @@ class FunctasetWriter:
         self._buf: dict[str, list[np.ndarray]] = {}
         self._buffered = 0
         if (self.path / MANIFEST).exists():
-            manifest = read_json(self.path / MANIFEST)
+            manifest = read_json_object(self.path / MANIFEST, "a functaset manifest (a JSON object)")
+            try:
+                _check_manifest(manifest, FORMAT_VERSION)
+            except ConfigError as e:
+                raise ArtefactError(f"{self.path / MANIFEST}: {e}; delete the functaset to encode it again") from None
             if manifest.get("header") != header or manifest.get("total") != self.total:
                 raise ArtefactError(f"{self.path}: already holds a functaset of other data or another base network; "
                                     "choose a new output path or delete it")

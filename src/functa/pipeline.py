@@ -27,7 +27,7 @@ from .fields import DEFAULT_FIELD, field_from_config
 from .fitting import (Batch, Loss, MetaLearner, MetricMeter, auto_batch_size, evaluate_reconstruction, fit_latents,
                       get_loss, predict, release_free_memory)
 from .functaset import Functaset, FunctasetWriter
-from .io import ArtefactError, load_base_network, read_json, save_base_network
+from .io import ArtefactError, load_base_network, read_json, read_json_object, save_base_network
 from .errors import ConfigError
 from .validation import in_file
 from .modalities import FieldDataset, Modality, PatchDataset, detect_modality, get_modality, modality_from_config
@@ -104,7 +104,7 @@ def _fit(data: str | Path, out: Path, config: RunConfig, progress: bool, time_li
     if config.data.patch:
         modality = modality.with_shape(tuple(config.data.patch))
     if (out / "config.json").exists():
-        prev = read_json(out / "config.json")
+        prev = read_json_object(out / "config.json", "a base network config (a JSON object)")
         if prev.get("modality"):
             modality = modality_from_config(prev["modality"])  # keep the normalisation of the run
     loss = get_loss(config.loss or modality.default_loss)
