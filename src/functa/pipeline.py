@@ -42,7 +42,8 @@ def open_data(path: str | Path, split: str, data_cfg: dict | None = None, progre
     """Load ``split`` of the dataset at ``path`` with the ``data`` section of a run config."""
     d = data_cfg or {}
     return load_dataset(path, split, variable=d.get("variable"), test_fraction=d.get("test_fraction", 0.1),
-                        limit=d.get("limit"), progress=progress)
+                        limit=d.get("limit"), progress=progress, audio_length=d.get("audio_length"),
+                        audio_channel=d.get("audio_channel"))
 
 
 def _infer_modality(ds: ArrayDataset, name: str | None) -> Modality:

@@ -13,6 +13,10 @@ Supported formats (``meta["format"]``):
 * ``npy``           one ``.npy`` ``(M, ...)``, read on demand (optional ``NAME.labels.npy`` beside it)
 * ``npy-shards``    a directory of ``.npy`` shards (optionally in ``train/``/``test/``), concatenated and read on demand
 * ``binvox``        one binvox occupancy grid; ``binvox-folder``: a directory of them (class / train / test folders)
+* ``audio-folder``  a directory of WAV / FLAC / OGG files (optional ``train/``/``test/``); ``audio-npz``: the FSDD
+                    layout (``audio``, ``offsets``, ``sample_rate``); both ``(M, L)`` float32 amplitudes (:mod:`.audio`)
+* ``nifti``         one 3-D volume ``.nii`` / ``.nii.gz`` / ``.mgz`` (nibabel); ``nifti-folder``: a directory of them
+* ``volume-npz``    ``.npz`` with ``volumes`` ``(M, X, Y, Z)`` scalar intensities (MRI / CT), see :mod:`.nifti`
 
 Images come back as ``(M, H, W, C)`` uint8 with ``C`` in {1, 3}; fields as ``(M, H, W)`` float32; voxels as
 ``(M, X, Y, Z)`` uint8 in {0, 1}; arrays ``(M, ...)`` in their own dtype. ``npy`` and ``npy-shards`` data stay
@@ -53,15 +57,17 @@ from .arrays import (
     read_binvox,
     write_binvox,
 )
+from .audio import has_audio, is_audio_npz, load_audio_folder, load_audio_npz
 from .dataset import ArrayDataset, DataError
 from .folder import MixedSizesError, has_images, load_image_folder, load_image_list
 from .grid import is_grid_npz, load_grid_npz, load_netcdf, netcdf_kind
 from .idx import find_idx_pair, is_idx_file, load_idx, read_idx
+from .nifti import has_nifti, is_nifti_path, load_nifti, load_nifti_folder, load_volume_npz, parse_time_index, read_nifti
 from .safeio import DEFAULT_MAX_ARRAY_BYTES, array_limit, max_array_bytes
 from .shards import ShardedArray
 
 __all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "load_dataset",
-           "load_image_list", "read_array_file", "read_binvox", "read_idx", "write_binvox", "SUPPORTED_FORMATS", "sniff_format",
+           "load_image_list", "read_array_file", "read_nifti", "read_binvox", "read_idx", "write_binvox", "SUPPORTED_FORMATS", "sniff_format",
            "DEFAULT_MAX_ARRAY_BYTES", "array_limit", "max_array_bytes"]
 
 SUPPORTED_FORMATS = (
@@ -76,7 +82,11 @@ SUPPORTED_FORMATS = (
     "npy (one .npy (M, ...), read on demand), "
     "npy-shards (directory of .npy shards, optional train/test sub-directories), "
     "binvox (.binvox file), "
-    "binvox-folder (directory of .binvox, optional train/test and class sub-folders)"
+    "binvox-folder (directory of .binvox, optional train/test and class sub-folders), "
+    "audio-folder (directory of .wav/.flac/.ogg, optional train/test sub-folders), "
+    "audio-npz (.npz with audio, offsets and sample_rate, e.g. FSDD), "
+    "nifti (.nii, .nii.gz or .mgz 3-D volume; nifti-folder: a directory of them), "
+    "volume-npz (.npz with volumes (M, X, Y, Z))"
 )
 _SPLITS = ("train", "test", "all")
 _NETCDF_SUFFIXES = (".nc", ".nc3", ".nc4", ".cdf", ".netcdf")
@@ -90,6 +100,10 @@ def _npz_kind(path: Path) -> str:
         return "grid-npz"
     if "voxels" in keys:
         return "voxel-npz"
+    if is_audio_npz(keys):
+        return "audio-npz"
+    if "volumes" in keys:
+        return "volume-npz"
     if "data" in keys:
         return "array-npz"
     raise DataError(
@@ -121,10 +135,16 @@ def sniff_format(path: str | Path) -> str:
             return "npy-shards"
         if has_binvox(p):
             return "binvox-folder"
+        if has_audio(p):
+            return "audio-folder"
+        if has_nifti(p):
+            return "nifti-folder"
         single = _single_npz(p)
         if single is not None:
             return _npz_kind(single)
         raise DataError(f"{p}: directory holds no recognised dataset; supported formats: {SUPPORTED_FORMATS}")
+    if is_nifti_path(p):
+        return "nifti"
     if netcdf_kind(p) is not None:
         return "netcdf"
     if p.suffix.lower() in _NETCDF_SUFFIXES:
@@ -156,6 +176,8 @@ def load_dataset(
     limit: int | None = None,
     progress: bool = True,
     max_bytes: int | str | None = None,
+    audio_length: int | None = None,
+    audio_channel: int | None = None,
 ) -> ArrayDataset:
     """Load the dataset at ``path`` (format sniffed, see module docstring); ``npy`` / ``npy-shards`` lazily.
 
@@ -176,6 +198,9 @@ def load_dataset(
         max_bytes: the most decoded bytes any one array read from a file may have (an int, or a string
             such as ``"8G"``); default: ``$FUNCTA_MAX_ARRAY_BYTES``, else 2 GiB. Declared sizes over it are
             refused with :class:`DataError` before anything is decoded (see :mod:`functa.data.safeio`).
+        audio_length: audio: crop every clip to its first ``audio_length`` samples (shorter clips are refused);
+            default: the shortest clip's length (:mod:`functa.data.audio`).
+        audio_channel: audio: the channel to read from multichannel files (refused without it).
 
     Returns:
         :class:`ArrayDataset` with ``data`` ``(M, H, W, C)`` uint8 (images), ``(M, H, W)`` float32 (fields),
@@ -192,15 +217,25 @@ def load_dataset(
     limit = None if limit is None else int(limit)
     with array_limit(max_bytes):
         try:
+            if sniff_format(p) in ("audio-folder", "audio-npz"):
+                return _load_audio(p, split, test_fraction, limit, audio_length, audio_channel)
             return _load(p, split, single, variable, test_fraction, limit, progress)
         except MemoryError:
             raise DataError(f"{p}: out of memory while loading the dataset") from None
 
 
+def _load_audio(p: Path, split: str, test_fraction: float, limit: int | None, length: int | None,
+                channel: int | None) -> ArrayDataset:
+    kw = dict(test_fraction=test_fraction, limit=limit, length=length, channel=channel)
+    if p.is_dir() and sniff_format(p) == "audio-npz" and not has_audio(p):
+        p = _single_npz(p)  # type: ignore[assignment]
+    return (load_audio_folder if p.is_dir() else load_audio_npz)(p, split, **kw)
+
+
 def _load(p: Path, split: str, single: bool, variable: str | None, test_fraction: float, limit: int | None,
           progress: bool) -> ArrayDataset:
     fmt = sniff_format(p)
-    if p.is_dir() and fmt in ("voxel-npz", "array-npz", "grid-npz"):
+    if p.is_dir() and fmt in ("voxel-npz", "array-npz", "grid-npz", "volume-npz"):
         p = _single_npz(p)  # a directory holding one .npz file is that file
     if fmt == "idx":
         return load_idx(p, None if single else split, limit)
@@ -214,7 +249,10 @@ def _load(p: Path, split: str, single: bool, variable: str | None, test_fraction
         return load_binvox(p, split)
     if fmt == "binvox-folder":
         return load_binvox_folder(p, split, test_fraction=test_fraction, limit=limit, progress=progress)
-    arrays = {"voxel-npz": load_voxel_npz, "array-npz": load_array_npz, "npy": load_npy, "npy-shards": load_npy_shards}
+    if fmt in ("nifti", "nifti-folder"):
+        loader = load_nifti if fmt == "nifti" else load_nifti_folder
+        return loader(p, split, time_index=parse_time_index(variable), test_fraction=test_fraction, limit=limit)
+    arrays = {"volume-npz": load_volume_npz, "voxel-npz": load_voxel_npz, "array-npz": load_array_npz, "npy": load_npy, "npy-shards": load_npy_shards}
     if fmt in arrays:
         return arrays[fmt](p, split, test_fraction=test_fraction, limit=limit)
     kw = dict(variable=variable, test_fraction=test_fraction, limit=limit)

@@ -3,12 +3,16 @@
 from .base import (Augmentation, FieldDataset, Modality, ModalityBase, PatchDataset, available_modalities,
                    detect_modality, get_modality, grid_centres, modality_by_code, modality_from_config,
                    register_modality)
+from .audio import AudioMetrics, AudioModality, audio_coordinates
 from .image import ImageModality, image_coordinates
 from .masks import MASKS, grid_mask
 from .sphere import SphereModality, latitude_weights, sphere_coordinates
 from .voxel import OccupancyMetrics, VoxelModality, VoxelRescale, depth_scan_mask, voxel_coordinates
+from .volume import VolumeModality
 
 __all__ = [
+    "AudioMetrics",
+    "AudioModality",
     "Augmentation",
     "FieldDataset",
     "ImageModality",
@@ -18,8 +22,10 @@ __all__ = [
     "OccupancyMetrics",
     "PatchDataset",
     "SphereModality",
+    "VolumeModality",
     "VoxelModality",
     "VoxelRescale",
+    "audio_coordinates",
     "available_modalities",
     "depth_scan_mask",
     "detect_modality",

@@ -133,9 +133,11 @@ class ModalityBase:
     default_loss: ClassVar[str] = "mse"
     unobserved_fill: ClassVar[float] = 0.5  # feature value that shows unobserved points in imputation panels
 
+    dataset_kind: ClassVar[str | None] = None  # the loaders' ``meta["kind"]`` this modality claims
+
     @classmethod
     def detect(cls, dataset: Any) -> bool:
-        return False
+        return cls.dataset_kind is not None and dataset.meta.get("kind") == cls.dataset_kind
 
     def reconstruction_metrics(self) -> Metrics:
         return PsnrMetrics()

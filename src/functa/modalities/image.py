@@ -57,6 +57,7 @@ class ImageModality(ModalityBase):
 
     name: ClassVar[str] = "image"
     code: ClassVar[int] = 1
+    dataset_kind = "image"
     height: int = 28
     width: int = 28
     channels: int = 1
@@ -72,10 +73,6 @@ class ImageModality(ModalityBase):
         check_total("modality", self.height * self.width, MAX_GRID_POINTS, f"{self.height}x{self.width} images", "points")
         self.shape = (self.height, self.width)
         self.out_channels = self.channels
-
-    @classmethod
-    def detect(cls, dataset) -> bool:
-        return dataset.meta.get("kind") == "image"
 
     @classmethod
     def from_dataset(cls, dataset) -> "ImageModality":

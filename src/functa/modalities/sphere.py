@@ -64,6 +64,7 @@ class SphereModality(ModalityBase):
 
     name: ClassVar[str] = "sphere"
     code: ClassVar[int] = 2
+    dataset_kind = "field"
     lat: list[float] = field(default_factory=list)
     lon: list[float] = field(default_factory=list)
     vmin: float = 0.0
@@ -86,10 +87,6 @@ class SphereModality(ModalityBase):
         if not self.vmax > self.vmin:
             raise ConfigError(f"vmax ({self.vmax}) must exceed vmin ({self.vmin})")
         self.shape = (len(self.lat), len(self.lon))
-
-    @classmethod
-    def detect(cls, dataset) -> bool:
-        return dataset.meta.get("kind") == "field"
 
     @classmethod
     def from_dataset(cls, dataset) -> "SphereModality":

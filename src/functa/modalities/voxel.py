@@ -141,6 +141,7 @@ class VoxelModality(ModalityBase):
 
     name: ClassVar[str] = "voxel"
     code: ClassVar[int] = 3
+    dataset_kind = "voxel"
     default_loss: ClassVar[str] = "bce"
     unobserved_fill: ClassVar[float] = 0.0  # imputation panels show hidden voxels as empty
     size_x: int = 32
@@ -158,10 +159,6 @@ class VoxelModality(ModalityBase):
         if isinstance(self.class_names, (str, bytes, dict)) or not isinstance(self.class_names, (list, tuple)):
             raise ConfigError(f"modality.class_names = {str(self.class_names)[:40]!r} is not a list of names")
         self.class_names = [str(c) for c in self.class_names]
-
-    @classmethod
-    def detect(cls, dataset) -> bool:
-        return dataset.meta.get("kind") == "voxel"
 
     @classmethod
     def from_dataset(cls, dataset) -> "VoxelModality":

@@ -1,0 +1,221 @@
+"""The audio modality: coordinates, normalisation, bounded reading of WAV / FLAC / OGG / FSDD npz,
+refusals naming the file, and fit / encode / eval / render / compress / decompress from the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from functa.cli import main
+from functa.data import DataError, load_dataset
+from functa.data.audio import read_audio
+from functa.modalities import AudioModality, audio_coordinates, detect_modality, modality_from_config
+
+FAST = ["--set", "field.width=16", "--set", "field.depth=3", "--set", "field.latent_dim=4", "--set", "field.w0=5",
+        "--set", "train.batch_size=4", "--set", "train.eval_items=4", "--set", "train.eval_every=5",
+        "--set", "train.save_every=5", "--set", "train.warmup_steps=2"]
+
+
+def tone(n, rate=8000, freq=220.0, amp=0.5, phase=0.0):
+    t = np.arange(n) / rate
+    return (amp * np.sin(2 * np.pi * freq * t + phase)).astype(np.float32)
+
+
+def wav_folder(root, n=8, length=256, rate=8000):
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        sf.write(root / f"clip{i:02d}.wav", tone(length + 10 * i, rate, 150 + 40 * i, 0.3 + 0.05 * i), rate,
+                 subtype="PCM_16")
+    return root
+
+
+def test_coordinates_values():
+    c = audio_coordinates(5)[:, 0]  # default: COIN++ 10 c - 5 on linspace(0, 1, L)
+    assert torch.allclose(c, torch.tensor([-5.0, -2.5, 0.0, 2.5, 5.0]))
+    assert torch.allclose(audio_coordinates(5, "unit")[:, 0], torch.linspace(0, 1, 5))
+    assert torch.allclose(audio_coordinates(5, "symmetric")[:, 0], torch.linspace(-1, 1, 5))
+    assert torch.allclose(audio_coordinates(4, "unit", "centres")[:, 0], torch.tensor([0.125, 0.375, 0.625, 0.875]))
+    m = AudioModality(length=5)
+    assert m.coordinates().shape == (5, 1) and torch.allclose(m.coordinates(), audio_coordinates(5))
+    with pytest.raises(Exception):
+        AudioModality(coordinates_range="bogus")
+
+
+def test_normalisation_round_trip_keeps_amplitude_and_rate(tmp_path):
+    m = AudioModality(length=100, sample_rate=8000)
+    a = tone(100, amp=0.9)[None]
+    f = m.to_features(a)
+    assert f.shape == (1, 100, 1) and float(f.min()) >= 0 and float(f.max()) <= 1
+    assert torch.allclose(f[0, :, 0], torch.from_numpy((a[0] + 1) / 2))
+    np.testing.assert_allclose(m.from_features(f), a, atol=1e-6)
+    back = modality_from_config(json.loads(json.dumps(m.to_config())))
+    assert back == m and back.sample_rate == 8000 and back.full_scale == 1.0
+    p = m.write_item(a[0], tmp_path / "x.wav")
+    assert sf.info(str(p)).samplerate == 8000
+    np.testing.assert_allclose(m.read_item(p), a[0], atol=1 / 32768 + 1e-6)
+    # float data over full scale: the peak (a power of two) becomes full_scale, stored in the config
+    loud = AudioModality.from_dataset(type("D", (), {"data": np.array([[0.1, -3.0]], np.float32), "lazy": False,
+                                                     "meta": {"sample_rate": 100, "kind": "audio"}})())
+    assert loud.full_scale == 4.0 and float(loud.to_features(np.array([[-3.0, 0.1]], np.float32)).min()) >= 0
+
+
+@pytest.mark.parametrize("suffix,subtype", [(".wav", "PCM_16"), (".flac", "PCM_16"), (".ogg", "VORBIS")])
+def test_reads_wav_flac_ogg(tmp_path, suffix, subtype):
+    x = tone(4000, 16000, 440)
+    p = tmp_path / f"a{suffix}"
+    sf.write(p, x, 16000, subtype=subtype)
+    clip, rate = read_audio(p)
+    assert rate == 16000 and clip.dtype == np.float32
+    tol = 0.05 if suffix == ".ogg" else 1e-4  # Vorbis is lossy (and may add frames)
+    n = min(len(clip), len(x))
+    assert abs(len(clip) - 4000) <= 64 and np.sqrt(np.mean((clip[:n] - x[:n]) ** 2)) < tol
+    ds = load_dataset(tmp_path, "all")
+    assert ds.meta["kind"] == "audio" and ds.meta["sample_rate"] == 16000 and ds.data.shape[0] == 1
+    assert detect_modality(ds) is AudioModality
+
+
+def test_refusals_name_the_file(tmp_path):
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, np.stack([tone(200), tone(200, freq=300)], 1), 8000)
+    with pytest.raises(DataError, match="stereo.wav.*2 channels"):
+        read_audio(stereo)
+    assert read_audio(stereo, channel=1)[0].shape == (200,)
+    nan = tmp_path / "nan.wav"
+    x = tone(200)
+    x[50] = np.nan
+    sf.write(nan, x, 8000, subtype="FLOAT")
+    with pytest.raises(DataError, match="nan.wav.*NaN"):
+        read_audio(nan)
+    short = tmp_path / "short.wav"
+    sf.write(short, tone(5), 8000)
+    with pytest.raises(DataError, match="short.wav.*too short"):
+        read_audio(short)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt \xff\xff\xff\xff" + b"\x00" * 20)
+    with pytest.raises(DataError, match="bad.wav"):
+        read_audio(bad)
+    # a declared size over the array limit is refused before decoding
+    from functa.data import array_limit
+
+    with array_limit(100), pytest.raises(DataError, match="stereo.wav.*limit"):
+        read_audio(stereo, channel=0)
+    # a folder mixing sample rates, and clips shorter than an explicit length
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    sf.write(mixed / "a.wav", tone(300), 8000)
+    sf.write(mixed / "b.wav", tone(300), 16000)
+    with pytest.raises(DataError, match=r"b\.wav.*16000 Hz differs from .*a\.wav"):
+        load_dataset(mixed, "all")
+    (mixed / "b.wav").unlink()
+    sf.write(mixed / "c.wav", tone(400), 8000)
+    with pytest.raises(DataError, match=r"a\.wav: 300 samples, too short for data.audio_length = 350"):
+        load_dataset(mixed, "all", audio_length=350)
+    ds = load_dataset(mixed, "all")
+    assert ds.data.shape == (2, 300) and "cropped to the shortest" in ds.meta["notes"][0]
+    m = AudioModality(length=300, sample_rate=16000)
+    with pytest.raises(DataError, match=r"c\.wav: sample rate 8000 Hz, expected 16000"):
+        m.read_item(mixed / "c.wav")
+
+
+def test_fsdd_npz_layout_split_is_speaker_disjoint(tmp_path):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(100, 200, 24)
+    audio = (rng.normal(0, 3000, int(lengths.sum()))).astype(np.int16)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    speaker = np.arange(24) % 6
+    p = tmp_path / "fsdd.npz"
+    np.savez(p, audio=audio, offsets=offsets, sample_rate=np.int32(8000), label=(np.arange(24) % 10).astype(np.uint8),
+             speaker=speaker.astype(np.uint8), speaker_names=np.array(list("abcdef")),
+             name=np.array([f"c{i}" for i in range(24)]))
+    train, test = load_dataset(p, "train"), load_dataset(p, "test")
+    assert train.data.shape[1] == test.data.shape[1] == int(lengths.min())
+    assert len(train) + len(test) == 24 and len(test) == 4  # one speaker of six
+    assert test.meta["test_groups"] == train.meta["test_groups"] and len(test.meta["test_groups"]) == 1
+    np.testing.assert_allclose(load_dataset(p, "all").data[0], audio[:lengths.min()] / 32768.0)
+    assert AudioModality.from_dataset(train).sample_rate == 8000
+
+
+def test_cli_fit_encode_eval_render_compress(tmp_path, capsys):
+    data = wav_folder(tmp_path / "clips", n=8, length=256)
+    run = tmp_path / "run"
+    assert main(["--quiet", "fit", str(data), "-o", str(run), "--steps", "10", "--set", "data.test_fraction=0.25",
+                 *FAST]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["modality"]["name"] == "audio" and cfg["modality"]["length"] == 256
+    assert cfg["modality"]["sample_rate"] == 8000 and cfg["modality"]["coordinates_range"] == "coinpp"
+    fs = tmp_path / "train.functaset"
+    assert main(["--quiet", "encode", str(data), "-m", str(run), "-o", str(fs)]) == 0
+    js = tmp_path / "eval.json"
+    assert main(["--quiet", "eval", str(data), "-m", str(run), "--json", str(js)]) == 0
+    res = json.loads(js.read_text())["results"]
+    assert {"mean_psnr", "psnr_of_mean_mse", "snr_db"} <= set(res["per_step"][-1])
+    assert json.loads(js.read_text())["headline"] == "mean_psnr"
+    out = tmp_path / "renders"
+    assert main(["--quiet", "render", "-m", str(run), "--functaset", str(fs), "--indices", "0:2", "--scale", "2",
+                 "-o", str(out)]) == 0
+    wavs = sorted(out.rglob("*.wav"))
+    assert wavs, list(out.rglob("*"))
+    info = sf.info(str(wavs[0]))
+    assert info.frames == 512 and info.samplerate == 16000  # twice the samples, the same duration
+    assert abs(info.duration - 256 / 8000) < 1e-9
+    codec = tmp_path / "codec"
+    assert main(["--quiet", "codec", "build", "-m", str(run), "--functaset", str(fs), "-o", str(codec)]) == 0
+    long = tmp_path / "x.wav"
+    sf.write(long, tone(600, freq=300), 8000)  # 600 samples: 3 patches of 256
+    fta = tmp_path / "x.fta"
+    capsys.readouterr()
+    assert main(["compress", str(long), "-m", str(codec), "-o", str(fta)]) == 0
+    out_text = capsys.readouterr().out
+    assert "psnr_db" in out_text and "snr_db" in out_text
+    assert fta.read_bytes()[13] == AudioModality.code
+    back = tmp_path / "y.wav"
+    assert main(["decompress", str(fta), "-m", str(codec), "-o", str(back)]) == 0
+    info = sf.info(str(back))
+    assert info.frames == 600 and info.samplerate == 8000
+
+
+def test_cli_fit_on_patches_evaluates_whole_clips(tmp_path):
+    data = wav_folder(tmp_path / "long", n=4, length=1000)
+    run = tmp_path / "run"
+    assert main(["--quiet", "fit", str(data), "-o", str(run), "--steps", "6", "--set", "data.patch=[100]",
+                 "--set", "data.test_fraction=0.25", *FAST]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["modality"]["length"] == 100 and cfg["data"]["patch"] == [100]
+    final = cfg["training"]["final_eval"]
+    assert "whole items" in final["protocol"] and np.isfinite(final["per_step"][-1]["snr_db"])
+
+
+def test_modality_contract(tmp_path):
+    """The checks tests/test_modalities.py makes of every modality."""
+    from functa.modalities import available_modalities, get_modality, modality_by_code
+
+    mod = AudioModality(length=12, sample_rate=8000)
+    items = np.random.default_rng(0).uniform(-1, 1, (2, 12)).astype(np.float32)
+    feats = mod.to_features(items)
+    assert feats.shape == (2, 12, 1) and 0 <= float(feats.min()) and float(feats.max()) <= 1
+    assert mod.coordinates((24,)).shape == (24, 1)
+    np.testing.assert_allclose(mod.from_features(feats), items, rtol=1e-5, atol=1e-6)
+    assert modality_from_config(json.loads(json.dumps(mod.to_config()))).to_config() == mod.to_config()
+    paths = mod.save(mod.from_features(feats), tmp_path, ["a", "b"])
+    assert all(p.is_file() and p.suffix == ".png" for p in paths) and (tmp_path / "a.wav").is_file()
+    assert "audio" in available_modalities() and get_modality("audio") is AudioModality
+    assert modality_by_code(AudioModality.code) is AudioModality
+    np.testing.assert_allclose(mod.read_item(mod.write_item(items[0], tmp_path / "one.npz")), items[0])
+    (tmp_path / "junk.png").write_bytes(b"not an image or array")
+    with pytest.raises(DataError, match="junk.png"):
+        mod.read_item(tmp_path / "junk.png")
+    with pytest.raises(DataError, match="no such file"):
+        mod.read_item(tmp_path / "missing.wav")
+    assert mod.observation_mask("left-half", feats).shape == (1, 12)
+    m = mod.reconstruction_metrics()
+    vals = m.per_item(feats, feats)
+    assert float(vals["snr_db"].min()) > 150  # exact reconstruction
+    assert mod.compare(items[0], items[0])["psnr_db"] == float("inf")
+    noisy = items[0] + 0.01
+    c = mod.compare(noisy, items[0])
+    assert c["snr_db"] == pytest.approx(10 * np.log10(np.sum(items[0].astype(np.float64) ** 2) / (12 * 1e-4)), rel=1e-3)
+    assert c["psnr_db"] == pytest.approx(-10 * np.log10((0.01 / 2) ** 2), rel=1e-3)
