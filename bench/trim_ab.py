@@ -1,7 +1,7 @@
 """Speed and peak memory of ``functa encode`` with and without the periodic heap trim, interleaved.
 
 Each run is a fresh process (so ``ru_maxrss`` is its own) encoding the same data with the same base
-network, alternately with ``pipeline.TRIM_EVERY`` at its default and with trimming off.
+network, alternately with ``pipeline.HEAP_SLACK_MB`` at its default and with trimming off.
 
 Usage::
 
@@ -28,7 +28,7 @@ from functa.fitting import tune_cpu_allocator
 tune_cpu_allocator()
 run, data, out, copies, trim = sys.argv[1:6]
 if trim == "off":
-    pipeline.TRIM_EVERY = 10**12
+    pipeline.HEAP_SLACK_MB = 10**9
 t = time.perf_counter()
 fs = pipeline.encode(run, data, out, split="all", augment=("scale",) if int(copies) else (), copies=int(copies),
                      progress=False)

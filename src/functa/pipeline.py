@@ -25,7 +25,7 @@ from .data import ArrayDataset, DataError, load_dataset
 from .device import resolve_device
 from .fields import DEFAULT_FIELD, field_from_config
 from .fitting import (Batch, Loss, MetaLearner, MetricMeter, auto_batch_size, evaluate_reconstruction, fit_latents,
-                      get_loss, predict, release_free_memory)
+                      get_loss, predict, HeapGuard)
 from .functaset import Functaset, FunctasetWriter
 from .io import ArtefactError, load_base_network, read_json, read_json_object, save_base_network
 from .errors import ConfigError
@@ -35,7 +35,7 @@ from .modalities import FieldDataset, Modality, PatchDataset, detect_modality, g
 __all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "model_loss", "open_data",
            "parse_indices", "render"]
 
-TRIM_EVERY = 8  # encoding batches between heap trims (bounded RSS on any number of items)
+HEAP_SLACK_MB = 256  # RSS growth that triggers a heap trim while encoding (bounded RSS on any number of items)
 
 
 def open_data(path: str | Path, split: str, data_cfg: dict | None = None, progress: bool = True) -> ArrayDataset:
@@ -197,7 +197,7 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
     t0 = time.perf_counter()
     row = writer.count
     params = None
-    batches = 0
+    heap = HeapGuard(HEAP_SLACK_MB)
     while row < total:
         copy, s = divmod(row, m)
         # batches never straddle a chunk boundary: a resumed run (it restarts at one) fits the same batches
@@ -213,9 +213,7 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
         writer.append(enc.latents, src.labels(idx), idx, {"loss": enc.loss, **values})
         bar.update(len(idx))
         row += len(idx)
-        batches += 1
-        if batches % TRIM_EVERY == 0:
-            release_free_memory()  # bounded RSS however many items (see release_free_memory)
+        heap.step()  # bounded RSS however many items (see HeapGuard)
     bar.close()
     writer.flush()
     writer.close({**_summary(metrics, writer), "encode_s_last_session": time.perf_counter() - t0})

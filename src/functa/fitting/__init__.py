@@ -5,7 +5,7 @@ from .inner import InnerLoop, field_outputs, inner_step, latent_grad, uses_fast_
 from .losses import AnalyticOutputGrad, BCEWithLogitsLoss, Loss, MSELoss, available_losses, get_loss
 from .meta import MetaLearner, MetaLearningConfig, evaluate_reconstruction
 from .metrics import MetricMeter, Metrics, PsnrMetrics, mse_per_item, psnr
-from .allocator import release_free_memory, tune_cpu_allocator
+from .allocator import HeapGuard, release_free_memory, tune_cpu_allocator
 from .outer import OuterObjective, OuterResult, outer_loss
 from .source import Batch, BatchSource, Renderer
 
@@ -38,6 +38,7 @@ __all__ = [
     "outer_loss",
     "predict",
     "psnr",
+    "HeapGuard",
     "release_free_memory",
     "tune_cpu_allocator",
     "uses_fast_path",

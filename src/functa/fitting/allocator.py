@@ -7,7 +7,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["release_free_memory", "tune_cpu_allocator"]
+__all__ = ["HeapGuard", "release_free_memory", "tune_cpu_allocator"]
 
 _ALLOCATOR_TUNED: bool | None = None
 _LIBC: ctypes.CDLL | None | bool = None
@@ -65,3 +65,32 @@ def release_free_memory() -> bool:
     if libc is None or not hasattr(libc, "malloc_trim"):
         return False
     return bool(libc.malloc_trim(0))
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class HeapGuard:
+    """Trims the heap (:func:`release_free_memory`) only when the resident set has grown by more
+    than ``slack_mb`` since the last trim, so a long loop's memory stays bounded while the freed
+    activation buffers are kept between trims (a trim every 8 batches cost 8 % of encoding speed
+    on a tiny network; ``bench/trim_ab.py``). Call :meth:`step` once per batch."""
+
+    def __init__(self, slack_mb: float = 256.0) -> None:
+        self.slack = int(slack_mb * 2**20)
+        self.base: int | None = None  # RSS after a batch (working set included), set at the first step
+
+    def step(self) -> None:
+        rss = _resident_bytes()
+        if rss is None:
+            return
+        if self.base is None:
+            self.base = rss
+        elif rss > self.base + self.slack:
+            release_free_memory()
+            self.base = None  # the next batch regrows the working set: measure the new base after it
