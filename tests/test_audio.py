@@ -116,6 +116,15 @@ def test_refusals_name_the_file(tmp_path):
         load_dataset(mixed, "all", audio_length=350)
     ds = load_dataset(mixed, "all")
     assert ds.data.shape == (2, 300) and "cropped to the shortest" in ds.meta["notes"][0]
+    # with audio_pad, short clips are padded with silence at their end (long ones still cropped)
+    padded = load_dataset(mixed, "all", audio_length=350, audio_pad=True)
+    a, c = sf.read(mixed / "a.wav", dtype="float32")[0], sf.read(mixed / "c.wav", dtype="float32")[0]
+    assert padded.data.shape == (2, 350) and "1 of 2 clips padded" in padded.meta["notes"][0]
+    np.testing.assert_array_equal(padded.data[0, :300], a)
+    assert not padded.data[0, 300:].any()
+    np.testing.assert_array_equal(padded.data[1], c[:350])
+    with pytest.raises(DataError, match="audio_pad needs data.audio_length"):
+        load_dataset(mixed, "all", audio_pad=True)
     m = AudioModality(length=300, sample_rate=16000)
     with pytest.raises(DataError, match=r"c\.wav: sample rate 8000 Hz, expected 16000"):
         m.read_item(mixed / "c.wav")

@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .fitting import MetaLearningConfig, available_losses
-from .validation import MAX_GRID_POINTS, Choice, Int, IntSeq, Real, Text, check_fields, check_total, in_file
+from .validation import MAX_GRID_POINTS, Bool, Choice, Int, IntSeq, Real, Text, check_fields, check_total, in_file
 
 __all__ = ["DataConfig", "RunConfig", "PRESETS", "load_config", "apply_overrides", "MAX_CONFIG_BYTES"]
 
@@ -46,11 +46,12 @@ class DataConfig:
     patch: list[int] | None = None  # meta-learn on random crops of this size (COIN++ patches for large items)
     audio_length: int | None = None  # audio: crop clips to their first N samples (default: the shortest clip)
     audio_channel: int | None = None  # audio: the channel of multichannel files (refused without it)
+    audio_pad: bool = False  # audio: pad clips shorter than audio_length with silence (else they are refused)
 
     def __post_init__(self) -> None:
         check_fields(self, "data", variable=Text(max_len=256, optional=True), test_fraction=Real(0, 1),
                      limit=Int(1, 2**40, optional=True), audio_length=Int(16, 2**40, optional=True),
-                     audio_channel=Int(0, 1024, optional=True),
+                     audio_channel=Int(0, 1024, optional=True), audio_pad=Bool(),
                      patch=IntSeq(1, 65536, min_len=1, max_len=4, optional=True, as_list=True))
         if self.patch is not None:
             check_total("data.patch", math.prod(self.patch), MAX_GRID_POINTS, f"a patch of {self.patch}", "points")

@@ -43,7 +43,7 @@ def open_data(path: str | Path, split: str, data_cfg: dict | None = None, progre
     d = data_cfg or {}
     return load_dataset(path, split, variable=d.get("variable"), test_fraction=d.get("test_fraction", 0.1),
                         limit=d.get("limit"), progress=progress, audio_length=d.get("audio_length"),
-                        audio_channel=d.get("audio_channel"))
+                        audio_channel=d.get("audio_channel"), audio_pad=bool(d.get("audio_pad", False)))
 
 
 def _infer_modality(ds: ArrayDataset, name: str | None) -> Modality:

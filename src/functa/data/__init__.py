@@ -178,6 +178,7 @@ def load_dataset(
     max_bytes: int | str | None = None,
     audio_length: int | None = None,
     audio_channel: int | None = None,
+    audio_pad: bool = False,
 ) -> ArrayDataset:
     """Load the dataset at ``path`` (format sniffed, see module docstring); ``npy`` / ``npy-shards`` lazily.
 
@@ -201,6 +202,7 @@ def load_dataset(
         audio_length: audio: crop every clip to its first ``audio_length`` samples (shorter clips are refused);
             default: the shortest clip's length (:mod:`functa.data.audio`).
         audio_channel: audio: the channel to read from multichannel files (refused without it).
+        audio_pad: audio: pad clips shorter than ``audio_length`` with silence instead of refusing them.
 
     Returns:
         :class:`ArrayDataset` with ``data`` ``(M, H, W, C)`` uint8 (images), ``(M, H, W)`` float32 (fields),
@@ -218,15 +220,15 @@ def load_dataset(
     with array_limit(max_bytes):
         try:
             if sniff_format(p) in ("audio-folder", "audio-npz"):
-                return _load_audio(p, split, test_fraction, limit, audio_length, audio_channel)
+                return _load_audio(p, split, test_fraction, limit, audio_length, audio_channel, audio_pad)
             return _load(p, split, single, variable, test_fraction, limit, progress)
         except MemoryError:
             raise DataError(f"{p}: out of memory while loading the dataset") from None
 
 
 def _load_audio(p: Path, split: str, test_fraction: float, limit: int | None, length: int | None,
-                channel: int | None) -> ArrayDataset:
-    kw = dict(test_fraction=test_fraction, limit=limit, length=length, channel=channel)
+                channel: int | None, pad: bool = False) -> ArrayDataset:
+    kw = dict(test_fraction=test_fraction, limit=limit, length=length, channel=channel, pad=pad)
     if p.is_dir() and sniff_format(p) == "audio-npz" and not has_audio(p):
         p = _single_npz(p)  # type: ignore[assignment]
     return (load_audio_folder if p.is_dir() else load_audio_npz)(p, split, **kw)

@@ -7,9 +7,11 @@ before it is allocated.
 
 Equal lengths: a dataset is one array, so every clip is **cropped to its first** ``length`` samples
 (``data.audio_length``; COIN++ uses the first 3 s = 48,000 samples of each LibriSpeech utterance).
-A clip shorter than ``length`` is refused (:class:`DataError` naming it). Without ``length``, every clip
-of the dataset (all splits) is cropped to the shortest one, and ``meta["notes"]`` says so. Clips are
-never padded and never resampled: clips of different sample rates are refused, naming two of them.
+A clip shorter than ``length`` is refused (:class:`DataError` naming it), unless ``pad`` is set
+(``data.audio_pad``): then it is padded with silence (zero amplitude, feature 0.5) at its end, and
+``meta["notes"]`` counts the padded clips. Without ``length``, every clip of the dataset (all splits)
+is cropped to the shortest one, and ``meta["notes"]`` says so. Clips are never resampled: clips of
+different sample rates are refused, naming two of them.
 
 Channels: a multichannel clip is refused unless ``channel`` (``data.audio_channel``, 0-based) picks one.
 
@@ -144,9 +146,12 @@ def _select(groups: list[str], split: str, test_fraction: float, root: Path) -> 
     return np.nonzero(keep)[0]
 
 
-def _common_length(lengths: list[int], names: list[str], length: int | None, where: str) -> tuple[int, list[str]]:
-    """The crop length, refusing clips shorter than an explicit ``length``."""
+def _common_length(lengths: list[int], names: list[str], length: int | None, where: str,
+                   pad: bool = False) -> tuple[int, list[str]]:
+    """The crop length, refusing clips shorter than an explicit ``length`` unless ``pad``."""
     notes = []
+    if pad and length is None:
+        raise DataError(f"{where}: data.audio_pad needs data.audio_length (the length to pad to)")
     if length is None:
         i = int(np.argmin(lengths))
         if lengths[i] < MIN_AUDIO_SAMPLES:
@@ -157,15 +162,18 @@ def _common_length(lengths: list[int], names: list[str], length: int | None, whe
         return int(lengths[i]), notes
     if isinstance(length, bool) or not isinstance(length, int) or length < MIN_AUDIO_SAMPLES:
         raise DataError(f"{where}: audio_length must be an integer >= {MIN_AUDIO_SAMPLES}, got {length!r}")
-    for n, name in zip(lengths, names):
-        if n < length:
-            raise DataError(f"{name}: {n} samples, too short for data.audio_length = {length} (clips are cropped, "
-                            "never padded)")
+    short = [(n, name) for n, name in zip(lengths, names) if n < length]
+    if short and not pad:
+        n, name = short[0]
+        raise DataError(f"{name}: {n} samples, too short for data.audio_length = {length} (set data.audio_pad=true "
+                        "to pad short clips with silence)")
+    if short:
+        notes.append(f"{len(short)} of {len(lengths)} clips padded with silence to {length} samples")
     return int(length), notes
 
 
 def load_audio_folder(root: Path, split: str, *, test_fraction: float = 0.1, limit: int | None = None,
-                      length: int | None = None, channel: int | None = None) -> ArrayDataset:
+                      length: int | None = None, channel: int | None = None, pad: bool = False) -> ArrayDataset:
     """The audio files under ``root`` (see the module docstring) as ``(M, L)`` float32 amplitudes."""
     subdirs = [root / s for s in ("train", "test") if (root / s).is_dir() and _audio_files(root / s)]
     if subdirs:
@@ -192,16 +200,17 @@ def load_audio_folder(root: Path, split: str, *, test_fraction: float = 0.1, lim
         raise DataError(f"{f1}: sample rate {r1} Hz differs from {f0} ({r0} Hz); all clips of a dataset must have "
                         "the same rate (no resampling is done)")
     rate = next(iter(rates))
-    n, notes = _common_length([headers[f][0] for f in every], [str(f) for f in every], length, str(root))
+    n, notes = _common_length([headers[f][0] for f in every], [str(f) for f in every], length, str(root), pad)
     if limit is not None:
         chosen = chosen[:limit]
     check_nbytes(4 * n * len(chosen), str(root), f"{len(chosen)} clips of {n} float32 samples")
     data = empty_array((len(chosen), n), np.dtype(np.float32), str(root))
     for i, f in enumerate(chosen):  # pass 2: decode the first n samples of each clip
         clip, _ = read_audio(f, channel, frames=n, sample_rate=rate)
-        if len(clip) < n:
+        if len(clip) < min(n, headers[f][0]):
             raise DataError(f"{f}: {len(clip)} samples decoded, the header declares {headers[f][0]}; truncated?")
-        data[i] = clip[:n]
+        data[i, :len(clip[:n])] = clip[:n]
+        data[i, len(clip[:n]):] = 0.0  # silence (only with pad)
     meta: dict[str, Any] = {"source": str(root), "format": "audio-folder", "kind": "audio", "split": split,
                             "sample_rate": rate, "n_files": len(chosen), "channel": channel,
                             "names": [f.name for f in chosen][:1000]}
@@ -211,7 +220,7 @@ def load_audio_folder(root: Path, split: str, *, test_fraction: float = 0.1, lim
 
 
 def load_audio_npz(path: Path, split: str, *, test_fraction: float = 0.1, limit: int | None = None,
-                   length: int | None = None, channel: int | None = None) -> ArrayDataset:
+                   length: int | None = None, channel: int | None = None, pad: bool = False) -> ArrayDataset:
     """The FSDD npz layout (``audio`` int16 or float, ``offsets``, ``sample_rate``, optional ``label``,
     ``speaker``, ``speaker_names``, ``name``) as ``(M, L)`` float32 amplitudes (int16 / 32768).
 
@@ -242,7 +251,7 @@ def load_audio_npz(path: Path, split: str, *, test_fraction: float = 0.1, limit:
     else:
         groups = names
     lengths = np.diff(offsets).tolist()
-    n, notes = _common_length(lengths, [f"{path} (clip {i}, {names[i]})" for i in range(m)], length, str(path))
+    n, notes = _common_length(lengths, [f"{path} (clip {i}, {names[i]})" for i in range(m)], length, str(path), pad)
     idx = _select(groups, split, test_fraction, path)
     if limit is not None:
         idx = idx[:limit]
@@ -252,7 +261,9 @@ def load_audio_npz(path: Path, split: str, *, test_fraction: float = 0.1, limit:
     check_nbytes(4 * n * len(idx), str(path), f"{len(idx)} clips of {n} float32 samples")
     data = empty_array((len(idx), n), np.dtype(np.float32), str(path))
     for j, i in enumerate(idx):
-        data[j] = audio[offsets[i]:offsets[i] + n].astype(np.float32) / scale
+        clip = audio[offsets[i]:min(offsets[i] + n, offsets[i + 1])]
+        data[j, :len(clip)] = clip.astype(np.float32) / scale
+        data[j, len(clip):] = 0.0  # silence (only with pad)
     if not np.isfinite(data).all():
         raise DataError(f"{path}: NaN or infinite samples")
     labels = aux["label"].astype(np.int64)[idx] if "label" in aux else None
