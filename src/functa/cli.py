@@ -280,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fit", help="meta-learn a base network on a dataset (resumes an interrupted run)")
-    p.add_argument("data", help="dataset path: idx directory, CIFAR-10 npz/python batches, image folder, lat/lon npz or .nc")
+    p.add_argument("data", help="dataset path: idx directory, CIFAR-10 npz/python batches, image folder, lat/lon npz "
+                                "or .nc, voxel npz/binvox/npy, audio folder (WAV/FLAC/OGG) or FSDD npz, NIfTI "
+                                "file/folder or volume npz")
     p.add_argument("-o", "--out", required=True, type=Path, help="run directory (model.safetensors + config.json)")
     p.add_argument("--modality", choices=available_modalities(), help="default: inferred from the data")
     p.add_argument("--loss", choices=available_losses(), help="reconstruction loss (default: the modality's; "
