@@ -55,6 +55,7 @@ from .arrays import (
     load_voxel_npz,
     read_array_file,
     read_binvox,
+    write_array_file,
     write_binvox,
 )
 from .audio import has_audio, is_audio_npz, load_audio_folder, load_audio_npz
@@ -67,7 +68,7 @@ from .safeio import DEFAULT_MAX_ARRAY_BYTES, array_limit, max_array_bytes
 from .shards import ShardedArray
 
 __all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "load_dataset",
-           "load_image_list", "read_array_file", "read_nifti", "read_binvox", "read_idx", "write_binvox", "SUPPORTED_FORMATS", "sniff_format",
+           "load_image_list", "read_array_file", "read_nifti", "read_binvox", "read_idx", "write_array_file", "write_binvox", "SUPPORTED_FORMATS", "sniff_format",
            "DEFAULT_MAX_ARRAY_BYTES", "array_limit", "max_array_bytes"]
 
 SUPPORTED_FORMATS = (

@@ -58,6 +58,7 @@ size, both checked before the grid is allocated.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -86,6 +87,7 @@ __all__ = [
     "load_npy_shards",
     "load_voxel_npz",
     "read_binvox",
+    "write_array_file",
     "write_binvox",
 ]
 
@@ -415,6 +417,17 @@ def read_array_file(path: str | os.PathLike, key: str, *, max_bytes: int | str |
             return out
         with Npz(path) as z:
             return z.read(key)
+
+
+def write_array_file(path: str | os.PathLike, array: np.ndarray, key: str) -> Path:
+    """Write ``array`` atomically as ``.npy``, or as a compressed ``.npz`` holding it under ``key``
+    (what :func:`read_array_file` reads back)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".npy", ".npz"):
+        raise ValueError(f"{path}: expected a .npy or .npz path")
+    buf = io.BytesIO()
+    np.save(buf, array) if path.suffix.lower() == ".npy" else np.savez_compressed(buf, **{key: array})
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _class_names(a: np.ndarray, path: Path) -> list[str]:

@@ -124,7 +124,7 @@ class AudioModality(ModalityBase):
 
     name: ClassVar[str] = "audio"
     code: ClassVar[int] = 5
-    dataset_kind = "audio"
+    dataset_kind: ClassVar[str] = "audio"
     unobserved_fill: ClassVar[float] = 0.5  # silence
     length: int = 16000
     sample_rate: int = 16000

@@ -57,7 +57,7 @@ class ImageModality(ModalityBase):
 
     name: ClassVar[str] = "image"
     code: ClassVar[int] = 1
-    dataset_kind = "image"
+    dataset_kind: ClassVar[str] = "image"
     height: int = 28
     width: int = 28
     channels: int = 1

@@ -64,7 +64,7 @@ class SphereModality(ModalityBase):
 
     name: ClassVar[str] = "sphere"
     code: ClassVar[int] = 2
-    dataset_kind = "field"
+    dataset_kind: ClassVar[str] = "field"
     lat: list[float] = field(default_factory=list)
     lon: list[float] = field(default_factory=list)
     vmin: float = 0.0

@@ -32,7 +32,6 @@ and the volume as ``.nii.gz``.
 from __future__ import annotations
 
 import gzip
-import io
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import DataError, read_array_file
+from ..data import DataError, read_array_file, write_array_file
 from ..data.nifti import is_nifti_path, read_nifti
 from ..errors import ConfigError
 from ..io import atomic_write_bytes
@@ -117,7 +116,7 @@ class VolumeModality(ModalityBase):
 
     name: ClassVar[str] = "volume"
     code: ClassVar[int] = 6
-    dataset_kind = "volume"  # NIfTI / volume-npz loaders; voxel grids are kind "voxel"
+    dataset_kind: ClassVar[str] = "volume"  # NIfTI / volume-npz loaders; voxel grids are kind "voxel"
     size_x: int = 16
     size_y: int = 16
     size_z: int = 16
@@ -286,14 +285,11 @@ class VolumeModality(ModalityBase):
         name = path.name.lower()
         if name.endswith((".nii.gz", ".nii")):
             affine = np.asarray(self.affine, np.float64) if self.affine is not None else np.diag([*self.spacing, 1.0])
-            data = self._nifti_bytes(vol, affine, gz=name.endswith(".gz"))
+            atomic_write_bytes(path, self._nifti_bytes(vol, affine, gz=name.endswith(".gz")))
         elif name.endswith((".npy", ".npz")):
-            buf = io.BytesIO()
-            np.save(buf, vol) if name.endswith(".npy") else np.savez_compressed(buf, volumes=vol)
-            data = buf.getvalue()
+            write_array_file(path, vol, "volumes")
         else:
             raise ValueError(f"{path}: unknown volume file suffix; use .nii.gz, .nii, .npy or .npz")
-        atomic_write_bytes(path, data)
         return path
 
     def with_shape(self, shape: tuple[int, ...]) -> "VolumeModality":

@@ -16,7 +16,6 @@ and a simulated single-view depth scan.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
@@ -26,10 +25,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..data import DataError, read_array_file, read_binvox, write_binvox
+from ..data import DataError, read_array_file, read_binvox, write_array_file, write_binvox
 from ..atomic import atomic_stream
 from ..errors import ConfigError
-from ..io import atomic_write_bytes
 from ..validation import MAX_GRID_POINTS, Int, check_fields, check_total
 from ..viz import occupancy_mesh, shaded_view, write_mesh
 from .base import ModalityBase, grid_centres, register_modality
@@ -141,7 +139,7 @@ class VoxelModality(ModalityBase):
 
     name: ClassVar[str] = "voxel"
     code: ClassVar[int] = 3
-    dataset_kind = "voxel"
+    dataset_kind: ClassVar[str] = "voxel"
     default_loss: ClassVar[str] = "bce"
     unobserved_fill: ClassVar[float] = 0.0  # imputation panels show hidden voxels as empty
     size_x: int = 32
@@ -255,9 +253,7 @@ class VoxelModality(ModalityBase):
         elif suffix in (".obj", ".ply"):
             write_mesh(*occupancy_mesh(np.asarray(item, np.float32)), path)
         elif suffix in (".npy", ".npz"):
-            buf = io.BytesIO()
-            np.save(buf, grid) if suffix == ".npy" else np.savez_compressed(buf, voxels=grid)
-            atomic_write_bytes(path, buf.getvalue())
+            write_array_file(path, grid, "voxels")
         else:
             raise ValueError(f"{path}: unknown voxel file suffix {path.suffix!r}; use .binvox, .npy, .npz, .obj or .ply")
         return path
