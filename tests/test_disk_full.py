@@ -13,13 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from functa.atomic import atomic_write_bytes
 from functa.cli import main
 from functa.errors import StorageError
+
+from test_cli import image_folder
 
 FAST = ["--set", "field.width=16", "--set", "field.depth=3", "--set", "field.latent_dim=8",
         "--set", "train.batch_size=4", "--set", "train.eval_items=4", "--set", "train.save_every=2",
@@ -50,16 +50,11 @@ def assert_one_line(proc: subprocess.CompletedProcess, command: str, path: Path)
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     root = tmp_path_factory.mktemp("disk_full")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 8), ("test", 4)):
-        d = root / "imgs" / split
-        d.mkdir(parents=True)
-        for i in range(count):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    image_folder(root / "imgs", n=8, size=8)
     assert main(["--quiet", "fit", str(root / "imgs"), "-o", str(root / "run"), "--steps", "2", *FAST]) == 0
     assert main(["--quiet", "codec", "build", "-m", str(root / "run"), "--data", str(root / "imgs"),
                  "-o", str(root / "codec"), "--bits", "5"]) == 0
-    assert main(["--quiet", "compress", str(root / "imgs" / "test" / "0.png"), "-m", str(root / "codec"),
+    assert main(["--quiet", "compress", str(root / "imgs" / "test" / "class0" / "0.png"), "-m", str(root / "codec"),
                  "-o", str(root / "a.fta"), "--steps", "2"]) == 0
     return root
 
@@ -94,7 +89,7 @@ def test_codec_build_leaves_no_empty_weights(made, tmp_path):
 def test_compress_and_decompress_keep_existing_outputs(made, tmp_path):
     fta = tmp_path / "b.fta"
     fta.write_bytes(b"old")
-    proc = run_full_disk("compress", str(made / "imgs" / "test" / "1.png"), "-m", str(made / "codec"),
+    proc = run_full_disk("compress", str(made / "imgs" / "test" / "class1" / "1.png"), "-m", str(made / "codec"),
                          "-o", str(fta), "--steps", "2")
     assert_one_line(proc, "compress", fta)
     assert fta.read_bytes() == b"old"

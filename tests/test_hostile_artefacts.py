@@ -46,10 +46,14 @@ def _functaset(path: Path, n: int = 12, chunk: int = 5, dim: int = 4) -> torch.T
     return lat
 
 
+def _edit_json(file: Path, edit) -> None:
+    obj = json.loads(file.read_text())
+    edit(obj)
+    file.write_text(json.dumps(obj))
+
+
 def _edit_manifest(path: Path, edit) -> None:
-    m = json.loads((path / "manifest.json").read_text())
-    edit(m)
-    (path / "manifest.json").write_text(json.dumps(m))
+    _edit_json(path / "manifest.json", edit)
 
 
 def _set_chunk_file(name):
@@ -176,9 +180,7 @@ def _base(path: Path, **extra) -> Path:
 
 
 def _edit_config(path: Path, edit) -> None:
-    cfg = json.loads((path / "config.json").read_text())
-    edit(cfg)
-    (path / "config.json").write_text(json.dumps(cfg))
+    _edit_json(path / "config.json", edit)
 
 
 def test_bare_number_config_is_refused(tmp_path):
