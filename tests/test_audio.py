@@ -228,3 +228,110 @@ def test_modality_contract(tmp_path):
     c = mod.compare(noisy, items[0])
     assert c["snr_db"] == pytest.approx(10 * np.log10(np.sum(items[0].astype(np.float64) ** 2) / (12 * 1e-4)), rel=1e-3)
     assert c["psnr_db"] == pytest.approx(-10 * np.log10((0.01 / 2) ** 2), rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------- explicit resampling
+
+def _sine(n, rate, freq=440.0, amp=0.5):
+    return (amp * np.sin(2 * np.pi * freq * np.arange(n) / rate)).astype(np.float32)
+
+
+def _peak_hz(x, rate):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / rate)[np.argmax(spec)])
+
+
+@pytest.mark.parametrize("rate", [44100, 8000])
+def test_resampling_to_16k_gives_the_length_and_frequency_of_the_sine(tmp_path, rate):
+    pytest.importorskip("soxr")
+    from functa.data.audio import resample, resampled_length
+
+    n = rate // 10  # 0.1 s
+    p = tmp_path / f"sine{rate}.wav"
+    sf.write(p, _sine(n, rate), rate, subtype="FLOAT")
+    clip, got = read_audio(p, sample_rate=16000, resample_to_rate=True)
+    assert got == 16000 and len(clip) == 1600 == resampled_length(n, rate, 16000)
+    ref = _sine(1600, 16000)
+    inner = slice(64, -64)  # away from the clip's edges (the filter's support)
+    np.testing.assert_allclose(clip[inner], ref[inner], atol=2e-3)
+    assert abs(_peak_hz(clip, 16000) - 440.0) <= 10.0  # one FFT bin (10 Hz)
+    np.testing.assert_array_equal(resample(clip, 16000, 16000), clip)  # equal rates: untouched
+    # a prefix read (frames at the target rate) matches the whole clip resampled
+    head, _ = read_audio(p, sample_rate=16000, resample_to_rate=True, frames=1000)
+    assert len(head) >= 1000
+    np.testing.assert_allclose(head[:1000], clip[:1000], atol=1e-5)
+
+
+def test_mixed_rates_refused_by_default_and_resampled_with_the_option(tmp_path):
+    pytest.importorskip("soxr")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    sf.write(mixed / "a.wav", _sine(4410, 44100), 44100, subtype="FLOAT")
+    sf.write(mixed / "b.wav", _sine(800, 8000), 8000, subtype="FLOAT")
+    sf.write(mixed / "c.wav", _sine(2000, 16000), 16000, subtype="FLOAT")
+    with pytest.raises(DataError, match=r"\.wav: sample rate .* differs from .*data\.audio_sample_rate"):
+        load_dataset(mixed, "all")
+    ds = load_dataset(mixed, "all", audio_sample_rate=16000)
+    assert ds.data.shape == (3, 1600) and ds.meta["sample_rate"] == 16000 and ds.meta["resample"] is True
+    assert ds.meta["source_sample_rates"] == [8000, 16000, 44100]
+    assert any("8000 Hz, 44100 Hz resampled to 16000 Hz" in n for n in ds.meta["notes"])
+    for row in ds.data:
+        np.testing.assert_allclose(row[64:-64], _sine(1600, 16000)[64:-64], atol=2e-3)
+    np.testing.assert_array_equal(ds.data[2], sf.read(mixed / "c.wav", dtype="float32")[0][:1600])  # 16 kHz untouched
+    # audio_length counts samples at the target rate
+    cropped = load_dataset(mixed, "all", audio_sample_rate=16000, audio_length=1000)
+    assert cropped.data.shape == (3, 1000)
+    np.testing.assert_allclose(cropped.data, ds.data[:, :1000], atol=1e-5)
+    with pytest.raises(DataError, match="too short for data.audio_length = 1700"):
+        load_dataset(mixed, "all", audio_sample_rate=16000, audio_length=1700)
+    # the modality stores the rate and the choice; read_item resamples explicitly only then
+    mod = AudioModality.from_dataset(ds)
+    assert mod.sample_rate == 16000 and mod.resample is True
+    back = modality_from_config(json.loads(json.dumps(mod.to_config())))
+    assert back == mod and back.resample is True
+    assert len(mod.read_item(mixed / "a.wav")) == 1600
+    plain = AudioModality(length=1600, sample_rate=16000)
+    assert plain.resample is False and modality_from_config({"name": "audio", "length": 1600}).resample is False
+    with pytest.raises(DataError, match=r"a\.wav: sample rate 44100 Hz, expected 16000 Hz.*data\.audio_sample_rate=16000"):
+        plain.read_item(mixed / "a.wav")
+    # the FSDD npz layout is resampled too
+    audio = (_sine(800, 8000) * 32767).astype(np.int16)
+    npz = tmp_path / "fsdd.npz"
+    np.savez(npz, audio=np.concatenate([audio, audio]), offsets=np.array([0, 800, 1600]), sample_rate=np.int32(8000))
+    z = load_dataset(npz, "all", audio_sample_rate=16000)
+    assert z.data.shape == (2, 1600) and z.meta["sample_rate"] == 16000
+    np.testing.assert_allclose(z.data[0][64:-64], _sine(1600, 16000)[64:-64], atol=3e-3)
+    assert load_dataset(npz, "all").data.shape == (2, 800)
+
+
+def test_missing_soxr_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    sf.write(mixed / "a.wav", tone(400, 8000), 8000)
+    sf.write(mixed / "b.wav", tone(800, 16000), 16000)
+    monkeypatch.setitem(sys.modules, "soxr", None)  # import soxr raises ImportError
+    with pytest.raises(DataError, match=r"needs the 'soxr' package: pip install soxr.*functa\[audio\]"):
+        load_dataset(mixed, "all", audio_sample_rate=16000)
+    with pytest.raises(DataError, match="pip install soxr"):
+        AudioModality(length=400, sample_rate=16000, resample=True).read_item(mixed / "a.wav")
+    # nothing to convert: no soxr needed
+    assert AudioModality(length=800, sample_rate=16000, resample=True).read_item(mixed / "b.wav").shape == (800,)
+
+
+def test_cli_fit_with_audio_sample_rate_stores_the_rate(tmp_path):
+    pytest.importorskip("soxr")
+    data = tmp_path / "clips"
+    data.mkdir()
+    for i in range(6):
+        rate = (8000, 16000)[i % 2]
+        sf.write(data / f"clip{i}.wav", _sine(rate // 20, rate, 300 + 50 * i), rate, subtype="PCM_16")
+    run = tmp_path / "run"
+    assert main(["--quiet", "fit", str(data), "-o", str(run), "--steps", "2", "--set", "data.test_fraction=0.25",
+                 "--set", "data.audio_sample_rate=16000", *FAST]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["modality"]["sample_rate"] == 16000 and cfg["modality"]["resample"] is True
+    assert cfg["modality"]["length"] == 800 and cfg["data"]["audio_sample_rate"] == 16000
+    js = tmp_path / "eval.json"
+    assert main(["--quiet", "eval", str(data), "-m", str(run), "--json", str(js)]) == 0

@@ -104,8 +104,32 @@ def test_conv_baseline_on_voxel_grids():
     assert isinstance(model.net[0], torch.nn.Conv3d) and model(torch.zeros(3, 1, 8, 8, 8)).shape == (3, 2)
     # 1*4*27+4 + 4*8*27+8 + (8*2*2*2)*16+16 + 16*2+2 parameters
     assert sum(p.numel() for p in model.parameters()) == 112 + 872 + 1040 + 34
-    with pytest.raises(ValueError, match="2-D or 3-D"):
-        ConvConfig(1, 2, (8,))
+    with pytest.raises(ValueError, match="1-D, 2-D or 3-D"):
+        ConvConfig(1, 2, (8, 8, 8, 8))
+
+
+def test_conv_baseline_on_waveforms():
+    cfg = ConvConfig(1, 10, (4000,), channels=(32, 64, 128, 128), width=128, kernel=9, stride=4)
+    model = ConvClassifier(cfg)
+    assert isinstance(model.net[0], torch.nn.Conv1d) and model(torch.zeros(3, 1, 4000)).shape == (3, 10)
+    # 4000 -> 1000 -> 250 -> 63 -> 16 samples (padding 4); conv k*c_in*c_out + c_out, then flatten 128*16
+    convs = (9 * 1 * 32 + 32) + (9 * 32 * 64 + 64) + (9 * 64 * 128 + 128) + (9 * 128 * 128 + 128)
+    assert count_parameters(model) == convs + (128 * 16 + 1) * 128 + (128 + 1) * 10 == 503818
+    assert cfg.conv_output((4000,)) == (1000,) and ConvConfig(1, 2, (7,), kernel=4, stride=3).conv_output((7,)) == (3,)
+    assert model.net[0].padding == (4,) and model.net[0].stride == (4,)
+    even = ConvClassifier(ConvConfig(2, 3, (37,), channels=(4, 5), width=8, kernel=4, stride=3))
+    assert even(torch.zeros(2, 2, 37)).shape == (2, 3)  # the computed flatten size matches torch's
+    # round trip, and configs saved before kernel / stride existed load with the old 3 / 2
+    assert ConvConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["kernel"] == 9
+    old = ConvConfig(1, 10, (28, 28)).to_dict()
+    del old["kernel"], old["stride"]
+    assert ConvConfig.from_dict(old) == ConvConfig(1, 10, (28, 28), kernel=3, stride=2)
+    with pytest.raises(ValueError, match="kernel"):
+        ConvConfig(1, 2, (100,), kernel=0)
+    with pytest.raises(ValueError, match="stride"):
+        ConvConfig(1, 2, (100,), stride=1.5)
+    with pytest.raises(ValueError, match="parameters"):  # 3-wide stride-2 convs on long clips: a huge flatten
+        ConvConfig(1, 2, (2**22,), channels=(64,), width=512)
 
 
 def test_trainer_resume_matches_uninterrupted(tmp_path):

@@ -227,3 +227,66 @@ def test_niivue_cubes_load_as_volumes(shared_data):
     if series.is_file():
         with pytest.raises(DataError, match="pcasl.nii.gz"):
             VolumeModality(16, 16, 16).read_item(series)
+
+
+def test_per_volume_normalisation_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """``--set data.volume_normalisation=volume``: training features are each volume's own min..max -> [0, 1],
+    the choice is stored, and eval / encode / compress / decompress normalise every input volume by itself."""
+    import functa.pipeline as pipeline
+    from functa.config import load_config
+    from functa.errors import ConfigError
+
+    data = tmp_path / "scans"
+    data.mkdir()
+    vols = _volumes(8, 8)
+    ranges = [(0.0, 1.0), (-1000.0, 3000.0), (5.0, 7.0), (1e4, 1e5)]  # very different intensity ranges
+    for i, v in enumerate(vols):
+        lo, hi = ranges[i % len(ranges)]
+        u = (v - v.min()) / (v.max() - v.min())
+        _nii(data / f"scan{i:02d}.nii.gz", lo + u * (hi - lo))
+    seen = []
+    sources = pipeline._sources
+
+    def spy(train_ds, val_ds, modality, patches, seed):
+        out = sources(train_ds, val_ds, modality, patches, seed)
+        seen.append(out[0].features(np.arange(len(train_ds))))
+        return out
+
+    monkeypatch.setattr(pipeline, "_sources", spy)
+    run = tmp_path / "run"
+    cfg = load_config(overrides=["train.steps=2", "data.volume_normalisation=volume", *FAST[1::2]])
+    pipeline.fit(data, run, cfg, progress=False)
+    monkeypatch.undo()
+    feats = seen[0].numpy()
+    assert len(feats) >= 6
+    np.testing.assert_allclose(feats.min(axis=(1, 2)), 0.0, atol=1e-6)  # every training volume spans [0, 1]
+    np.testing.assert_allclose(feats.max(axis=(1, 2)), 1.0, atol=1e-6)
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["modality"]["normalisation"] == "volume" and stored["data"]["volume_normalisation"] == "volume"
+    assert (stored["modality"]["lo"], stored["modality"]["hi"]) == (0.0, 1.0)
+    js = tmp_path / "eval.json"
+    assert main(["--quiet", "eval", str(data), "-m", str(run), "--json", str(js)]) == 0
+    assert np.isfinite(json.loads(js.read_text())["results"]["per_step"][-1]["mean_psnr"])
+    fs = tmp_path / "all.functaset"
+    assert main(["--quiet", "encode", str(data), "-m", str(run), "-o", str(fs), "--split", "all"]) == 0
+    codec = tmp_path / "codec"
+    assert main(["--quiet", "codec", "build", "-m", str(run), "--functaset", str(fs), "-o", str(codec)]) == 0
+    item = _nii(tmp_path / "x.nii.gz", 2e4 + 5e3 * _volumes(1, 8, seed=5)[0] / 1000)  # a range unlike training
+    mod = pipeline.load_model(run)[1]
+    x = mod.read_item(item)
+    assert x.min() == 0.0 and x.max() == 1.0
+    fta = tmp_path / "x.fta"
+    assert main(["--quiet", "compress", str(item), "-m", str(codec), "-o", str(fta)]) == 0
+    back = tmp_path / "y.nii.gz"
+    assert main(["--quiet", "decompress", str(fta), "-m", str(codec), "-o", str(back)]) == 0
+    y = np.asarray(nib.load(str(back)).dataobj)
+    assert y.shape == (8, 8, 8) and y.min() >= 0.0 and y.max() <= 1.0  # normalised intensities
+    # the option's name and where it applies
+    with pytest.raises(ConfigError, match="data.volume_normalisation=volume"):
+        load_config(overrides=["modality.normalisation=volume"])
+    with pytest.raises(ConfigError, match="volume_normalisation"):
+        load_config(overrides=["data.volume_normalisation=patch"])
+    npz = tmp_path / "arr.npz"
+    np.savez(npz, data=np.zeros((4, 3), np.float32))
+    with pytest.raises(DataError, match="volume_normalisation.*is for volumes"):
+        pipeline.open_data(npz, "all", {"volume_normalisation": "volume"})

@@ -39,7 +39,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_downstream(sub) -> None:
-    c = sub.add_parser("classify", help="classifiers on functasets, and the pixel baseline")
+    c = sub.add_parser("classify", help="classifiers on functasets, and the array CNN baseline")
     cs = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = cs.add_parser("train", help="train an MLP on a functaset (one model per seed; --set seeds=[0,1,2])")
     p.add_argument("functaset", type=Path)
@@ -49,7 +49,9 @@ def _add_downstream(sub) -> None:
     p = cs.add_parser("eval", help="accuracy of a trained classifier on a functaset")
     p.add_argument("model_dir", type=Path)
     p.add_argument("functaset", type=Path)
-    p = cs.add_parser("baseline", help="train the pixel-array CNN baseline on the same images")
+    text = ("train the CNN baseline on the arrays of the same dataset: 2-D on images, 3-D on voxel grids, 1-D on "
+            "audio waveforms (read them as the functaset was, e.g. --set data.audio_length=4000 --set data.audio_pad=true)")
+    p = cs.add_parser("baseline", help=text, description=text)
     p.add_argument("data")
     p.add_argument("-o", "--out", required=True, type=Path)
     _sets(p)
@@ -142,15 +144,18 @@ def _add_compression(sub) -> None:
     p.add_argument("--refine", type=int, help="Adam steps on the quantised latents (straight-through)")
     p.add_argument("--rate-weight", type=float, help="λ: refine on MSE + λ·bits per point (rate-aware fitting)")
 
-    p = sub.add_parser("codec-bench", help="rate-distortion table and plot: functa codecs vs JPEG, JPEG 2000, WebP, AVIF")
-    p.add_argument("data", help="image dataset")
+    p = sub.add_parser("codec-bench", help="rate-distortion table and plot: functa codecs vs the standard codecs of "
+                       "the modality (JPEG, JPEG 2000, WebP, AVIF; MP3, Opus; per-slice JPEG 2000 / WebP, SPERR)")
+    p.add_argument("data", help="dataset of the codecs' modality (images, audio folder or file, NIfTI file or folder, "
+                   "npz)")
     p.add_argument("-m", "--codec", dest="codecs", action="append", required=True, type=Path,
                    help="functa codec directory (repeat: one RD point each)")
     p.add_argument("-o", "--out", required=True, type=Path, help="directory for rd.json and rd.png")
     p.add_argument("--split", default="test", choices=["train", "test", "all"])
-    p.add_argument("--limit", type=int, help="first N images")
-    p.add_argument("--standard", nargs="*", help="standard codecs (default: all available)")
-    p.add_argument("--targets", type=float, nargs="+", help="target bpp of the standard codecs")
+    p.add_argument("--limit", type=int, help="first N items")
+    p.add_argument("--standard", nargs="*", help="standard codecs (default: all available for the modality)")
+    p.add_argument("--targets", type=float, nargs="+", help="target rates of the standard codecs, in the modality's "
+                   "unit: bits per pixel, kbps (audio), bits per voxel (volumes)")
     p.add_argument("--steps", type=int, help="functa inner steps at encode time")
     p.add_argument("--refine", type=int, help="functa refinement steps on the quantised latents")
     p.add_argument("--rate-weight", type=float, help="functa rate-aware refinement weight λ")
@@ -185,7 +190,7 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
         r = comp.compress_file(args.codec, args.input, args.out, args.steps, args.refine, args.rate_weight,
                                device=args.device)
         quality = ", ".join(f"{k} {v:.4g}" for k, v in r["quality"].items())
-        print(f"wrote {args.out}: {r['bytes']} bytes, {r['bits_per_point']:.4f} bpp, {quality}, "
+        print(f"wrote {args.out}: {r['bytes']} bytes, {r['rate']:.4f} {r['rate_unit']}, {quality}, "
               f"{r['patches']} patch(es), {r['encode_s']:.2f} s")
     elif args.command == "codec-bench":
         kw = {"targets": tuple(args.targets)} if args.targets else {}
@@ -195,8 +200,8 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
                              coin_targets=tuple(args.coin), coin_steps=args.coin_steps, progress=progress,
                              baselines_from=args.baselines_from, device=args.device, **kw)
         for name, pts in r["results"].items():
-            for p in sorted(pts, key=lambda q: q["bpp"]):
-                print(f"{name:>50} {p['bpp']:7.3f} bpp  {p['psnr']:6.2f} dB  {p['label']}")
+            for p in sorted(pts, key=lambda q: q["rate"]):
+                print(f"{name:>50} {p['rate']:8.4g} {r['rate_unit']}  {p['psnr']:6.2f} dB  {p['label']}")
         for name, row in r["bd_rate_percent"].items():
             for other, v in row.items():
                 print(f"BD-rate {name} vs {other}: " + ("curves do not overlap" if v is None else f"{v:+.1f}%"))

@@ -110,7 +110,8 @@ def compress_file(codec_dir: str | Path, source: str | Path, out: str | Path, in
     recon = codec.decompress(data, max_output_points=MAX_POINTS)  # our own file: any size the format allows
     shape = tuple(item.shape[:k])
     res = {"input": str(source), "output": str(out), "shape": list(item.shape), "bytes": len(data),
-           "bits_per_point": bits_per_point(len(data), shape), "encode_s": encode_s,
+           "bits_per_point": bits_per_point(len(data), shape), "rate": codec.modality.rate(len(data), item.shape),
+           "rate_unit": codec.modality.rate_unit, "encode_s": encode_s,
            "patches": int(np.prod([-(-s // p) for s, p in zip(shape, codec.patch_shape)])),
            "quality": codec.modality.compare(recon, item)}
     return res
@@ -141,74 +142,118 @@ def decompress_file(codec_dir: str | Path, source: str | Path, out: str | Path, 
     return {"input": str(path), "output": str(out), "shape": list(item.shape), "decode_s": decode_s}
 
 
-DEFAULT_TARGETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-
-
 def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, split: str = "test",
                 limit: int | None = None, standard: list[str] | None = None,
-                targets: tuple[float, ...] = DEFAULT_TARGETS, inner_steps: int | None = None,
+                targets: tuple[float, ...] | None = None, inner_steps: int | None = None,
                 refine_steps: int | None = None, rate_weight: float | None = None,
                 coin_targets: tuple[float, ...] = (), coin_steps: int = 2000, baselines_from: str | Path | None = None,
                 progress: bool = True, device: str = "cpu") -> dict:
-    """Rate-distortion table of functa codecs and standard codecs on the images of ``data[split]``.
+    """Rate-distortion table of functa codecs and standard codecs on the items of ``data[split]``.
 
-    Every functa codec directory gives one point (file and payload bpp, mean PSNR, encode and
-    decode time per image) on the curve of its scheme (quantiser statistics and entropy model);
-    every standard codec gives a curve over ``targets`` (bpp, binary search per image);
-    ``coin_targets`` add COIN points (one SIREN overfitted per image, ``coin_steps`` Adam steps).
-    ``baselines_from`` reuses the standard-codec and COIN curves of an earlier ``rd.json`` of the
-    same images (they are slow to measure). Writes ``rd.json`` (and ``rd.png`` when matplotlib is installed) into ``out`` and
-    returns the table with the BD-rate (%) of every functa curve against every other curve.
+    The functa codecs (all of one modality) set the modality, and with it the items (whole images,
+    clips or volumes: :func:`_bench_items`), the rate unit (bits per pixel, kbps, bits per voxel:
+    :meth:`~functa.modalities.ModalityBase.rate`) and the standard codecs (default: every one this
+    installation has for the modality, :func:`functa.codec.baselines.available_codecs`).
+    Every functa codec directory gives one point (file and payload rate, mean PSNR, encode and
+    decode time per item) on the curve of its scheme (quantiser statistics and entropy model);
+    every standard codec gives a curve over ``targets`` (default: the modality's ``rate_targets``;
+    binary search per item); ``coin_targets`` add COIN points for images (one SIREN overfitted per
+    image, ``coin_steps`` Adam steps). ``baselines_from`` reuses the standard-codec and COIN curves of
+    an earlier ``rd.json`` of the same items (they are slow to measure). Writes ``rd.json`` (and
+    ``rd.png`` when matplotlib is installed) into ``out`` and returns the table with the BD-rate (%)
+    of every functa curve against every other curve.
     """
     from .codec.baselines import available_codecs
     from .codec.rd import coin_point, functa_point, standard_point
 
     out = Path(out)
-    images = _bench_images(data, split, limit, progress)
-    standard = available_codecs() if standard is None else list(standard)
-    missing = sorted(set(standard) - set(available_codecs()))
+    loaded = [(path, FunctaCodec.load(path, device)) for path in codecs]
+    if not loaded:
+        raise ValueError("codec-bench needs at least one functa codec (-m)")
+    kinds = sorted({c.modality.name for _, c in loaded})
+    if len(kinds) > 1:
+        raise ValueError(f"the functa codecs are of different modalities ({', '.join(kinds)}); bench one at a time")
+    modality = loaded[0][1].modality
+    items = _bench_items(data, split, limit, modality, loaded[0][1].base_config.get("data") or {}, progress)
+    have = available_codecs(modality.name)
+    standard = have if standard is None else list(standard)
+    missing = sorted(set(standard) - set(have))
     if missing:
-        raise ValueError(f"codecs {missing} are not available in this Pillow build; available: {available_codecs()}")
+        raise ValueError(f"codecs {missing} are not available for {modality.name} data here; available: {have}")
+    if coin_targets and modality.name != "image":
+        raise ValueError("COIN points are for images only")
+    targets = tuple(modality.rate_targets if targets is None else targets)
     results: dict[str, list[dict]] = {}
-    for path in tqdm(codecs, desc="functa codecs", disable=not progress):
-        codec = FunctaCodec.load(path, device)
+    for path, codec in tqdm(loaded, desc="functa codecs", disable=not progress):
         q = codec.config.quantizer
         curve = f"functa ({'per-dim' if q.per_dimension else 'global'} quantiser, {codec.config.entropy_model} entropy)"
         label = f"{Path(path).name}: latent {codec.latent_dim}, {q.bits} bits"
         settings = encode_settings(codec, inner_steps=inner_steps, refine_steps=refine_steps, rate_weight=rate_weight)
-        results.setdefault(curve, []).append(functa_point(codec, images, label, settings).to_dict())
+        results.setdefault(curve, []).append(functa_point(codec, items, label, settings).to_dict())
     if baselines_from is not None:
-        previous = read_json(baselines_from)
-        if previous.get("data") != str(data) or previous.get("split") != split or previous.get("images") != len(images):
-            raise ValueError(f"{baselines_from}: its baselines were measured on other images "
-                             f"({previous.get('data')}, {previous.get('split')}, {previous.get('images')} images)")
-        results.update({k: v for k, v in previous["results"].items() if not k.startswith("functa")})
+        results.update(_previous_baselines(baselines_from, data, split, len(items)))
     for name in standard:
-        pts = [standard_point(images, name, t) for t in tqdm(targets, desc=name, disable=not progress)]
+        pts = [standard_point(items, name, t, modality) for t in tqdm(targets, desc=name, disable=not progress)]
         results[name] = [p.to_dict() for p in pts]
     if coin_targets:
-        results["coin"] = [coin_point(images, t, coin_steps).to_dict()
+        results["coin"] = [coin_point(items, t, coin_steps).to_dict()
                            for t in tqdm(coin_targets, desc="COIN", disable=not progress)]
     bd: dict[str, dict[str, float | None]] = {}
     for name, pts in results.items():
         if not name.startswith("functa"):
             continue
-        bd[name] = {other: _bd(pts, b, "bpp") for other, b in results.items() if other != name}
+        bd[name] = {other: _bd(pts, b, "rate") for other, b in results.items() if other != name}
     # functa curves against each other also on the payload alone (the header is the same for all)
     functa_curves = {k: v for k, v in results.items() if k.startswith("functa")}
-    bd_payload = {name: {other: _bd(a, b, "payload_bpp") for other, b in functa_curves.items() if other != name}
+    bd_payload = {name: {other: _bd(a, b, "payload_rate") for other, b in functa_curves.items() if other != name}
                   for name, a in functa_curves.items()}
-    shapes = sorted({img.shape for img in images})
-    table = {"name": "functa-codec-bench", "data": str(data), "split": split, "images": int(len(images)),
-             "image_shape": list(shapes[0]) if len(shapes) == 1 else "mixed",
-             "image_shapes": [list(s) for s in shapes], "psnr": "mean over images of per-image PSNR (8-bit)",
-             "rate": "bits per pixel of the whole file (functa: also payload_bpp)",
+    shapes = sorted({it.shape for it in items})
+    table = {"name": "functa-codec-bench", "data": str(data), "split": split, "modality": modality.name,
+             "items": int(len(items)),
+             "item_shape": list(shapes[0]) if len(shapes) == 1 else "mixed",
+             "item_shapes": [list(s) for s in shapes], "rate_unit": modality.rate_unit,
+             "psnr": f"mean over items of the per-item PSNR ({modality.name} compare)",
+             "rate": f"{modality.rate_unit} of the whole file (functa: also payload_rate)",
              "results": results, "bd_rate_percent": bd, "bd_rate_payload_percent": bd_payload}
+    if modality.name == "audio":
+        table["seconds_of_audio"] = float(sum(len(it) for it in items) / modality.sample_rate)
     from .io import write_json
 
     write_json(out / "rd.json", table)
     table["plot"] = _plot_rd(table, out / "rd.png")
     return table
+
+
+def _previous_baselines(path: str | Path, data, split: str, count: int) -> dict[str, list[dict]]:
+    """The standard-codec and COIN curves of an earlier ``rd.json`` of the same items (older tables
+    name the rate ``bpp``)."""
+    previous = read_json(path)
+    seen = previous.get("items", previous.get("images"))
+    if previous.get("data") != str(data) or previous.get("split") != split or seen != count:
+        raise ValueError(f"{path}: its baselines were measured on other items "
+                         f"({previous.get('data')}, {previous.get('split')}, {seen} items)")
+    renamed = {"bpp": "rate", "payload_bpp": "payload_rate"}
+    return {k: [{renamed.get(f, f): v for f, v in p.items()} for p in pts]
+            for k, pts in previous["results"].items() if not k.startswith("functa")}
+
+
+def _bench_items(data: str | Path, split: str, limit: int | None, modality, data_cfg: dict,
+                 progress: bool) -> list[np.ndarray]:
+    """The whole items of ``data[split]`` in data units, of any sizes: 8-bit images ``(H, W, C)`` (a folder
+    of images of different sizes gives them all), clips ``(L,)`` (every file of an audio folder at its full
+    length), volumes; a single file (``.wav``, ``.nii.gz``, ...) is one item (read by the modality, as
+    ``compress`` does). Datasets of rows (npz) are read with the base network's data settings
+    ``data_cfg`` (clip length, resampling, per-volume normalisation)."""
+    from .data import item_files
+
+    path = Path(data)
+    if modality.name == "image":
+        return _bench_images(data, split, limit, progress)
+    files = item_files(path, split)
+    if files is not None:
+        return [modality.read_item(f) for f in files[:limit]]
+    ds = open_data(data, split, {**data_cfg, "limit": limit}, progress)
+    return list(np.asarray(ds.data[:]))
 
 
 def _bench_images(data: str | Path, split: str, limit: int | None, progress: bool) -> list[np.ndarray]:
@@ -223,7 +268,7 @@ def _bench_images(data: str | Path, split: str, limit: int | None, progress: boo
 
 
 def _bd(a: list[dict], b: list[dict], rate: str) -> float | None:
-    """BD-rate (%) of RD points ``a`` against ``b`` on the rate column ``rate`` (``bpp`` or ``payload_bpp``)."""
+    """BD-rate (%) of RD points ``a`` against ``b`` on the rate column ``rate`` (``rate`` or ``payload_rate``)."""
     from .codec.rd import bd_rate
 
     return bd_rate([p[rate] for p in a], [p["psnr"] for p in a], [p[rate] for p in b], [p["psnr"] for p in b])
@@ -239,16 +284,17 @@ def _plot_rd(table: dict, path: Path) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, pts in table["results"].items():
-        pts = sorted(pts, key=lambda p: p["bpp"])
+        pts = sorted(pts, key=lambda p: p["rate"])
         functa = name.startswith("functa")
-        line = ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], "o-" if functa else ".--", label=name)[0]
+        line = ax.plot([p["rate"] for p in pts], [p["psnr"] for p in pts], "o-" if functa else ".--", label=name)[0]
         if functa:
-            ax.plot([p["payload_bpp"] for p in pts], [p["psnr"] for p in pts], "o:", alpha=0.5, color=line.get_color(),
-                    label=f"{name}, payload only")
-    ax.set_xlabel("bits per pixel")
+            ax.plot([p["payload_rate"] for p in pts], [p["psnr"] for p in pts], "o:", alpha=0.5,
+                    color=line.get_color(), label=f"{name}, payload only")
+    ax.set_xscale("log" if table["rate_unit"] != "bpp" else "linear")
+    ax.set_xlabel(table["rate_unit"])
     ax.set_ylabel("PSNR (dB)")
-    shape = table["image_shape"]
-    ax.set_title(f"{Path(table['data']).name} ({table['images']} images, "
+    shape = table["item_shape"]
+    ax.set_title(f"{Path(table['data']).name} ({table['items']} {table['modality']} items, "
                  f"{'x'.join(map(str, shape)) if isinstance(shape, list) else 'mixed sizes'})")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")

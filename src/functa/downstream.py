@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .atomic import atomic_stream, output_lock
-from .config import apply_overrides
+from .config import DataConfig, apply_overrides
 from .data import read_array_file
 from .functaset import Functaset
 from .errors import ConfigError
@@ -32,7 +32,7 @@ from .tasks.classify import (ConvClassifier, ConvConfig, MLPClassifier, MLPConfi
 from .tasks.latents import Standardizer, interpolate, nearest_neighbours
 from .tasks.train import TrainConfig, Trainer
 
-__all__ = ["DEFAULTS", "classify_baseline", "classify_eval", "classify_train", "diffusion_sample", "diffusion_train",
+__all__ = ["BASELINE_GRID_DEFAULTS", "DEFAULTS", "classify_baseline", "classify_eval", "classify_train", "diffusion_sample", "diffusion_train",
            "fid_score", "flow_sample", "flow_train", "impute", "interpolate_items", "settings"]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -41,10 +41,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                  "train": {"steps": 4000, "batch_size": 256, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.1,
                            "schedule": "cosine", "warmup_steps": 200, "ema_decay": 0.999, "eval_every": 1000},
                  "label_smoothing": 0.1, "norm_factor": 1.0, "per_dimension": True, "seeds": [0]},
-    "baseline": {"model": {"channels": [32, 64, 128], "width": 128, "dropout": 0.2},
+    # model: for 2-D / 3-D grids; 1-D grids start from BASELINE_GRID_DEFAULTS[1] instead.
+    # data: how DATA is read, as the data section of 'functa fit' (e.g. audio_length, audio_pad).
+    "baseline": {"model": {"channels": [32, 64, 128], "width": 128, "dropout": 0.2, "kernel": 3, "stride": 2},
                  "train": {"steps": 4000, "batch_size": 256, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.1,
                            "schedule": "cosine", "warmup_steps": 200, "ema_decay": 0.999, "eval_every": 1000},
-                 "label_smoothing": 0.1, "seeds": [0]},
+                 "label_smoothing": 0.1, "seeds": [0], "data": {}},
     # functa App. A.4: base std 0.25 with norm_factor 4, warm-up to 3e-4 then 1/sqrt(t).
     "flow": {"model": {"layers": 8, "bins": 8, "hidden": [128, 128], "dropout": 0.1, "base_std": 0.25},
              "train": {"steps": 5000, "batch_size": 256, "lr": 3e-4, "optimizer": "adam", "schedule": "rsqrt",
@@ -58,6 +60,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Baseline model defaults by grid dimension, where they differ from DEFAULTS["baseline"]["model"]
+# (``--set model.KEY=...`` still wins). Waveforms are thousands of samples long: 3-wide stride-2
+# convolutions and a flatten would give millions of parameters, kernel 9 / stride 4 give ~0.5M for
+# 4000-sample clips (docs/tasks.md).
+BASELINE_GRID_DEFAULTS: dict[int, dict[str, Any]] = {1: {"channels": [32, 64, 128, 128], "kernel": 9, "stride": 4}}
+_DATA_KEYS = sorted(set(DataConfig.__dataclass_fields__) - {"patch"})  # the baseline reads whole items
+
+
 def settings(task: str, overrides: list[str] | None = None, base: dict | None = None) -> dict:
     """Defaults of ``task`` (or ``base``) with ``section.key=value`` overrides applied and checked."""
     defaults = DEFAULTS[task]
@@ -65,9 +75,14 @@ def settings(task: str, overrides: list[str] | None = None, base: dict | None = 
     unknown = set(raw) - set(defaults)
     if unknown:
         raise ConfigError(f"unknown {task} settings {sorted(unknown)}; known: {sorted(defaults)}")
-    for section in ("model", "train"):
+    for section in ("model", "train", *(["data"] if "data" in defaults else [])):
         if not isinstance(raw.get(section), dict):
             raise ConfigError(f"{section} = {str(raw.get(section))[:40]!r} is not a section")
+    if "data" in defaults:
+        bad = set(raw["data"]) - set(_DATA_KEYS)
+        if bad:
+            raise ConfigError(f"unknown {task} data settings {sorted(bad)}; known: {_DATA_KEYS}")
+        DataConfig(**raw["data"])  # types and ranges
     from .tasks.diffusion import DenoiserConfig
     from .tasks.flow import FlowConfig
 
@@ -178,31 +193,51 @@ def classify_eval(model_dir: str | Path, functaset: str | Path) -> dict:
             "accuracy": accuracy(model, std(arr["latents"]), arr["labels"])}
 
 
-def _arrays(data: str | Path, split: str, progress: bool = True) -> tuple[Tensor, Tensor, dict]:
-    """Images as ``(M, C, H, W)`` in ``[0, 1]``, or voxel grids as ``(M, 1, X, Y, Z)`` occupancies, and labels."""
-    ds = open_data(data, split, progress=progress)
+def _arrays(data: str | Path, split: str, data_cfg: dict | None = None, progress: bool = True,
+            full_scale: float | None = None) -> tuple[Tensor, Tensor, dict]:
+    """Labelled arrays for the conv baseline: images as ``(M, C, H, W)`` in ``[0, 1]``, voxel grids as
+    ``(M, 1, X, Y, Z)`` occupancies, or audio clips as ``(M, 1, L)`` amplitudes in ``[-1, 1]`` (divided
+    by the full scale of :meth:`AudioModality.from_dataset`, or by ``full_scale``: pass the training
+    split's, returned in ``meta["full_scale"]``, for the test split)."""
+    ds = open_data(data, split, data_cfg, progress=progress)
+    meta = ds.meta
     if ds.meta.get("kind") == "voxel":
         x = torch.from_numpy(np.asarray(ds.data[:]) >= 1).float()[:, None]
+    elif ds.meta.get("kind") == "audio":
+        from .modalities.audio import AudioModality
+
+        full_scale = full_scale or AudioModality.from_dataset(ds).full_scale
+        meta = {**ds.meta, "full_scale": full_scale}
+        x = torch.from_numpy(np.asarray(ds.data, dtype=np.float32)).div(full_scale)[:, None]
     elif ds.data.ndim == 4:
         max_value = 255.0 if ds.data.dtype == np.uint8 else max(float(ds.data.max()), 1.0)
         x = torch.from_numpy(np.ascontiguousarray(ds.data)).float().div_(max_value).permute(0, 3, 1, 2).contiguous()
     else:
-        raise ValueError(f"{data}: the conv baseline needs images (M, H, W, C) or voxel grids, got {ds.data.shape}")
+        raise ValueError(f"{data}: the conv baseline needs images (M, H, W, C), voxel grids or audio clips, "
+                         f"got {ds.data.shape}")
     if ds.labels is None:
         raise ValueError(f"{data}: no labels in split {split!r}")
-    return x, torch.as_tensor(np.asarray(ds.labels), dtype=torch.long), ds.meta
+    return x, torch.as_tensor(np.asarray(ds.labels), dtype=torch.long), meta
+
+
+_BASELINE_NAMES = {"voxel": "voxel 3D CNN", "audio": "waveform 1D CNN"}  # else "pixel CNN"
 
 
 @_writes_out
 def classify_baseline(data: str | Path, out: str | Path, overrides: list[str] | None = None,
                       progress: bool = True) -> dict:
-    """Train the array CNN baseline (2-D on pixels, 3-D on voxel grids) on the same items, with the
-    same trainer and seeds."""
+    """Train the array CNN baseline (1-D on audio waveforms, 2-D on pixels, 3-D on voxel grids) on the
+    same items, with the same trainer and seeds. ``data.*`` settings read ``data`` as ``functa fit``
+    does (e.g. ``data.audio_length``); 1-D grids start from :data:`BASELINE_GRID_DEFAULTS`."""
     s = settings("baseline", overrides)
-    x_tr, y_tr, meta = _arrays(data, "train", progress)
-    x_te, y_te, _ = _arrays(data, "test", progress)
+    x_tr, y_tr, meta = _arrays(data, "train", s["data"], progress)
+    x_te, y_te, _ = _arrays(data, "test", s["data"], progress, full_scale=meta.get("full_scale"))
+    grid_defaults = BASELINE_GRID_DEFAULTS.get(x_tr.ndim - 2)
+    if grid_defaults:  # the same overrides on this dimension's defaults
+        base = DEFAULTS["baseline"]
+        s = settings("baseline", overrides, base={**base, "model": {**base["model"], **grid_defaults}})
     classes = _num_classes(y_tr, y_te)
-    name = "voxel 3D CNN" if meta.get("kind") == "voxel" else "pixel CNN"
+    name = _BASELINE_NAMES.get(meta.get("kind"), "pixel CNN")
     out = Path(out)
     runs = []
     for seed in s["seeds"]:

@@ -34,6 +34,7 @@ def test_binary_search_respects_the_budget_and_quality_grows_with_rate(codec):
     img = _image()
     pts = [at_rate(img, codec, t) for t in (2.0, 4.0, 8.0)]
     spec = STANDARD_CODECS[codec]
+    assert spec.modalities == ("image",)
     lowest = spec.lo if spec.higher_is_better else spec.hi
     for t, p in zip((2.0, 4.0, 8.0), pts):
         data, dec = encode_image(img, codec, p.knob)
@@ -78,13 +79,14 @@ def test_codec_bench_command(tmp_path, capsys):
                  "--standard", "jpeg", "webp", "--targets", "4", "16", "--coin", "20", "--coin-steps", "5"]) == 0
     table = json.loads((out / "rd.json").read_text())
     curve = "functa (per-dim quantiser, per_dimension entropy)"
-    assert table["images"] == 3 and set(table["results"]) == {curve, "jpeg", "webp", "coin"}
-    assert table["results"]["coin"][0]["payload_bpp"] <= 20
+    assert table["items"] == 3 and set(table["results"]) == {curve, "jpeg", "webp", "coin"}
+    assert table["rate_unit"] == "bpp" and table["modality"] == "image"
+    assert table["results"]["coin"][0]["payload_rate"] <= 20
     assert set(table["bd_rate_percent"][curve]) == {"jpeg", "webp", "coin"}
     assert table["bd_rate_payload_percent"] == {curve: {}}  # payload BD-rates only between functa curves
-    f = sorted(table["results"][curve], key=lambda p: p["bpp"])
-    assert len(f) == 2 and f[0]["payload_bpp"] < f[0]["bpp"]
-    assert f[0]["bpp"] < f[1]["bpp"]  # 3 bits per latent dimension cost less than 6
+    f = sorted(table["results"][curve], key=lambda p: p["rate"])
+    assert len(f) == 2 and f[0]["payload_rate"] < f[0]["rate"]
+    assert f[0]["rate"] < f[1]["rate"]  # 3 bits per latent dimension cost less than 6
     assert (out / "rd.png").is_file()
     assert f"BD-rate {curve} vs jpeg" in capsys.readouterr().out
     # the slow baselines can be reused for another set of functa codecs

@@ -1,20 +1,22 @@
-"""Rate-distortion evaluation: one RD point per codec setting, averaged over a set of images, and
+"""Rate-distortion evaluation: one RD point per codec setting, averaged over a set of items, and
 the Bjøntegaard delta rate between two curves.
 
-Conventions (COIN++): rate in bits per pixel, ``8 * file bytes / (H * W)`` (channels not counted),
-averaged over images; distortion as the mean over images of the per-image PSNR of the decoded
-8-bit image. For functa both the whole ``.fta`` file and the payload alone (what the papers report:
-the codec's tables and header are "part of the decoder") are recorded.
+Conventions (COIN++): the rate is the modality's :meth:`~functa.modalities.ModalityBase.rate` of the
+file's bytes (bits per pixel ``8 * bytes / (H * W)`` for images, channels not counted; kbps for audio;
+bits per voxel for volumes), averaged over items; distortion is the mean over items of the per-item
+PSNR of the decoded item (:meth:`compare`: 8-bit images, the ``[0, 1]`` features of audio and volumes).
+For functa both the whole ``.fta`` file and the payload alone (what the papers report: the codec's
+tables and header are "part of the decoder") are recorded.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .baselines import at_rate, psnr_uint8
+from .baselines import at_rate
 from .coin import CoinCodec
 from .container import unpack
 from .model import EncodeSettings, FunctaCodec
@@ -24,73 +26,94 @@ __all__ = ["RDPoint", "bd_rate", "coin_point", "functa_point", "standard_point"]
 
 @dataclass
 class RDPoint:
-    """Mean rate and distortion of one codec setting over ``count`` images."""
+    """Mean rate (the modality's unit) and distortion of one codec setting over ``count`` items;
+    ``quality``: the means of every other measure of :meth:`compare` (e.g. ``snr_db`` for audio)."""
 
     codec: str
     label: str
-    bpp: float
+    rate: float
     psnr: float
     count: int
-    payload_bpp: float | None = None
+    payload_rate: float | None = None
     encode_s_per_item: float | None = None
     decode_s_per_item: float | None = None
+    quality: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def bpp(self) -> float:
+        """The rate, named as for images (bits per pixel)."""
+        return self.rate
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _batches(images: list[np.ndarray], batch: int):
-    """Same-shape stacks of at most ``batch`` images ``(B, H, W, C)`` (images keep their order within a shape)."""
+def _batches(items: list[np.ndarray], batch: int):
+    """Same-shape stacks of at most ``batch`` items ``(B, *shape)`` (items keep their order within a shape)."""
     by_shape: dict[tuple, list[np.ndarray]] = {}
-    for img in images:
-        by_shape.setdefault(img.shape, []).append(img)
+    for it in items:
+        by_shape.setdefault(it.shape, []).append(it)
     for group in by_shape.values():
         for start in range(0, len(group), batch):
             yield np.stack(group[start:start + batch])
 
 
-def _measure(images: list[np.ndarray], compress, decompress, batch: int) -> dict:
-    """Compress and decode every image; per-image bpp, payload bpp and PSNR, and total times."""
-    bpp, payload, psnrs, enc_s, dec_s = [], [], [], 0.0, 0.0
-    for part in _batches(images, batch):
+def _mean_quality(scores: list[dict[str, float]]) -> tuple[float, dict[str, float]]:
+    psnr = float(np.mean([s["psnr_db"] for s in scores]))
+    others = {k: float(np.mean([s[k] for s in scores])) for k in scores[0] if k != "psnr_db"}
+    return psnr, others
+
+
+def _measure(items: list[np.ndarray], compress, decompress, batch: int, modality) -> dict:
+    """Compress and decode every item; per-item rate, payload rate and quality, and total times."""
+    rate, payload, scores, enc_s, dec_s = [], [], [], 0.0, 0.0
+    for part in _batches(items, batch):
         t = time.perf_counter()
         files = compress(part)
         enc_s += time.perf_counter() - t
         t = time.perf_counter()
         decoded = decompress(files)
         dec_s += time.perf_counter() - t
-        pixels = part.shape[1] * part.shape[2]
-        for f, img, out in zip(files, part, decoded):
-            bpp.append(8.0 * len(f) / pixels)
-            payload.append(8.0 * len(unpack(f)[1]) / pixels)
-            psnrs.append(psnr_uint8(np.clip(np.round(out), 0, 255).astype(np.uint8), img))
-    n = len(images)
-    return dict(bpp=float(np.mean(bpp)), psnr=float(np.mean(psnrs)), count=n, payload_bpp=float(np.mean(payload)),
-                encode_s_per_item=enc_s / n, decode_s_per_item=dec_s / n)
+        for f, item, out in zip(files, part, decoded):
+            rate.append(modality.rate(len(f), item.shape))
+            payload.append(modality.rate(len(unpack(f)[1]), item.shape))
+            scores.append(modality.compare(out, item))
+    n = len(items)
+    psnr, quality = _mean_quality(scores)
+    return dict(rate=float(np.mean(rate)), psnr=psnr, count=n, payload_rate=float(np.mean(payload)),
+                encode_s_per_item=enc_s / n, decode_s_per_item=dec_s / n, quality=quality)
 
 
-def functa_point(codec: FunctaCodec, images: list[np.ndarray] | np.ndarray, label: str,
+def functa_point(codec: FunctaCodec, items: list[np.ndarray] | np.ndarray, label: str,
                  settings: EncodeSettings | None = None, batch: int = 256) -> RDPoint:
-    """Compress and decompress images ``(H, W, C)`` uint8 (any sizes) with ``codec``; one RD point."""
-    m = _measure(list(images), lambda part: codec.compress_many(part, settings), codec.decompress_many, batch)
+    """Compress and decompress items (data units, any sizes: images ``(H, W, C)`` uint8, clips ``(L,)``,
+    volumes ``(X, Y, Z)``) with ``codec``; one RD point."""
+    m = _measure(list(items), lambda part: codec.compress_many(part, settings), codec.decompress_many, batch,
+                 codec.modality)
     return RDPoint("functa", label, **m)
 
 
-def standard_point(images: list[np.ndarray] | np.ndarray, codec: str, target_bpp: float) -> RDPoint:
-    """Each image binary-searched to at most ``target_bpp`` with a standard codec; one RD point."""
-    pts = [at_rate(img, codec, target_bpp) for img in images]
-    return RDPoint(codec, f"{codec}@{target_bpp:g}", float(np.mean([p.bpp for p in pts])),
-                   float(np.mean([p.psnr for p in pts])), len(pts))
+def standard_point(items: list[np.ndarray] | np.ndarray, codec: str, target: float, modality=None) -> RDPoint:
+    """Each item binary-searched to at most ``target`` (the modality's rate unit; ``modality`` defaults
+    to 8-bit images) with a standard codec; one RD point."""
+    items = list(items)
+    pts = [at_rate(it, codec, target, modality) for it in items]
+    quality = {k: float(np.mean([p.quality[k] for p in pts])) for k in pts[0].quality} if pts else {}
+    return RDPoint(codec, f"{codec}@{target:g}", float(np.mean([p.rate for p in pts])),
+                   float(np.mean([p.psnr for p in pts])), len(pts), quality=quality)
 
 
 def coin_point(images: list[np.ndarray] | np.ndarray, target_bpp: float, steps: int = 2000, lr: float = 1e-3,
                batch: int = 256) -> RDPoint:
     """COIN with the widest 2-hidden-layer SIREN within ``target_bpp`` (16-bit weights; sized for the
-    smallest image); one RD point."""
+    smallest image); one RD point (images only)."""
+    from ..modalities import get_modality
+
     images = list(images)
     h, w = min((img.shape[0] * img.shape[1], img.shape[:2]) for img in images)[1]
     codec = CoinCodec.for_rate(target_bpp, h, w, channels=images[0].shape[2], steps=steps, lr=lr)
-    m = _measure(images, codec.compress_many, lambda files: [codec.decompress(f) for f in files], batch)
+    images_modality = get_modality("image")(height=h, width=w, channels=images[0].shape[2])  # rate, compare: any size
+    m = _measure(images, codec.compress_many, lambda files: [codec.decompress(f) for f in files], batch, images_modality)
     c = codec.config
     return RDPoint("coin", f"COIN {c.hidden_layers}x{c.width}, {steps} steps", **m)
 

@@ -58,16 +58,16 @@ from .arrays import (
     write_array_file,
     write_binvox,
 )
-from .audio import has_audio, is_audio_npz, load_audio_folder, load_audio_npz
+from .audio import AUDIO_SUFFIXES, audio_split_files, has_audio, is_audio_npz, load_audio_folder, load_audio_npz
 from .dataset import ArrayDataset, DataError
 from .folder import MixedSizesError, has_images, load_image_folder, load_image_list
 from .grid import is_grid_npz, load_grid_npz, load_netcdf, netcdf_kind
 from .idx import find_idx_pair, is_idx_file, load_idx, read_idx
-from .nifti import has_nifti, is_nifti_path, load_nifti, load_nifti_folder, load_volume_npz, parse_time_index, read_nifti
+from .nifti import has_nifti, is_nifti_path, load_nifti, load_nifti_folder, nifti_split_files, load_volume_npz, parse_time_index, read_nifti
 from .safeio import DEFAULT_MAX_ARRAY_BYTES, array_limit, max_array_bytes
 from .shards import ShardedArray
 
-__all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "load_dataset",
+__all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "item_files", "load_dataset",
            "load_image_list", "read_array_file", "read_nifti", "read_binvox", "read_idx", "write_array_file", "write_binvox", "SUPPORTED_FORMATS", "sniff_format",
            "DEFAULT_MAX_ARRAY_BYTES", "array_limit", "max_array_bytes"]
 
@@ -180,6 +180,7 @@ def load_dataset(
     audio_length: int | None = None,
     audio_channel: int | None = None,
     audio_pad: bool = False,
+    audio_sample_rate: int | None = None,
 ) -> ArrayDataset:
     """Load the dataset at ``path`` (format sniffed, see module docstring); ``npy`` / ``npy-shards`` lazily.
 
@@ -204,6 +205,8 @@ def load_dataset(
             default: the shortest clip's length (:mod:`functa.data.audio`).
         audio_channel: audio: the channel to read from multichannel files (refused without it).
         audio_pad: audio: pad clips shorter than ``audio_length`` with silence instead of refusing them.
+        audio_sample_rate: audio: resample every clip to this rate in Hz (``soxr``, an optional dependency);
+            default: no resampling, and clips of different rates are refused.
 
     Returns:
         :class:`ArrayDataset` with ``data`` ``(M, H, W, C)`` uint8 (images), ``(M, H, W)`` float32 (fields),
@@ -221,15 +224,32 @@ def load_dataset(
     with array_limit(max_bytes):
         try:
             if sniff_format(p) in ("audio-folder", "audio-npz"):
-                return _load_audio(p, split, test_fraction, limit, audio_length, audio_channel, audio_pad)
+                return _load_audio(p, split, test_fraction, limit, audio_length, audio_channel, audio_pad,
+                                   audio_sample_rate)
             return _load(p, split, single, variable, test_fraction, limit, progress)
         except MemoryError:
             raise DataError(f"{p}: out of memory while loading the dataset") from None
 
 
+def item_files(path: str | Path, split: str, test_fraction: float = 0.1) -> list[Path] | None:
+    """The files of ``split`` that each hold one whole item of any size, for codecs and benchmarks:
+    ``[path]`` for a single audio or NIfTI file, the split's files of an audio or NIfTI folder;
+    ``None`` for datasets whose items are rows of one array (npz, idx, image folders, ...)."""
+    p = Path(path).expanduser()
+    if p.is_file() and (p.suffix.lower() in AUDIO_SUFFIXES or is_nifti_path(p)):
+        return [p]
+    fmt = sniff_format(p) if p.exists() else None
+    if fmt == "audio-folder":
+        return audio_split_files(p, split, test_fraction)
+    if fmt == "nifti-folder":
+        return nifti_split_files(p, split, test_fraction)
+    return None
+
+
 def _load_audio(p: Path, split: str, test_fraction: float, limit: int | None, length: int | None,
-                channel: int | None, pad: bool = False) -> ArrayDataset:
-    kw = dict(test_fraction=test_fraction, limit=limit, length=length, channel=channel, pad=pad)
+                channel: int | None, pad: bool = False, sample_rate: int | None = None) -> ArrayDataset:
+    kw = dict(test_fraction=test_fraction, limit=limit, length=length, channel=channel, pad=pad,
+              sample_rate=sample_rate)
     if p.is_dir() and sniff_format(p) == "audio-npz" and not has_audio(p):
         p = _single_npz(p)  # type: ignore[assignment]
     return (load_audio_folder if p.is_dir() else load_audio_npz)(p, split, **kw)

@@ -10,8 +10,16 @@ Equal lengths: a dataset is one array, so every clip is **cropped to its first**
 A clip shorter than ``length`` is refused (:class:`DataError` naming it), unless ``pad`` is set
 (``data.audio_pad``): then it is padded with silence (zero amplitude, feature 0.5) at its end, and
 ``meta["notes"]`` counts the padded clips. Without ``length``, every clip of the dataset (all splits)
-is cropped to the shortest one, and ``meta["notes"]`` says so. Clips are never resampled: clips of
-different sample rates are refused, naming two of them.
+is cropped to the shortest one, and ``meta["notes"]`` says so.
+
+Sample rates: by default clips are never resampled: clips of different sample rates are refused, naming
+two of them. Resampling is explicit: with ``sample_rate = R`` (``data.audio_sample_rate``) every clip whose
+rate is not ``R`` is resampled to ``R`` Hz with ``soxr`` (python-soxr, ``quality="HQ"``; an optional
+dependency: ``pip install soxr`` or the ``audio`` extra, ``pip install 'functa[audio]'``), so a dataset may
+mix rates; ``meta["sample_rate"]`` is then ``R`` (the modality stores it), ``length`` counts samples at
+``R``, ``meta["resample"]`` is true and ``meta["notes"]`` names the rates converted. A clip of ``L`` samples
+at ``r`` Hz becomes ``round(L R / r)`` samples; only the input needed for the first ``length`` output
+samples (plus a margin for the filter) is decoded.
 
 Channels: a multichannel clip is refused unless ``channel`` (``data.audio_channel``, 0-based) picks one.
 
@@ -26,6 +34,7 @@ speakers between train and test, so it is not used.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -36,11 +45,12 @@ from .dataset import ArrayDataset, DataError
 from .safeio import Npz, check_nbytes, empty_array
 
 __all__ = ["AUDIO_SUFFIXES", "MIN_AUDIO_SAMPLES", "audio_info", "has_audio", "is_audio_npz", "load_audio_folder",
-           "load_audio_npz", "read_audio"]
+           "load_audio_npz", "read_audio", "resample", "resampled_length"]
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MIN_AUDIO_SAMPLES = 16  # shorter clips are refused (nothing to fit)
 _LIBRISPEECH = re.compile(r"^(\d+)-\d+-\d+")
+_RESAMPLE_MARGIN_S = 0.05  # extra input (seconds) decoded past the last needed sample, for the filter's support
 
 
 def _soundfile():
@@ -49,6 +59,40 @@ def _soundfile():
     except ImportError as e:  # pragma: no cover - a dependency of the package
         raise DataError(f"reading audio needs the 'soundfile' package ({e})") from None
     return soundfile
+
+
+def _soxr():
+    try:
+        import soxr
+    except ImportError:
+        raise DataError("resampling audio (data.audio_sample_rate) needs the 'soxr' package: pip install soxr "
+                        "(or pip install 'functa[audio]')") from None
+    return soxr
+
+
+def resampled_length(frames: int, rate: int, target: int) -> int:
+    """Samples a clip of ``frames`` samples at ``rate`` Hz has at ``target`` Hz: ``round(frames target / rate)``
+    (what :func:`resample` returns)."""
+    return int(frames) if rate == target else (2 * int(frames) * int(target) + int(rate)) // (2 * int(rate))
+
+
+def resample(clip: np.ndarray, rate: int, target: int, where: str = "audio") -> np.ndarray:
+    """``(L,)`` float32 amplitudes at ``rate`` Hz -> at ``target`` Hz with ``soxr`` (``quality="HQ"``); the
+    clip itself when the rates agree. Needs ``soxr`` (:class:`DataError` saying how to install it)."""
+    if rate == target:
+        return clip
+    soxr = _soxr()
+    try:
+        out = soxr.resample(np.ascontiguousarray(clip, np.float32), int(rate), int(target), quality="HQ")
+    except Exception as e:  # pragma: no cover - soxr refuses only absurd rates
+        raise DataError(f"{where}: cannot resample {rate} Hz to {target} Hz ({' '.join(str(e).split())[:200]})") from None
+    return np.ascontiguousarray(out, np.float32)
+
+
+def _check_rate(sample_rate: int | None, where: str) -> None:
+    if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int)
+                                    or not 0 < sample_rate <= 10**7):
+        raise DataError(f"{where}: audio_sample_rate must be an integer in 1..10^7 Hz, got {sample_rate!r}")
 
 
 def audio_info(path: Path) -> tuple[int, int, int]:
@@ -76,20 +120,26 @@ def _pick_channel(channels: int, channel: int | None, path: Path) -> int:
 
 
 def read_audio(path: str | Path, channel: int | None = None, frames: int | None = None,
-               sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+               sample_rate: int | None = None, resample_to_rate: bool = False) -> tuple[np.ndarray, int]:
     """One clip as ``(L,)`` float32 amplitudes and its sample rate, reading at most ``frames`` samples.
 
     Refuses (:class:`DataError` naming the file): unreadable or corrupt files, more channels than one
     without ``channel``, a declared size over the array limit, fewer than :data:`MIN_AUDIO_SAMPLES`
-    samples, NaN or infinite samples, and a sample rate other than ``sample_rate`` (when given).
+    samples, NaN or infinite samples, and a sample rate other than ``sample_rate`` (when given), unless
+    ``resample_to_rate``: then the clip is resampled to ``sample_rate`` (:func:`resample`, ``soxr``) and
+    ``frames`` counts samples at ``sample_rate``.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     declared, channels, rate = audio_info(path)
-    if sample_rate is not None and rate != sample_rate:
-        raise DataError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (no resampling is done)")
+    convert = sample_rate is not None and rate != sample_rate
+    if convert and not resample_to_rate:
+        raise DataError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (no resampling is done unless "
+                        f"asked for: resample the file, or train with data.audio_sample_rate={sample_rate})")
     ch = _pick_channel(channels, channel, path)
+    if convert and frames is not None:  # the input behind the first `frames` output samples, and a margin
+        frames = math.ceil(int(frames) * rate / sample_rate) + math.ceil(_RESAMPLE_MARGIN_S * rate) + 16
     n = declared if frames is None else min(declared, int(frames))
     check_nbytes(4 * n * channels, str(path), f"{n} frames x {channels} channels of float32 audio")
     if declared < MIN_AUDIO_SAMPLES:
@@ -104,6 +154,8 @@ def read_audio(path: str | Path, channel: int | None = None, frames: int | None 
     clip = np.ascontiguousarray(data[:, ch])
     if not np.isfinite(clip).all():
         raise DataError(f"{path}: NaN or infinite samples")
+    if convert:
+        return resample(clip, rate, int(sample_rate), str(path)), int(sample_rate)
     return clip, rate
 
 
@@ -172,9 +224,19 @@ def _common_length(lengths: list[int], names: list[str], length: int | None, whe
     return int(length), notes
 
 
+def _resample_note(rates: dict[int, Any], target: int) -> list[str]:
+    other = sorted(r for r in rates if r != target)
+    if not other:
+        return []
+    return [f"clips at {', '.join(f'{r} Hz' for r in other)} resampled to {target} Hz (soxr HQ, data.audio_sample_rate)"]
+
+
 def load_audio_folder(root: Path, split: str, *, test_fraction: float = 0.1, limit: int | None = None,
-                      length: int | None = None, channel: int | None = None, pad: bool = False) -> ArrayDataset:
-    """The audio files under ``root`` (see the module docstring) as ``(M, L)`` float32 amplitudes."""
+                      length: int | None = None, channel: int | None = None, pad: bool = False,
+                      sample_rate: int | None = None) -> ArrayDataset:
+    """The audio files under ``root`` (see the module docstring) as ``(M, L)`` float32 amplitudes; with
+    ``sample_rate``, every clip resampled to it."""
+    _check_rate(sample_rate, str(root))
     subdirs = [root / s for s in ("train", "test") if (root / s).is_dir() and _audio_files(root / s)]
     if subdirs:
         files_by = {s.name: _audio_files(s) for s in subdirs}
@@ -195,36 +257,49 @@ def load_audio_folder(root: Path, split: str, *, test_fraction: float = 0.1, lim
     for f, (frames, channels, rate) in headers.items():
         rates.setdefault(rate, f)
         _pick_channel(channels, channel, f)
-    if len(rates) > 1:
+    if sample_rate is None and len(rates) > 1:
         (r0, f0), (r1, f1) = list(rates.items())[:2]
         raise DataError(f"{f1}: sample rate {r1} Hz differs from {f0} ({r0} Hz); all clips of a dataset must have "
-                        "the same rate (no resampling is done)")
-    rate = next(iter(rates))
-    n, notes = _common_length([headers[f][0] for f in every], [str(f) for f in every], length, str(root), pad)
+                        f"the same rate (no resampling is done unless asked for: set data.audio_sample_rate={r0} "
+                        f"to resample every clip to {r0} Hz with soxr)")
+    if sample_rate is not None and any(r != sample_rate for r in rates):
+        _soxr()  # before anything is decoded
+    rate = next(iter(rates)) if sample_rate is None else int(sample_rate)
+    n, notes = _common_length([resampled_length(headers[f][0], headers[f][2], rate) for f in every],
+                              [str(f) for f in every], length, str(root), pad)
+    if sample_rate is not None:
+        notes = _resample_note(rates, rate) + notes
     if limit is not None:
         chosen = chosen[:limit]
     check_nbytes(4 * n * len(chosen), str(root), f"{len(chosen)} clips of {n} float32 samples")
     data = empty_array((len(chosen), n), np.dtype(np.float32), str(root))
     for i, f in enumerate(chosen):  # pass 2: decode the first n samples of each clip
-        clip, _ = read_audio(f, channel, frames=n, sample_rate=rate)
-        if len(clip) < min(n, headers[f][0]):
-            raise DataError(f"{f}: {len(clip)} samples decoded, the header declares {headers[f][0]}; truncated?")
+        clip, _ = read_audio(f, channel, frames=n, sample_rate=rate, resample_to_rate=sample_rate is not None)
+        declared = resampled_length(headers[f][0], headers[f][2], rate)
+        if len(clip) < min(n, declared):
+            raise DataError(f"{f}: {len(clip)} samples decoded, the header declares {declared}; truncated?")
         data[i, :len(clip[:n])] = clip[:n]
         data[i, len(clip[:n]):] = 0.0  # silence (only with pad)
     meta: dict[str, Any] = {"source": str(root), "format": "audio-folder", "kind": "audio", "split": split,
                             "sample_rate": rate, "n_files": len(chosen), "channel": channel,
                             "names": [f.name for f in chosen][:1000]}
+    if sample_rate is not None:
+        meta["resample"] = True
+        meta["source_sample_rates"] = sorted(rates)
     if notes:
         meta["notes"] = notes
     return ArrayDataset(data, None, meta)
 
 
 def load_audio_npz(path: Path, split: str, *, test_fraction: float = 0.1, limit: int | None = None,
-                   length: int | None = None, channel: int | None = None, pad: bool = False) -> ArrayDataset:
+                   length: int | None = None, channel: int | None = None, pad: bool = False,
+                   sample_rate: int | None = None) -> ArrayDataset:
     """The FSDD npz layout (``audio`` int16 or float, ``offsets``, ``sample_rate``, optional ``label``,
-    ``speaker``, ``speaker_names``, ``name``) as ``(M, L)`` float32 amplitudes (int16 / 32768).
+    ``speaker``, ``speaker_names``, ``name``) as ``(M, L)`` float32 amplitudes (int16 / 32768); with
+    ``sample_rate``, resampled to it.
 
     The split is speaker-disjoint (module docstring) when the npz has ``speaker``; else each clip is a group."""
+    _check_rate(sample_rate, str(path))
     with Npz(path) as z:
         offsets = z.read("offsets").astype(np.int64)
         if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
@@ -250,8 +325,14 @@ def load_audio_npz(path: Path, split: str, *, test_fraction: float = 0.1, limit:
         groups = [sn[s] if 0 <= s < len(sn) else str(s) for s in spk]
     else:
         groups = names
-    lengths = np.diff(offsets).tolist()
+    src_rate = int(rate[0])
+    out_rate = src_rate if sample_rate is None else int(sample_rate)
+    if out_rate != src_rate:
+        _soxr()  # before anything is decoded
+    lengths = [resampled_length(k, src_rate, out_rate) for k in np.diff(offsets).tolist()]
     n, notes = _common_length(lengths, [f"{path} (clip {i}, {names[i]})" for i in range(m)], length, str(path), pad)
+    if sample_rate is not None:
+        notes = _resample_note({src_rate: path}, out_rate) + notes
     idx = _select(groups, split, test_fraction, path)
     if limit is not None:
         idx = idx[:limit]
@@ -260,18 +341,42 @@ def load_audio_npz(path: Path, split: str, *, test_fraction: float = 0.1, limit:
         raise DataError(f"{path}: audio must be integer or float samples, got {audio.dtype}")
     check_nbytes(4 * n * len(idx), str(path), f"{len(idx)} clips of {n} float32 samples")
     data = empty_array((len(idx), n), np.dtype(np.float32), str(path))
+    need = n if out_rate == src_rate else math.ceil(n * src_rate / out_rate) + math.ceil(_RESAMPLE_MARGIN_S * src_rate) + 16
     for j, i in enumerate(idx):
-        clip = audio[offsets[i]:min(offsets[i] + n, offsets[i + 1])]
-        data[j, :len(clip)] = clip.astype(np.float32) / scale
+        clip = audio[offsets[i]:min(offsets[i] + need, offsets[i + 1])].astype(np.float32) / scale
+        if out_rate != src_rate:
+            if not np.isfinite(clip).all():
+                raise DataError(f"{path}: NaN or infinite samples (clip {i}, {names[i]})")
+            clip = resample(clip, src_rate, out_rate, f"{path} (clip {i}, {names[i]})")[:n]
+        data[j, :len(clip)] = clip
         data[j, len(clip):] = 0.0  # silence (only with pad)
     if not np.isfinite(data).all():
         raise DataError(f"{path}: NaN or infinite samples")
     labels = aux["label"].astype(np.int64)[idx] if "label" in aux else None
     meta: dict[str, Any] = {"source": str(path), "format": "audio-npz", "kind": "audio", "split": split,
-                            "sample_rate": int(rate[0]), "n_files": int(len(idx)), "channel": channel,
+                            "sample_rate": out_rate, "n_files": int(len(idx)), "channel": channel,
                             "test_groups": sorted(_test_groups(groups, test_fraction))}
+    if sample_rate is not None:
+        meta["resample"] = True
+        meta["source_sample_rates"] = [src_rate]
     if labels is not None:
         meta["class_names"] = [str(c) for c in range(int(labels.max()) + 1)] if len(labels) else []
     if notes:
         meta["notes"] = notes
     return ArrayDataset(data, labels, meta)
+
+
+def audio_split_files(root: Path, split: str, test_fraction: float = 0.1) -> list[Path]:
+    """The audio files of ``split`` of a folder (``train/`` / ``test/`` sub-folders, else the
+    speaker-disjoint hashed split of :func:`load_audio_folder`)."""
+    subdirs = {s: _audio_files(root / s) for s in ("train", "test") if (root / s).is_dir() and _audio_files(root / s)}
+    if subdirs:
+        if split == "all":
+            return [f for fs in subdirs.values() for f in fs]
+        if split not in subdirs:
+            raise DataError(f"{root}: no {split}/ sub-folder with audio files")
+        return subdirs[split]
+    every = _audio_files(root)
+    if not every:
+        raise DataError(f"{root}: no .wav, .flac or .ogg files")
+    return [every[i] for i in _select([_group(f.name) for f in every], split, test_fraction, root)]

@@ -143,6 +143,15 @@ def load_nifti(path: Path, split: str, *, time_index: int | None = None, test_fr
     return _dataset(vol[None], [info], [path], "nifti", path, split, test_fraction, limit)
 
 
+def nifti_split_files(root: Path, split: str, test_fraction: float = 0.1) -> list[Path]:
+    """The files of ``split`` of a NIfTI folder (the tail split of :func:`load_nifti_folder`), of any shapes."""
+    files = _nifti_files(root)
+    if not files:
+        raise DataError(f"{root}: no .nii, .nii.gz or .mgz files")
+    start, stop = split_range(len(files), split, test_fraction, root)
+    return files[start:stop]
+
+
 def load_nifti_folder(root: Path, split: str, *, time_index: int | None = None, test_fraction: float = 0.1,
                       limit: int | None = None) -> ArrayDataset:
     """A directory of NIfTI / mgz volumes of one shape -> ``(M, X, Y, Z)`` float32, tail split."""

@@ -18,6 +18,12 @@ of ``[-full_scale, full_scale]`` onto ``[0, 1]`` (COIN++'s ``(waveform + 1) / 2`
 1 for integer PCM, the peak for float files that exceed it). ``full_scale`` and ``sample_rate``
 are stored in the modality config, so decoding gives back the amplitude and the sample rate.
 
+Sample rate. Nothing is resampled unless asked for: a run fitted with ``data.audio_sample_rate = R``
+(every training clip resampled to ``R`` Hz with ``soxr``: :mod:`functa.data.audio`) stores
+``sample_rate = R`` and ``resample = true``, and :meth:`read_item` (``functa compress FILE.ogg``)
+then resamples a file at another rate to ``R``; otherwise (``resample = false``, the default) such a
+file is refused, naming the option.
+
 Metrics. ``psnr`` on the ``[0, 1]`` features (COIN++ reports PSNR ``-10 log10 MSE`` per clip, averaged
 over clips: the headline is ``mean_psnr``; ``psnr_of_mean_mse`` is also given) and ``snr_db``: signal
 power over error power in the original amplitude, ``10 log10(sum a^2 / sum (a - a')^2)`` per clip,
@@ -49,7 +55,7 @@ from ..data import DataError
 from ..data.audio import read_audio
 from ..fitting import PsnrMetrics
 from ..io import atomic_write_bytes
-from ..validation import MAX_GRID_POINTS, Choice, Int, Real, check_fields, check_total
+from ..validation import MAX_GRID_POINTS, Bool, Choice, Int, Real, check_fields, check_total
 from .base import ModalityBase, grid_centres, register_modality
 
 __all__ = ["AudioMetrics", "AudioModality", "audio_coordinates"]
@@ -126,19 +132,23 @@ class AudioModality(ModalityBase):
     code: ClassVar[int] = 5
     dataset_kind: ClassVar[str] = "audio"
     unobserved_fill: ClassVar[float] = 0.5  # silence
+    rate_unit: ClassVar[str] = "kbps"
+    rate_targets: ClassVar[tuple[float, ...]] = (6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
     length: int = 16000
     sample_rate: int = 16000
     full_scale: float = 1.0
     coordinates_range: Literal["coinpp", "unit", "symmetric"] = "coinpp"
     coordinates_convention: Literal["corners", "centres"] = "corners"
     channel: int | None = None  # the channel read from multichannel files (read_item)
+    resample: bool = False  # read_item resamples files at other rates to sample_rate (data.audio_sample_rate)
     in_dim: int = field(init=False, default=1)
     out_channels: int = field(init=False, default=1)
 
     def __post_init__(self) -> None:
         check_fields(self, "modality", length=Int(1, 2**40), sample_rate=Int(1, 10**7),
                      full_scale=Real(0, 1e12, lo_open=True), coordinates_range=Choice(*_RANGES),
-                     coordinates_convention=Choice("corners", "centres"), channel=Int(0, 1024, optional=True))
+                     coordinates_convention=Choice("corners", "centres"), channel=Int(0, 1024, optional=True),
+                     resample=Bool())
         check_total("modality", self.length, MAX_GRID_POINTS, f"clips of {self.length} samples", "points")
         self.shape = (self.length,)
 
@@ -150,7 +160,8 @@ class AudioModality(ModalityBase):
         peak = float(np.abs(np.asarray(d)).max()) if not dataset.lazy and d.size else 1.0
         full_scale = 1.0 if peak <= 1.0 else float(2 ** math.ceil(math.log2(peak)))
         return cls(length=int(d.shape[1]), sample_rate=int(dataset.meta.get("sample_rate", 16000)),
-                   full_scale=full_scale, channel=dataset.meta.get("channel"))
+                   full_scale=full_scale, channel=dataset.meta.get("channel"),
+                   resample=bool(dataset.meta.get("resample", False)))
 
     def coordinates(self, shape: tuple[int, ...] | None = None) -> Tensor:
         (n,) = tuple(shape or self.shape)
@@ -184,6 +195,10 @@ class AudioModality(ModalityBase):
         sig = float(np.sum(y**2))
         return {"psnr_db": float("inf") if mse == 0 else -10.0 * math.log10(mse),
                 "snr_db": float("inf") if err == 0 else 10.0 * math.log10(max(sig, 1e-300) / err)}
+
+    def rate(self, num_bytes: int, shape: tuple[int, ...]) -> float:
+        """Kilobits per second of audio: ``8 * num_bytes / (L / sample_rate) / 1000`` for a clip of ``L`` samples."""
+        return 8.0 * num_bytes * self.sample_rate / (1000.0 * int(shape[0]))
 
     def observation_mask(self, kind: str, features: Tensor, fraction: float = 0.5, seed: int = 0) -> Tensor:
         """``left-half`` (the first half in time), ``right-half`` or ``random`` samples (a ``fraction``)."""
@@ -236,8 +251,9 @@ class AudioModality(ModalityBase):
 
     def read_item(self, path: Path) -> np.ndarray:
         """A WAV / FLAC / OGG file (any length) as ``(L,)`` float32 amplitudes; its sample rate must be the
-        modality's (no resampling), multichannel files need ``channel``; ``.npy`` / ``.npz`` (array ``data``):
-        a 1-D float amplitude array."""
+        modality's, unless ``resample`` (a run fitted with ``data.audio_sample_rate``): then it is resampled to
+        it (``soxr``); multichannel files need ``channel``; ``.npy`` / ``.npz`` (array ``data``): a 1-D float
+        amplitude array (taken to be at the modality's rate)."""
         path = Path(path)
         if path.suffix.lower() in (".npy", ".npz"):
             from ..data import read_array_file
@@ -246,7 +262,7 @@ class AudioModality(ModalityBase):
             if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
                 raise DataError(f"{path}: an audio .npy must be a 1-D array of finite float amplitudes")
             return arr.astype(np.float32)
-        return read_audio(path, self.channel, sample_rate=self.sample_rate)[0]
+        return read_audio(path, self.channel, sample_rate=self.sample_rate, resample_to_rate=self.resample)[0]
 
     def write_item(self, item: np.ndarray, path: Path) -> Path:
         """Write ``(L,)`` amplitudes at the modality's sample rate as ``.wav`` / ``.flac`` / ``.ogg``
@@ -267,4 +283,5 @@ class AudioModality(ModalityBase):
     def to_config(self) -> dict:
         return {"name": self.name, "length": self.length, "sample_rate": self.sample_rate,
                 "full_scale": self.full_scale, "coordinates_range": self.coordinates_range,
-                "coordinates_convention": self.coordinates_convention, "channel": self.channel}
+                "coordinates_convention": self.coordinates_convention, "channel": self.channel,
+                "resample": self.resample}

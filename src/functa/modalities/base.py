@@ -120,6 +120,11 @@ class Modality(Protocol):
         """JSON-serialisable description (``name`` included) that :func:`modality_from_config` reads."""
         ...
 
+    def rate(self, num_bytes: int, shape: tuple[int, ...]) -> float:
+        """The compression rate of ``num_bytes`` for an item of ``shape`` ``(*size[, C])``, in the unit
+        ``rate_unit`` names (a class attribute: bits per pixel, kbps, ...)."""
+        ...
+
     def with_shape(self, shape: tuple[int, ...]) -> "Modality":
         """The same modality on another grid (the patch size of a base network trained on crops).
         Raises ``ValueError`` where items cannot be cut into patches."""
@@ -134,6 +139,8 @@ class ModalityBase:
     unobserved_fill: ClassVar[float] = 0.5  # feature value that shows unobserved points in imputation panels
 
     dataset_kind: ClassVar[str | None] = None  # the loaders' ``meta["kind"]`` this modality claims
+    rate_unit: ClassVar[str] = "bits per point"  # what :meth:`rate` returns
+    rate_targets: ClassVar[tuple[float, ...]] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # codec-bench baselines
 
     @classmethod
     def detect(cls, dataset: Any) -> bool:
@@ -148,6 +155,10 @@ class ModalityBase:
     def compare(self, reconstruction: np.ndarray, item: np.ndarray) -> dict[str, float]:
         diff = np.asarray(reconstruction, np.float64) - np.asarray(item, np.float64)
         return {"rmse": float(np.sqrt(np.mean(diff**2)))}
+
+    def rate(self, num_bytes: int, shape: tuple[int, ...]) -> float:
+        """Bits per grid point, ``8 * num_bytes / prod(size)`` (channels are not counted, as COIN++ does)."""
+        return 8.0 * num_bytes / float(np.prod(shape[:len(self.shape)]))
 
     def make_augmentation(self, kinds: tuple[str, ...], seed: int = 0, **options: Any) -> Augmentation:
         raise ValueError(f"the {self.name} modality has no augmentations (asked for {', '.join(kinds)})")

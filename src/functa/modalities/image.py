@@ -57,6 +57,7 @@ class ImageModality(ModalityBase):
 
     name: ClassVar[str] = "image"
     code: ClassVar[int] = 1
+    rate_unit: ClassVar[str] = "bpp"  # bits per pixel
     dataset_kind: ClassVar[str] = "image"
     height: int = 28
     width: int = 28

@@ -15,6 +15,12 @@ Features are intensities normalised to ``[0, 1]`` (one channel), as COIN++ does 
   :func:`normalise_dataset` (its per-volume statistics go to ``meta["volume_stats"]``; invert with
   :func:`denormalise_volumes`). Features are then the items clipped to ``[0, 1]``, and decoded items are
   the normalised intensities (per-volume statistics are not part of a latent or of a ``.fta`` file).
+  From the command line: ``functa fit VOLUMES --set data.volume_normalisation=volume`` (a ``[data]`` key,
+  as every modality setting chosen at fit time; ``modality`` itself is only a name). The run's
+  ``config.json`` then stores ``normalisation = "volume"`` in its modality section and
+  ``volume_normalisation`` in its data section, so ``eval``, ``encode`` and ``render --data`` normalise
+  every volume of a dataset by itself (:func:`functa.pipeline.open_data`), and ``compress FILE.nii.gz``
+  every file (:meth:`read_item`).
 
 Loss MSE; metrics PSNR on the ``[0, 1]`` features (per volume, averaged over volumes, and of the mean MSE:
 :class:`~functa.fitting.PsnrMetrics`); :meth:`compare` gives ``psnr_db`` of a decoded volume on the same
@@ -116,6 +122,8 @@ class VolumeModality(ModalityBase):
 
     name: ClassVar[str] = "volume"
     code: ClassVar[int] = 6
+    rate_unit: ClassVar[str] = "bits per voxel"
+    rate_targets: ClassVar[tuple[float, ...]] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
     dataset_kind: ClassVar[str] = "volume"  # NIfTI / volume-npz loaders; voxel grids are kind "voxel"
     size_x: int = 16
     size_y: int = 16

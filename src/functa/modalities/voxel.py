@@ -139,6 +139,8 @@ class VoxelModality(ModalityBase):
 
     name: ClassVar[str] = "voxel"
     code: ClassVar[int] = 3
+    rate_unit: ClassVar[str] = "bits per voxel"
+    rate_targets: ClassVar[tuple[float, ...]] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
     dataset_kind: ClassVar[str] = "voxel"
     default_loss: ClassVar[str] = "bce"
     unobserved_fill: ClassVar[float] = 0.0  # imputation panels show hidden voxels as empty

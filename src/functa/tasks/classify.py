@@ -1,4 +1,4 @@
-"""Classifiers: an MLP on functa latents and a small CNN on pixel arrays (the baseline).
+"""Classifiers: an MLP on functa latents and a small CNN on the arrays (the baseline: waveforms, pixels, voxels).
 
 Paper recipes: functa App. A.7 (Haiku-style MLP with SiLU and dropout, width 128-512, depth 2-4)
 and spatial functa App. B.1 (width 1024, depth 3, dropout 0.2, label smoothing 0.1, AdamW with
@@ -67,9 +67,11 @@ class MLPClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class ConvConfig:
-    """Array baseline on a 2-D (pixels) or 3-D (voxels) grid: ``len(channels)`` stride-2 3×3(×3)
-    convolutions (SiLU, dropout), a hidden linear layer of ``width`` and a read-out (after
-    Maturana & Scherer's 3D CNN, as in functa App. A.7)."""
+    """Array baseline on a 1-D (waveforms), 2-D (pixels) or 3-D (voxels) grid: ``len(channels)``
+    convolutions of ``kernel`` (per axis) and ``stride``, zero-padded by ``kernel // 2`` (SiLU,
+    dropout), a hidden linear layer of ``width`` and a read-out (after Maturana & Scherer's 3D CNN,
+    as in functa App. A.7). The defaults, stride-2 3×3(×3) convolutions, are those of 2-D / 3-D
+    grids; :data:`functa.downstream.BASELINE_GRID_DEFAULTS` gives 1-D grids wider kernels and strides."""
 
     in_channels: int
     num_classes: int
@@ -77,21 +79,29 @@ class ConvConfig:
     channels: tuple[int, ...] = (32, 64, 128)
     width: int = 128
     dropout: float = 0.2
+    kernel: int = 3  # absent from configs saved before 1-D grids: they used these defaults
+    stride: int = 2
 
     def __post_init__(self) -> None:
-        if isinstance(self.grid_shape, (list, tuple)) and len(self.grid_shape) not in (2, 3):
-            raise ConfigError(f"the conv baseline takes 2-D or 3-D grids, got {tuple(self.grid_shape)}")
+        if isinstance(self.grid_shape, (list, tuple)) and len(self.grid_shape) not in (1, 2, 3):
+            raise ConfigError(f"the conv baseline takes 1-D, 2-D or 3-D grids, got {tuple(self.grid_shape)}")
         check_fields(self, "model", in_channels=Int(1, 4096), num_classes=Int(2, 2**20),
-                     grid_shape=IntSeq(1, 65536, min_len=2, max_len=3), channels=IntSeq(1, 8192, min_len=0, max_len=16),
-                     width=Int(1, 65536), dropout=Real(0, 1, hi_open=True))
+                     grid_shape=IntSeq(1, MAX_GRID_POINTS, min_len=1, max_len=3),
+                     channels=IntSeq(1, 8192, min_len=0, max_len=16), width=Int(1, 65536),
+                     dropout=Real(0, 1, hi_open=True), kernel=Int(1, 63), stride=Int(1, 64))
         grid, c, n = self.grid_shape, self.in_channels, 0
         check_total("model", math.prod(grid), MAX_GRID_POINTS, f"a {'x'.join(map(str, grid))} grid", "points")
         for out in self.channels:
-            n += c * out * 3 ** len(grid) + out
-            c, grid = out, tuple((g + 1) // 2 for g in grid)
+            n += c * out * self.kernel ** len(grid) + out
+            c, grid = out, self.conv_output(grid)
         n += (c * math.prod(grid) + 1) * self.width + (self.width + 1) * self.num_classes
         check_total("model", n, MAX_PARAMETERS, f"a conv net of channels {list(self.channels)} and width {self.width} "
                     f"on {'x'.join(map(str, self.grid_shape))} grids")
+
+    def conv_output(self, grid: tuple[int, ...]) -> tuple[int, ...]:
+        """The grid after one convolution (padding ``kernel // 2``; ``(g + 1) // 2`` for 3 and 2)."""
+        k, s = self.kernel, self.stride
+        return tuple((g + 2 * (k // 2) - k) // s + 1 for g in grid)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,17 +114,19 @@ class ConvConfig:
 
 
 class ConvClassifier(nn.Module):
-    """Arrays ``(B, C, *grid_shape)`` (images or voxel grids) with values in ``[0, 1]`` → logits ``(B, num_classes)``."""
+    """Arrays ``(B, C, *grid_shape)`` (waveforms in ``[-1, 1]``, images or voxel grids in ``[0, 1]``)
+    → logits ``(B, num_classes)``."""
 
     def __init__(self, config: ConvConfig) -> None:
         super().__init__()
         self.config = config
-        conv = nn.Conv2d if len(config.grid_shape) == 2 else nn.Conv3d
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(config.grid_shape)]
         layers: list[nn.Module] = []
         c, grid = config.in_channels, tuple(config.grid_shape)
         for out in config.channels:
-            layers += [conv(c, out, 3, stride=2, padding=1), nn.SiLU(), nn.Dropout(config.dropout)]
-            c, grid = out, tuple((g + 1) // 2 for g in grid)
+            layers += [conv(c, out, config.kernel, stride=config.stride, padding=config.kernel // 2), nn.SiLU(),
+                       nn.Dropout(config.dropout)]
+            c, grid = out, config.conv_output(grid)
         layers += [nn.Flatten(), nn.Linear(c * math.prod(grid), config.width), nn.SiLU(), nn.Dropout(config.dropout),
                    nn.Linear(config.width, config.num_classes)]
         self.net = nn.Sequential(*layers)
