@@ -118,7 +118,11 @@ def load_latents(path: str | Path, sha256: str | None = None) -> tuple[dict[str,
                             "finish it with 'functa encode' first")
     if sha256 is not None:
         fs.check_base_network(sha256)
-    return fs.arrays(), fs
+    arrays = fs.arrays()
+    # the vector tasks (classifier, flow, DDPM) see every latent flat: (M, prod(latent_shape)), e.g. the
+    # (P, D) latents of items encoded patch by patch
+    arrays["latents"] = arrays["latents"].reshape(len(arrays["latents"]), -1)
+    return arrays, fs
 
 
 def _pair(train: str | Path, test: str | Path | None):

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from .errors import ConfigError
 from .io import ArtefactError, read_json, read_json_object, save_tensors, sha256_file, tensor_shapes, versions, write_json
-from .validation import Bool, Int, IntSeq, Text
+from .validation import MAX_GRID_POINTS, Bool, Int, IntSeq, Text, check_total
 
 __all__ = ["FunctasetWriter", "Functaset", "MANIFEST"]
 
@@ -325,6 +325,17 @@ def _check_manifest(m: dict, version: int) -> tuple[tuple[int, ...], tuple[str, 
             raise ConfigError(f"header.latent_shape {list(shape)} does not hold header.latent_dim = {dim} values")
     else:
         shape = (dim,)
+    if "patches" in header:  # items encoded patch by patch: latents (P, *latent_shape of the base network)
+        p = header["patches"]
+        if not isinstance(p, dict):
+            raise ConfigError("header.patches is not an object")
+        grid = IntSeq(1, MAX_GRID_POINTS, min_len=1, max_len=3)(p.get("item_grid"), "header.patches.item_grid")
+        patch = IntSeq(1, MAX_GRID_POINTS, min_len=len(grid), max_len=len(grid))(p.get("patch"), "header.patches.patch")
+        check_total("header.patches", math.prod(grid), MAX_GRID_POINTS, f"items of {list(grid)}", "points")
+        num = math.prod(-(-g // q) for g, q in zip(grid, patch))
+        if Int(1, MAX_LATENT_SIZE)(p.get("num_patches"), "header.patches.num_patches") != num or shape[0] != num:
+            raise ConfigError(f"header.patches: items of {list(grid)} in patches of {list(patch)} have {num} "
+                              f"patches, but num_patches = {p.get('num_patches')} and latent_shape = {list(shape)}")
     total = Int(0, MAX_ROWS)(m.get("total"), "total")
     count = Int(0, total)(m.get("count"), "count")
     if "complete" in m:

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from torch import nn
+from torch import Tensor, nn
 
 from .atomic import atomic_stream, output_lock
-from .codec.patches import from_patches, to_patches
+from .codec.patches import PatchGrid, from_patches, to_patches
 from .config import DataConfig, RunConfig
 from .data import ArrayDataset, DataError, load_dataset
 from .device import resolve_device
@@ -188,7 +188,11 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
     loss, metrics = model_loss(cfg), modality.reconstruction_metrics()
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
     ds = open_data(data, split, cfg.get("data"), progress)
-    src = FieldDataset(ds, modality)
+    item_grid = tuple(int(g) for g in ds.data.shape[1:1 + len(modality.shape)])
+    grid = PatchGrid(item_grid, tuple(modality.shape)) if _patched(cfg, modality, item_grid) else None
+    src = FieldDataset(ds, modality if grid is None else modality.with_shape(item_grid))
+    if grid is not None and augment:
+        raise ValueError("augmented copies are not supported for items encoded patch by patch")
     if copies < 0:
         raise ValueError(f"copies must be >= 0, got {copies}")
     if copies and not augment:
@@ -200,11 +204,18 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
               "encoding": {"inner_steps": steps}, "source": {"path": str(data), "split": split, "count": m,
                                                             "meta": _small_meta(ds.meta)},
               "latent_shape": list(field.latent_shape), "latent_dim": math.prod(field.latent_shape)}
+    if grid is not None:  # one latent per patch: items are (P, *latent_shape)
+        header["latent_shape"] = [grid.num_patches, *field.latent_shape]
+        header["latent_dim"] = grid.num_patches * math.prod(field.latent_shape)
+        header["patches"] = {"item_grid": list(grid.shape), "patch": list(grid.patch), "num_patches": grid.num_patches}
     if copies:
         header["augmentation"] = {"kinds": list(augment), "seed": augment_seed, "options": dict(augment_options or {}),
                                   "copies": copies}
     total = m * (1 + copies)
-    batch_size = batch_size or auto_batch_size(field, src.num_points)
+    if grid is None:
+        batch_size = batch_size or auto_batch_size(field, src.num_points)
+    else:  # items per batch: the patches of a batch are fitted together
+        batch_size = max(1, (batch_size or auto_batch_size(field, math.prod(grid.patch))) // grid.num_patches)
     writer = FunctasetWriter(out, header, total=total, chunk_size=chunk_size)
     x = src.coords[None]
     bar = tqdm(total=total, initial=writer.count, desc=f"encoding {split}", disable=not progress, unit="item")
@@ -222,9 +233,16 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
             if params is None or params[0] != copy:
                 params = (copy, augmentation.parameters(m, copy))
             y = modality.to_features(augmentation.apply(ds.take(idx), params[1][idx]))
-        enc = fit_latents(field, Batch(x, y), steps, loss=loss)
-        values = metrics.per_item(loss.predict(enc.outputs), y.to(enc.outputs.device))
-        writer.append(enc.latents, src.labels(idx), idx, {"loss": enc.loss, **values})
+        if grid is None:
+            enc = fit_latents(field, Batch(x, y), steps, loss=loss)
+            latents, item_loss, pred = enc.latents, enc.loss, loss.predict(enc.outputs)
+        else:
+            enc, _ = fit_patched(field, loss, modality, ds.take(idx), steps)
+            latents = enc.latents.reshape(len(idx), grid.num_patches, *field.latent_shape)
+            item_loss = enc.loss.reshape(len(idx), grid.num_patches).mean(1)
+            pred = stitched(field, loss, modality, latents, grid)
+        values = metrics.per_item(pred, y.to(pred.device))
+        writer.append(latents, src.labels(idx), idx, {"loss": item_loss, **values})
         bar.update(len(idx))
         row += len(idx)
         heap.step()  # bounded RSS however many items (see HeapGuard)
@@ -232,6 +250,12 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
     writer.flush()
     writer.close({**_summary(metrics, writer), "encode_s_last_session": time.perf_counter() - t0})
     return Functaset(out)
+
+
+def _patched(cfg: dict, modality: Modality, item_grid: tuple[int, ...]) -> bool:
+    """Whether items of ``item_grid`` are fitted patch by patch: the base network was meta-learned on
+    patches (``data.patch``) smaller than the items."""
+    return bool(cfg.get("data", {}).get("patch")) and tuple(item_grid) != tuple(modality.shape)
 
 
 def _summary(metrics, writer: FunctasetWriter) -> dict[str, float]:
@@ -254,7 +278,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: in
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
     ds = open_data(data, split, cfg.get("data"), progress)
     item_grid = tuple(ds.data.shape[1:1 + len(modality.shape)])
-    if bool(cfg.get("data", {}).get("patch")) and item_grid != tuple(modality.shape):
+    if _patched(cfg, modality, item_grid):
         res = evaluate_whole_items(field, loss, modality, ds, steps, limit=limit, batch_size=batch_size,
                                    progress=progress)
     else:
@@ -262,6 +286,33 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: in
                                       batch_size=batch_size, limit=limit, extra=modality.metrics, progress=progress)
     return {"name": "functa-eval", "model": str(model), "data": str(data), "split": split,
             "base_network_sha256": cfg["sha256"], "loss": loss.name, "headline": metrics.headline, "results": res}
+
+
+def fit_patched(field: nn.Module, loss: Loss, modality: Modality, items: np.ndarray, steps: int,
+                track_steps: bool = False):
+    """Fit the latents of whole items ``(B, *grid[, C])`` cut into the base network's patches (reflect-padded),
+    all patches of the batch together; returns the fit (latents ``(B * P, *latent_shape)``) and the grid."""
+    patch = tuple(modality.shape)
+    patches, grids = zip(*(to_patches(it, patch) for it in items))
+    x = modality.coordinates()[None]
+    enc = fit_latents(field, Batch(x, modality.to_features(np.concatenate(patches))), steps, loss=loss,
+                      track_steps=track_steps)
+    return enc, grids[0]
+
+
+def stitched(field: nn.Module, loss: Loss, modality: Modality, latents: Tensor, grid: PatchGrid,
+             scale: float = 1.0) -> Tensor:
+    """Predicted features of whole items from their patch latents ``(B, P, *latent_shape)``: every patch
+    rendered on ``scale`` x its grid, stitched, and cropped to ``scale`` x the item grid: ``(B, N, C)``."""
+    patch = tuple(int(round(p * scale)) for p in grid.patch)
+    if scale != 1.0 and any(abs(p - q * scale) > 1e-9 for p, q in zip(patch, grid.patch)):
+        raise ValueError(f"scale {scale} does not give whole patches of {grid.patch}")
+    big = PatchGrid(tuple(int(round(s_ * scale)) for s_ in grid.shape), patch)
+    b, num = latents.shape[0], grid.num_patches
+    x = modality.coordinates(patch)[None]
+    feats = predict(field, x, latents.reshape(b * num, *latents.shape[2:]), loss=loss)
+    feats = feats.reshape(b, num, *patch, -1).cpu().numpy()
+    return torch.from_numpy(np.stack([from_patches(f, big) for f in feats])).reshape(b, math.prod(big.shape), -1)
 
 
 def evaluate_whole_items(field: nn.Module, loss: Loss, modality: Modality, ds: ArrayDataset, steps: int,
@@ -280,12 +331,10 @@ def evaluate_whole_items(field: nn.Module, loss: Loss, modality: Modality, ds: A
     per_batch = max(1, (batch_size or auto_batch_size(field, x.shape[1])) // grid.num_patches)
     for start in tqdm(range(0, n, per_batch), desc="eval (whole items)", disable=not progress, leave=False):
         items = ds.take(np.arange(start, min(start + per_batch, n)))
-        patches = np.concatenate([to_patches(it, patch)[0] for it in items])
         target = whole.to_features(items)
-        enc = fit_latents(field, Batch(x, modality.to_features(patches)), steps, loss=loss, track_steps=True)
+        enc, grid = fit_patched(field, loss, modality, items, steps, track_steps=True)
         for meter, z in zip(meters, enc.history):
-            feats = predict(field, x, z, loss=loss).reshape(len(items), grid.num_patches, *patch, -1).numpy()
-            pred = torch.from_numpy(np.stack([from_patches(f, grid) for f in feats])).reshape(target.shape)
+            pred = stitched(field, loss, modality, z.reshape(len(items), grid.num_patches, *z.shape[1:]), grid)
             meter.update(pred, target)
         for key, v in whole.metrics(pred, target).items():
             sums[key] = sums.get(key, 0.0) + float(v.double().sum())
@@ -337,28 +386,51 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
     field, modality, cfg = load_model(model, device)
     loss = model_loss(cfg)
     out = Path(out)
-    target_shape = tuple(shape) if shape else tuple(int(round(s * scale)) for s in modality.shape)
-    originals = None
+    originals, grid = None, None
     if functaset is not None:
         fs = Functaset(functaset)
         fs.check_base_network(cfg["sha256"])
         idx = parse_indices(indices, len(fs))
         latents = fs.take(idx)["latents"]
+        if "patches" in fs.header:  # one latent per patch of a whole item
+            grid = PatchGrid(tuple(fs.header["patches"]["item_grid"]), tuple(modality.shape))
     elif data is not None:
-        src = FieldDataset(open_data(data, split, cfg.get("data")), modality)
-        idx = parse_indices(indices, len(src))
-        y = src.features(idx)
-        latents = fit_latents(field, Batch(src.coords[None], y), cfg["run"]["train"]["inner_steps"], loss=loss).latents
-        originals = modality.from_features(y)
+        ds = open_data(data, split, cfg.get("data"))
+        idx = parse_indices(indices, len(ds))
+        item_grid = tuple(int(g) for g in ds.data.shape[1:1 + len(modality.shape)])
+        steps = cfg["run"]["train"]["inner_steps"]
+        if _patched(cfg, modality, item_grid):
+            items = ds.take(idx)
+            enc, grid = fit_patched(field, loss, modality, items, steps)
+            latents = enc.latents.reshape(len(idx), grid.num_patches, *field.latent_shape)
+            originals = np.asarray(items)
+        else:
+            src = FieldDataset(ds, modality)
+            y = src.features(idx)
+            latents = fit_latents(field, Batch(src.coords[None], y), steps, loss=loss).latents
+            originals = modality.from_features(y)
     else:
         raise ValueError("render needs a functaset or data to encode")
-    coords = modality.coordinates(target_shape)
-    values = modality.from_features(predict(field, coords[None], latents, loss=loss), target_shape)
+    if grid is None:
+        target_shape = tuple(shape) if shape else tuple(int(round(s * scale)) for s in modality.shape)
+        values = modality.from_features(predict(field, modality.coordinates(target_shape)[None], latents, loss=loss),
+                                        target_shape)
+    else:  # patches rendered at `scale` and stitched (whole patches only: an explicit shape must be a multiple)
+        if shape:
+            factors = {t / g for t, g in zip(shape, grid.shape)}
+            if len(factors) != 1:
+                raise ValueError(f"render --shape {list(shape)}: items of {list(grid.shape)} patch by patch scale "
+                                 "by one factor along every axis")
+            scale = factors.pop()
+        target_shape = tuple(int(round(g * scale)) for g in grid.shape)
+        values = modality.with_shape(target_shape).from_features(stitched(field, loss, modality, latents, grid, scale),
+                                                                 target_shape)
+    native = modality if grid is None else modality.with_shape(grid.shape)  # writes at the item's own rate / spacing
     names = [f"item{int(i):06d}_{'x'.join(map(str, target_shape))}" for i in idx]
-    paths = modality.save(values, out, names)
+    paths = native.save(values, out, names)
     written = {"renders": [str(p) for p in paths]}
     if originals is not None:
-        written["originals"] = [str(p) for p in modality.save(originals, out, [f"item{int(i):06d}_original" for i in idx])]
+        written["originals"] = [str(p) for p in native.save(originals, out, [f"item{int(i):06d}_original" for i in idx])]
     grid = contact_sheet(paths, out / "grid.png")
     atomic_stream(out / "renders.npz", lambda f: np.savez(f, values=values.astype(np.float32), indices=idx))
     return {"shape": list(target_shape), "count": len(idx), "grid": str(grid), **written}
