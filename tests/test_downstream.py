@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from functa.cli import main
@@ -109,7 +110,9 @@ def test_waveform_baseline_on_audio(tmp_path):
     data = tones_npz(tmp_path / "tones.npz")
     opts = {"audio_length": 512, "audio_pad": True}
     x, y, meta = _arrays(data, "test", opts, progress=False)
-    assert x.shape == (len(y), 1, 512) and meta["full_scale"] == 1.0 and 0.5 < float(x.abs().max()) <= 1.0
+    assert x.shape == (len(y), 1, 512) and float(x.square().mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
+    x2, _, _ = _arrays(data, "test", opts, progress=False, audio_rms=2 * meta["audio_rms"])
+    torch.testing.assert_close(x2, x / 2)  # the test split is scaled by the training split's RMS
     assert set(y.tolist()) == {0, 1}  # the held-out speaker said both classes
     out = tmp_path / "wave"
     # kernel=5 overrides the 1-D default (9); stride and channels keep the 1-D defaults (4; 32, 64, 128, 128)

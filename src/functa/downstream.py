@@ -198,21 +198,21 @@ def classify_eval(model_dir: str | Path, functaset: str | Path) -> dict:
 
 
 def _arrays(data: str | Path, split: str, data_cfg: dict | None = None, progress: bool = True,
-            full_scale: float | None = None) -> tuple[Tensor, Tensor, dict]:
+            audio_rms: float | None = None) -> tuple[Tensor, Tensor, dict]:
     """Labelled arrays for the conv baseline: images as ``(M, C, H, W)`` in ``[0, 1]``, voxel grids as
-    ``(M, 1, X, Y, Z)`` occupancies, or audio clips as ``(M, 1, L)`` amplitudes in ``[-1, 1]`` (divided
-    by the full scale of :meth:`AudioModality.from_dataset`, or by ``full_scale``: pass the training
-    split's, returned in ``meta["full_scale"]``, for the test split)."""
+    ``(M, 1, X, Y, Z)`` occupancies, or audio clips as ``(M, 1, L)`` amplitudes divided by their RMS
+    over the split (unit-RMS inputs: FSDD's raw RMS is ~0.056, too small for an unnormalised CNN to
+    learn quickly) or by ``audio_rms``: pass the training split's, returned in ``meta["audio_rms"]``,
+    for the test split."""
     ds = open_data(data, split, data_cfg, progress=progress)
     meta = ds.meta
     if ds.meta.get("kind") == "voxel":
         x = torch.from_numpy(np.asarray(ds.data[:]) >= 1).float()[:, None]
     elif ds.meta.get("kind") == "audio":
-        from .modalities.audio import AudioModality
-
-        full_scale = full_scale or AudioModality.from_dataset(ds).full_scale
-        meta = {**ds.meta, "full_scale": full_scale}
-        x = torch.from_numpy(np.asarray(ds.data, dtype=np.float32)).div(full_scale)[:, None]
+        clips = np.asarray(ds.data, dtype=np.float32)
+        rms = audio_rms or max(float(np.sqrt(np.mean(np.square(clips, dtype=np.float64)))), 1e-12)
+        meta = {**ds.meta, "audio_rms": rms}
+        x = torch.from_numpy(clips).div(rms)[:, None]
     elif ds.data.ndim == 4:
         max_value = 255.0 if ds.data.dtype == np.uint8 else max(float(ds.data.max()), 1.0)
         x = torch.from_numpy(np.ascontiguousarray(ds.data)).float().div_(max_value).permute(0, 3, 1, 2).contiguous()
@@ -235,7 +235,7 @@ def classify_baseline(data: str | Path, out: str | Path, overrides: list[str] | 
     does (e.g. ``data.audio_length``); 1-D grids start from :data:`BASELINE_GRID_DEFAULTS`."""
     s = settings("baseline", overrides)
     x_tr, y_tr, meta = _arrays(data, "train", s["data"], progress)
-    x_te, y_te, _ = _arrays(data, "test", s["data"], progress, full_scale=meta.get("full_scale"))
+    x_te, y_te, _ = _arrays(data, "test", s["data"], progress, audio_rms=meta.get("audio_rms"))
     grid_defaults = BASELINE_GRID_DEFAULTS.get(x_tr.ndim - 2)
     if grid_defaults:  # the same overrides on this dimension's defaults
         base = DEFAULTS["baseline"]
