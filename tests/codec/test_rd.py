@@ -53,6 +53,8 @@ def test_bd_rate():
     assert bd_rate(r, p, [x * 2 for x in r], p) == pytest.approx(-50.0, abs=1e-6)
     assert bd_rate(r, p, r, [x + 20 for x in p]) is None  # no PSNR overlap
     assert bd_rate([1.0], [30.0], r, p) is None
+    assert bd_rate([1.0, 1.0, 1.0], [30.0, 30.0, 30.0], r, p) is None  # one distinct point
+    assert bd_rate(r + r[:2], p + p[:2], r, p) == pytest.approx(0.0, abs=1e-9)  # repeats change nothing
 
 
 def test_codec_bench_command(tmp_path, capsys):

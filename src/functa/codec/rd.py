@@ -118,13 +118,20 @@ def coin_point(images: list[np.ndarray] | np.ndarray, target_bpp: float, steps: 
     return RDPoint("coin", f"COIN {c.hidden_layers}x{c.width}, {steps} steps", **m)
 
 
+def _unique(rates: list[float], psnrs: list[float]) -> tuple[list[float], list[float]]:
+    pairs = sorted(set(zip(map(float, rates), map(float, psnrs))))
+    return [r for r, _ in pairs], [p for _, p in pairs]
+
+
 def bd_rate(rate_a: list[float], psnr_a: list[float], rate_b: list[float], psnr_b: list[float]) -> float | None:
     """Bjøntegaard delta rate of curve ``a`` against ``b``, in percent (negative: ``a`` needs fewer bits).
 
     Fits log-rate as a polynomial (cubic when there are 4+ points) of PSNR for each curve and
     compares their integrals over the overlapping PSNR interval. ``None`` when the curves do not
-    overlap in PSNR or have fewer than two points.
+    overlap in PSNR or have fewer than two distinct points.
     """
+    # repeated points (a codec whose lowest quality is over several targets) carry no extra information
+    (rate_a, psnr_a), (rate_b, psnr_b) = _unique(rate_a, psnr_a), _unique(rate_b, psnr_b)
     if min(len(rate_a), len(rate_b)) < 2:
         return None
     lo = max(min(psnr_a), min(psnr_b))
