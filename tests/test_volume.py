@@ -209,6 +209,18 @@ def test_volumes_end_to_end_on_patches(tmp_path, capsys):
     assert main(["decompress", str(fta), "-m", str(codec), "-o", str(back)]) == 0
     img = nib.load(str(back))
     assert img.shape == (10, 10, 10) and np.allclose(img.header.get_zooms(), (2, 3, 1.5))
+    png = tmp_path / "y.png"  # the three centre slices of the decoded volume, side by side
+    assert main(["--quiet", "decompress", str(fta), "-m", str(codec), "-o", str(png)]) == 0
+    from PIL import Image
+
+    from functa.modalities.volume import centre_slices
+
+    m = VolumeModality(**{k: v for k, v in json.loads((run / "config.json").read_text())["modality"].items()
+                          if k != "name"})
+    tiles = centre_slices(m.normalise(np.asarray(img.dataobj)[None])[0])
+    shown = np.asarray(Image.open(png))
+    assert shown.shape == (10, 3 * 10 + 4)
+    np.testing.assert_array_equal(shown[:, :10], tiles["sagittal"])
 
 
 def test_niivue_cubes_load_as_volumes(shared_data):

@@ -286,8 +286,9 @@ class VolumeModality(ModalityBase):
         return normalise_volumes(vol[None])[0][0] if self.normalisation == "volume" else vol
 
     def write_item(self, item: np.ndarray, path: Path) -> Path:
-        """Write ``(X, Y, Z)`` data units as ``.nii.gz`` / ``.nii`` (float32, the dataset's affine and spacing)
-        or ``.npy`` / ``.npz`` (array ``volumes``)."""
+        """Write ``(X, Y, Z)`` data units as ``.nii.gz`` / ``.nii`` (float32, the dataset's affine and spacing),
+        ``.npy`` / ``.npz`` (array ``volumes``) or ``.png`` (the sagittal | coronal | axial centre slices
+        side by side on the ``[0, 1]`` scale, as :meth:`save` draws them)."""
         path = Path(path)
         vol = np.asarray(item, np.float32)
         name = path.name.lower()
@@ -296,8 +297,11 @@ class VolumeModality(ModalityBase):
             atomic_write_bytes(path, self._nifti_bytes(vol, affine, gz=name.endswith(".gz")))
         elif name.endswith((".npy", ".npz")):
             write_array_file(path, vol, "volumes")
+        elif name.endswith(".png"):
+            tiles = centre_slices(self.normalise(vol[None])[0])
+            write_png(_side_by_side([tiles[s] for s in _SLICES]), path)
         else:
-            raise ValueError(f"{path}: unknown volume file suffix; use .nii.gz, .nii, .npy or .npz")
+            raise ValueError(f"{path}: unknown volume file suffix; use .nii.gz, .nii, .npy, .npz or .png")
         return path
 
     def with_shape(self, shape: tuple[int, ...]) -> "VolumeModality":
