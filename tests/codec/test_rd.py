@@ -55,6 +55,30 @@ def test_bd_rate():
     assert bd_rate([1.0], [30.0], r, p) is None
     assert bd_rate([1.0, 1.0, 1.0], [30.0, 30.0, 30.0], r, p) is None  # one distinct point
     assert bd_rate(r + r[:2], p + p[:2], r, p) == pytest.approx(0.0, abs=1e-9)  # repeats change nothing
+    for method in ("pchip", "cubic"):
+        assert bd_rate([x * 0.8 for x in r], p, r, p, method) == pytest.approx(-20.0, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown BD-rate method"):
+        bd_rate(r, p, r, p, "linear")
+
+
+def test_bd_rate_pchip_matches_scipy_and_does_not_overshoot():
+    interpolate = pytest.importorskip("scipy.interpolate")
+    from scipy.integrate import quad
+
+    rng = np.random.default_rng(0)
+    xa, ya = np.sort(rng.uniform(20, 35, 5)), np.sort(rng.uniform(-3, 1, 5))
+    xb, yb = np.sort(rng.uniform(22, 38, 6)), np.sort(rng.uniform(-2.5, 1.5, 6))
+    lo, hi = max(xa[0], xb[0]), min(xa[-1], xb[-1])
+    mean = [quad(interpolate.PchipInterpolator(x, y), lo, hi)[0] / (hi - lo) for x, y in ((xa, ya), (xb, yb))]
+    expected = (np.exp(mean[0] - mean[1]) - 1) * 100
+    assert bd_rate(np.exp(ya), xa, np.exp(yb), xb) == pytest.approx(expected, rel=1e-6)
+    # an uneven curve (two points 0.05 dB apart) lying wholly below the other in rate: the cubic fit
+    # swings above it, the monotone interpolant does not
+    fr, fp = [0.026, 0.0345, 0.042, 0.048], [24.16, 24.45, 24.50, 26.35]
+    jr, jp = [0.0465, 0.0499, 0.0998, 0.1988], [19.45, 21.23, 29.12, 35.06]
+    assert bd_rate(fr, fp, jr, jp, "cubic") > 100 and -60 < bd_rate(fr, fp, jr, jp) < 0
+    # a point beaten on rate and PSNR by another is not part of the curve
+    assert bd_rate(fr + [0.06], fp + [24.0], jr, jp) == pytest.approx(bd_rate(fr, fp, jr, jp))
 
 
 def test_codec_bench_command(tmp_path, capsys):

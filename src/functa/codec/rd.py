@@ -123,15 +123,73 @@ def _unique(rates: list[float], psnrs: list[float]) -> tuple[list[float], list[f
     return [r for r, _ in pairs], [p for _, p in pairs]
 
 
-def bd_rate(rate_a: list[float], psnr_a: list[float], rate_b: list[float], psnr_b: list[float]) -> float | None:
-    """Bjøntegaard delta rate of curve ``a`` against ``b``, in percent (negative: ``a`` needs fewer bits).
+def _frontier(rates: list[float], psnrs: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The points no other point beats (lower or equal rate, higher PSNR), by increasing PSNR."""
+    keep: list[tuple[float, float]] = []
+    for r, p in sorted(zip(rates, psnrs), key=lambda t: (t[0], -t[1])):
+        if not keep or p > keep[-1][1]:
+            keep.append((r, p))
+    return np.array([p for _, p in keep]), np.log(np.array([r for r, _ in keep]))
 
-    Fits log-rate as a polynomial (cubic when there are 4+ points) of PSNR for each curve and
-    compares their integrals over the overlapping PSNR interval. ``None`` when the curves do not
+
+def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Derivatives of the monotone piecewise-cubic Hermite interpolant (Fritsch & Carlson, 1980)."""
+    h, delta = np.diff(x), np.diff(y) / np.diff(x)
+    if len(x) == 2:
+        return np.array([delta[0], delta[0]])
+    d = np.zeros_like(x)
+    w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
+    same = delta[:-1] * delta[1:] > 0
+    d[1:-1][same] = (w1 + w2)[same] / (w1[same] / delta[:-1][same] + w2[same] / delta[1:][same])
+
+    def edge(h0, h1, m0, m1):
+        e = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+        if np.sign(e) != np.sign(m0):
+            return 0.0
+        return 3 * m0 if np.sign(m0) != np.sign(m1) and abs(e) > abs(3 * m0) else e
+
+    d[0], d[-1] = edge(h[0], h[1], delta[0], delta[1]), edge(h[-1], h[-2], delta[-1], delta[-2])
+    return d
+
+
+def _pchip_mean(x: np.ndarray, y: np.ndarray, lo: float, hi: float, samples: int = 4001) -> float:
+    """Mean over ``[lo, hi]`` of the monotone cubic through ``(x, y)`` (Simpson's rule)."""
+    d = _pchip_slopes(x, y)
+    t = np.linspace(lo, hi, samples)
+    k = np.clip(np.searchsorted(x, t, side="right") - 1, 0, len(x) - 2)
+    h = x[k + 1] - x[k]
+    s = (t - x[k]) / h
+    v = ((2 * s**3 - 3 * s**2 + 1) * y[k] + (s**3 - 2 * s**2 + s) * h * d[k]
+         + (-2 * s**3 + 3 * s**2) * y[k + 1] + (s**3 - s**2) * h * d[k + 1])
+    w = np.ones(samples)
+    w[1:-1:2], w[2:-1:2] = 4, 2
+    return float((w * v).sum() / w.sum())
+
+
+def bd_rate(rate_a: list[float], psnr_a: list[float], rate_b: list[float], psnr_b: list[float],
+            method: str = "pchip") -> float | None:
+    """Bjøntegaard delta rate of curve ``a`` against ``b``, in percent (negative: ``a`` needs fewer bits):
+    the mean log-rate difference over the PSNR interval both curves cover.
+
+    ``method = "pchip"`` (the default; the JVET / CompressAI practice): log-rate as the monotone
+    piecewise-cubic Hermite interpolant of PSNR through each curve's efficient points (a point that
+    another beats on both rate and PSNR is dropped); it follows short, uneven or flat curves without
+    overshooting. ``"cubic"``: Bjøntegaard's original least-squares polynomial (cubic when there are
+    4+ points), which can swing far between unevenly spaced points. ``None`` when the curves do not
     overlap in PSNR or have fewer than two distinct points.
     """
     # repeated points (a codec whose lowest quality is over several targets) carry no extra information
     (rate_a, psnr_a), (rate_b, psnr_b) = _unique(rate_a, psnr_a), _unique(rate_b, psnr_b)
+    if method == "pchip":
+        (xa, ya), (xb, yb) = _frontier(rate_a, psnr_a), _frontier(rate_b, psnr_b)
+        if min(len(xa), len(xb)) < 2:
+            return None
+        lo, hi = max(xa[0], xb[0]), min(xa[-1], xb[-1])
+        if not hi > lo:
+            return None
+        return float((np.exp(_pchip_mean(xa, ya, lo, hi) - _pchip_mean(xb, yb, lo, hi)) - 1.0) * 100.0)
+    if method != "cubic":
+        raise ValueError(f"unknown BD-rate method {method!r}; choose pchip or cubic")
     if min(len(rate_a), len(rate_b)) < 2:
         return None
     lo = max(min(psnr_a), min(psnr_b))

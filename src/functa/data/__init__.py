@@ -58,16 +58,19 @@ from .arrays import (
     write_array_file,
     write_binvox,
 )
-from .audio import AUDIO_SUFFIXES, audio_split_files, has_audio, is_audio_npz, load_audio_folder, load_audio_npz
+from .audio import (AUDIO_SUFFIXES, audio_split_files, has_audio, is_audio_npz, load_audio_folder,
+                    load_audio_npz)
 from .dataset import ArrayDataset, DataError
 from .folder import MixedSizesError, has_images, load_image_folder, load_image_list
 from .grid import is_grid_npz, load_grid_npz, load_netcdf, netcdf_kind
 from .idx import find_idx_pair, is_idx_file, load_idx, read_idx
-from .nifti import has_nifti, is_nifti_path, load_nifti, load_nifti_folder, nifti_split_files, load_volume_npz, parse_time_index, read_nifti
+from .nifti import (has_nifti, is_nifti_path, load_nifti, load_nifti_folder, load_volume_npz, nifti_split_files,
+                    parse_time_index, read_nifti)
 from .safeio import DEFAULT_MAX_ARRAY_BYTES, array_limit, max_array_bytes
 from .shards import ShardedArray
 
-__all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "item_files", "load_dataset",
+__all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "item_files",
+           "load_dataset",
            "load_image_list", "read_array_file", "read_nifti", "read_binvox", "read_idx", "write_array_file", "write_binvox", "SUPPORTED_FORMATS", "sniff_format",
            "DEFAULT_MAX_ARRAY_BYTES", "array_limit", "max_array_bytes"]
 
