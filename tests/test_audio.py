@@ -381,3 +381,28 @@ def test_patch_trained_model_encodes_and_renders_whole_clips(tmp_path):
     (fs_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtefactError, match="have 4 patches"):
         Functaset(fs_dir, verify=False)
+
+
+def test_item_normalisation_divides_every_clip_by_its_peak(tmp_path):
+    """``data.normalisation = "item"``: training clips are peak-normalised one by one, the modality
+    records ``normalisation = "peak"``, and ``read_item`` (compress) normalises a file the same way."""
+    from functa.pipeline import load_model, open_data
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    for i in range(6):  # peaks from 0.05 to 0.8
+        sf.write(data / f"{i}.wav", tone(600, 8000, 200 + 50 * i, 0.05 + 0.15 * i), 8000, subtype="PCM_16")
+    ds = open_data(data, "all", {"normalisation": "item"})
+    peaks = np.abs(ds.data).max(axis=1)
+    np.testing.assert_allclose(peaks, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(ds.meta["item_peaks"], [0.05 + 0.15 * i for i in range(6)], rtol=2e-3)
+    assert AudioModality.from_dataset(ds).normalisation == "peak"
+    run = tmp_path / "run"
+    assert main(["--quiet", "fit", str(data), "-o", str(run), "--steps", "2", "--set", "data.normalisation=item",
+                 "--set", "data.test_fraction=0.34", *FAST]) == 0
+    modality = load_model(run)[1]
+    assert modality.normalisation == "peak" and modality.to_config()["normalisation"] == "peak"
+    clip = modality.read_item(data / "0.wav")
+    assert float(np.abs(clip).max()) == pytest.approx(1.0)
+    fixed = AudioModality(length=600, sample_rate=8000).read_item(data / "0.wav")
+    np.testing.assert_allclose(clip * np.abs(fixed).max(), fixed, atol=1e-6)

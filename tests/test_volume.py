@@ -242,7 +242,7 @@ def test_niivue_cubes_load_as_volumes(shared_data):
 
 
 def test_per_volume_normalisation_from_the_command_line(tmp_path, monkeypatch, capsys):
-    """``--set data.volume_normalisation=volume``: training features are each volume's own min..max -> [0, 1],
+    """``--set data.normalisation=item``: training features are each volume's own min..max -> [0, 1],
     the choice is stored, and eval / encode / compress / decompress normalise every input volume by itself."""
     import functa.pipeline as pipeline
     from functa.config import load_config
@@ -266,7 +266,7 @@ def test_per_volume_normalisation_from_the_command_line(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(pipeline, "_sources", spy)
     run = tmp_path / "run"
-    cfg = load_config(overrides=["train.steps=2", "data.volume_normalisation=volume", *FAST[1::2]])
+    cfg = load_config(overrides=["train.steps=2", "data.normalisation=item", *FAST[1::2]])
     pipeline.fit(data, run, cfg, progress=False)
     monkeypatch.undo()
     feats = seen[0].numpy()
@@ -274,7 +274,7 @@ def test_per_volume_normalisation_from_the_command_line(tmp_path, monkeypatch, c
     np.testing.assert_allclose(feats.min(axis=(1, 2)), 0.0, atol=1e-6)  # every training volume spans [0, 1]
     np.testing.assert_allclose(feats.max(axis=(1, 2)), 1.0, atol=1e-6)
     stored = json.loads((run / "config.json").read_text())
-    assert stored["modality"]["normalisation"] == "volume" and stored["data"]["volume_normalisation"] == "volume"
+    assert stored["modality"]["normalisation"] == "volume" and stored["data"]["normalisation"] == "item"
     assert (stored["modality"]["lo"], stored["modality"]["hi"]) == (0.0, 1.0)
     js = tmp_path / "eval.json"
     assert main(["--quiet", "eval", str(data), "-m", str(run), "--json", str(js)]) == 0
@@ -294,11 +294,15 @@ def test_per_volume_normalisation_from_the_command_line(tmp_path, monkeypatch, c
     y = np.asarray(nib.load(str(back)).dataobj)
     assert y.shape == (8, 8, 8) and y.min() >= 0.0 and y.max() <= 1.0  # normalised intensities
     # the option's name and where it applies
-    with pytest.raises(ConfigError, match="data.volume_normalisation=volume"):
+    with pytest.raises(ConfigError, match="data.normalisation=item"):
         load_config(overrides=["modality.normalisation=volume"])
-    with pytest.raises(ConfigError, match="volume_normalisation"):
-        load_config(overrides=["data.volume_normalisation=patch"])
-    npz = tmp_path / "arr.npz"
-    np.savez(npz, data=np.zeros((4, 3), np.float32))
-    with pytest.raises(DataError, match="volume_normalisation.*is for volumes"):
-        pipeline.open_data(npz, "all", {"volume_normalisation": "volume"})
+    with pytest.raises(ConfigError, match="normalisation"):
+        load_config(overrides=["data.normalisation=patch"])
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(images / f"{i}.png")
+    with pytest.raises(ConfigError, match="image modality has no per-item normalisation"):
+        pipeline.open_data(images, "all", {"normalisation": "item"})

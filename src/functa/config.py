@@ -48,14 +48,14 @@ class DataConfig:
     audio_channel: int | None = None  # audio: the channel of multichannel files (refused without it)
     audio_pad: bool = False  # audio: pad clips shorter than audio_length with silence (else they are refused)
     audio_sample_rate: int | None = None  # audio: resample every clip to this rate (soxr); default: never resample
-    volume_normalisation: str = "dataset"  # volumes: "dataset" (one window) or "volume" (each volume's min..max)
+    normalisation: str = "dataset"  # "dataset" (the modality's fixed map / window) or "item" (each item by itself)
 
     def __post_init__(self) -> None:
         check_fields(self, "data", variable=Text(max_len=256, optional=True), test_fraction=Real(0, 1),
                      limit=Int(1, 2**40, optional=True), audio_length=Int(16, 2**40, optional=True),
                      audio_channel=Int(0, 1024, optional=True), audio_pad=Bool(),
                      audio_sample_rate=Int(1, 10**7, optional=True),
-                     volume_normalisation=Choice("dataset", "volume"),
+                     normalisation=Choice("dataset", "item"),
                      patch=IntSeq(1, 65536, min_len=1, max_len=4, optional=True, as_list=True))
         if self.patch is not None:
             check_total("data.patch", math.prod(self.patch), MAX_GRID_POINTS, f"a patch of {self.patch}", "points")
@@ -165,7 +165,7 @@ def _build(raw: dict) -> RunConfig:
     if isinstance(raw.get("modality"), dict):  # e.g. --set modality.normalisation=volume
         raise ConfigError(f"modality = {str(raw['modality'])[:60]} is not a modality name: modality is a name "
                           "(--set modality=volume); settings of the modality chosen at fit time are [data] keys "
-                          "(e.g. data.volume_normalisation=volume, data.audio_sample_rate=16000)")
+                          "(e.g. data.normalisation=item, data.audio_sample_rate=16000)")
     from .fields import DEFAULT_FIELD, available_fields, get_field
 
     field = _section(raw, "field")

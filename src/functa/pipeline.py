@@ -41,28 +41,22 @@ HEAP_SLACK_MB = 256  # RSS growth that triggers a heap trim while encoding (boun
 def open_data(path: str | Path, split: str, data_cfg: dict | None = None, progress: bool = True) -> ArrayDataset:
     """Load ``split`` of the dataset at ``path`` with the ``data`` section of a run config.
 
-    ``data.volume_normalisation = "volume"`` returns volumes min-max normalised one by one
-    (:func:`functa.modalities.volume.normalise_dataset`), so every stage of such a run sees the same features."""
+    ``data.normalisation = "item"`` returns every item normalised by itself (the modality's
+    :meth:`~functa.modalities.ModalityBase.normalise_items`: volumes min-max, audio clips by their peak), so
+    every stage of such a run sees the same features."""
     d = data_cfg or {}
     ds = load_dataset(path, split, variable=d.get("variable"), test_fraction=d.get("test_fraction", 0.1),
                       limit=d.get("limit"), progress=progress, audio_length=d.get("audio_length"),
                       audio_channel=d.get("audio_channel"), audio_pad=bool(d.get("audio_pad", False)),
                       audio_sample_rate=d.get("audio_sample_rate"))
-    if d.get("volume_normalisation", "dataset") == "volume":
-        if ds.meta.get("kind") != "volume":
-            raise DataError(f"{path}: data.volume_normalisation = 'volume' is for volumes (NIfTI, volume .npz), "
-                            f"not {ds.meta.get('kind', 'this')} data")
-        from .modalities.volume import normalise_dataset
-
-        ds = normalise_dataset(ds)
+    if d.get("normalisation", "dataset") == "item":
+        ds = detect_modality(ds).normalise_items(ds)
     return ds
 
 
-def _infer_modality(ds: ArrayDataset, name: str | None, data_cfg: dict | None = None) -> Modality:
+def _infer_modality(ds: ArrayDataset, name: str | None) -> Modality:
     cls = detect_modality(ds) if name is None else get_modality(name)
-    if cls.name == "volume":  # the normalisation chosen with data.volume_normalisation (open_data applied it)
-        return cls.from_dataset(ds, normalisation=(data_cfg or {}).get("volume_normalisation", "dataset"))
-    return cls.from_dataset(ds)
+    return cls.from_dataset(ds)  # an item-normalised dataset says so in its meta (normalise_items)
 
 
 def model_loss(config: dict) -> Loss:
@@ -115,7 +109,7 @@ def _fit(data: str | Path, out: Path, config: RunConfig, progress: bool, time_li
         val_ds = open_data(data, "test", data_cfg, progress)
     except DataError:  # data without a test split: validate on the first training items
         val_ds = train_ds
-    modality = _infer_modality(train_ds, config.modality, data_cfg)
+    modality = _infer_modality(train_ds, config.modality)
     if config.data.patch:
         modality = modality.with_shape(tuple(config.data.patch))
     if (out / "config.json").exists():

@@ -17,6 +17,10 @@ Features. One channel in ``[0, 1]``: ``(a / full_scale + 1) / 2`` for an amplitu
 of ``[-full_scale, full_scale]`` onto ``[0, 1]`` (COIN++'s ``(waveform + 1) / 2``; ``full_scale`` is
 1 for integer PCM, the peak for float files that exceed it). ``full_scale`` and ``sample_rate``
 are stored in the modality config, so decoding gives back the amplitude and the sample rate.
+Quiet recordings use little of that range (FSDD's RMS is 0.056); ``data.normalisation = "item"``
+(``normalisation = "peak"`` here) divides every clip by its own peak amplitude first, in the dataset
+(:meth:`AudioModality.normalise_items`) and in :meth:`AudioModality.read_item`; decoded clips are then
+the peak-normalised amplitudes (the peaks are not part of a latent or a ``.fta`` file).
 
 Sample rate. Nothing is resampled unless asked for: a run fitted with ``data.audio_sample_rate = R``
 (every training clip resampled to ``R`` Hz with ``soxr``: :mod:`functa.data.audio`) stores
@@ -108,6 +112,12 @@ class AudioMetrics(PsnrMetrics):
                 f"(of mean MSE), SNR {summary['snr_db']:.2f} dB")
 
 
+def _peaks(clips: np.ndarray) -> np.ndarray:
+    """Peak absolute amplitude of each clip ``(B, L)`` as ``(B,)`` float32 (1 for silent clips)."""
+    peaks = np.abs(np.asarray(clips, np.float32)).max(axis=1)
+    return np.where(peaks > 0, peaks, 1.0).astype(np.float32)
+
+
 def _waveform_png(clip: np.ndarray, full_scale: float) -> Image.Image:
     """Min/max envelope of a clip, one column per ``len / width`` samples."""
     w, h = VIEW_SIZE
@@ -140,6 +150,7 @@ class AudioModality(ModalityBase):
     coordinates_range: Literal["coinpp", "unit", "symmetric"] = "coinpp"
     coordinates_convention: Literal["corners", "centres"] = "corners"
     channel: int | None = None  # the channel read from multichannel files (read_item)
+    normalisation: Literal["fixed", "peak"] = "fixed"  # "peak": every clip divided by its peak (module docstring)
     resample: bool = False  # read_item resamples files at other rates to sample_rate (data.audio_sample_rate)
     in_dim: int = field(init=False, default=1)
     out_channels: int = field(init=False, default=1)
@@ -148,9 +159,19 @@ class AudioModality(ModalityBase):
         check_fields(self, "modality", length=Int(1, 2**40), sample_rate=Int(1, 10**7),
                      full_scale=Real(0, 1e12, lo_open=True), coordinates_range=Choice(*_RANGES),
                      coordinates_convention=Choice("corners", "centres"), channel=Int(0, 1024, optional=True),
-                     resample=Bool())
+                     resample=Bool(), normalisation=Choice("fixed", "peak"))
         check_total("modality", self.length, MAX_GRID_POINTS, f"clips of {self.length} samples", "points")
         self.shape = (self.length,)
+
+    @classmethod
+    def normalise_items(cls, dataset):
+        """Every clip divided by its peak amplitude (silent clips unchanged); ``meta["item_peaks"]`` holds the peaks."""
+        from ..data import ArrayDataset
+
+        clips = np.asarray(dataset.take(np.arange(len(dataset))), np.float32)
+        peaks = _peaks(clips)
+        return ArrayDataset(clips / peaks[:, None], dataset.labels,
+                            {**dataset.meta, "normalisation": "item", "item_peaks": peaks.tolist()})
 
     @classmethod
     def from_dataset(cls, dataset) -> "AudioModality":
@@ -161,7 +182,8 @@ class AudioModality(ModalityBase):
         full_scale = 1.0 if peak <= 1.0 else float(2 ** math.ceil(math.log2(peak)))
         return cls(length=int(d.shape[1]), sample_rate=int(dataset.meta.get("sample_rate", 16000)),
                    full_scale=full_scale, channel=dataset.meta.get("channel"),
-                   resample=bool(dataset.meta.get("resample", False)))
+                   resample=bool(dataset.meta.get("resample", False)),
+                   normalisation="peak" if dataset.meta.get("normalisation") == "item" else "fixed")
 
     def coordinates(self, shape: tuple[int, ...] | None = None) -> Tensor:
         (n,) = tuple(shape or self.shape)
@@ -253,7 +275,8 @@ class AudioModality(ModalityBase):
         """A WAV / FLAC / OGG file (any length) as ``(L,)`` float32 amplitudes; its sample rate must be the
         modality's, unless ``resample`` (a run fitted with ``data.audio_sample_rate``): then it is resampled to
         it (``soxr``); multichannel files need ``channel``; ``.npy`` / ``.npz`` (array ``data``): a 1-D float
-        amplitude array (taken to be at the modality's rate)."""
+        amplitude array (taken to be at the modality's rate). With ``normalisation = "peak"`` the clip is
+        divided by its peak amplitude."""
         path = Path(path)
         if path.suffix.lower() in (".npy", ".npz"):
             from ..data import read_array_file
@@ -261,8 +284,10 @@ class AudioModality(ModalityBase):
             arr = read_array_file(path, "data")
             if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
                 raise DataError(f"{path}: an audio .npy must be a 1-D array of finite float amplitudes")
-            return arr.astype(np.float32)
-        return read_audio(path, self.channel, sample_rate=self.sample_rate, resample_to_rate=self.resample)[0]
+            clip = arr.astype(np.float32)
+        else:
+            clip = read_audio(path, self.channel, sample_rate=self.sample_rate, resample_to_rate=self.resample)[0]
+        return clip / _peaks(clip[None])[0] if self.normalisation == "peak" else clip
 
     def write_item(self, item: np.ndarray, path: Path) -> Path:
         """Write ``(L,)`` amplitudes at the modality's sample rate as ``.wav`` / ``.flac`` / ``.ogg``
@@ -284,4 +309,4 @@ class AudioModality(ModalityBase):
         return {"name": self.name, "length": self.length, "sample_rate": self.sample_rate,
                 "full_scale": self.full_scale, "coordinates_range": self.coordinates_range,
                 "coordinates_convention": self.coordinates_convention, "channel": self.channel,
-                "resample": self.resample}
+                "resample": self.resample, "normalisation": self.normalisation}

@@ -70,6 +70,12 @@ class Modality(Protocol):
         """Whether a dataset (as loaded by :func:`functa.data.load_dataset`) is of this modality."""
         ...
 
+    @classmethod
+    def normalise_items(cls, dataset: Any) -> Any:
+        """``data.normalisation = "item"``: the dataset with every item scaled by its own statistics and
+        ``meta["normalisation"] = "item"`` (which :meth:`from_dataset` then records in the modality)."""
+        ...
+
     def coordinates(self, shape: tuple[int, ...] | None = None) -> Tensor:
         """Coordinates of a grid, flattened: ``(N, in_dim)`` with ``N = prod(shape)``."""
         ...
@@ -145,6 +151,11 @@ class ModalityBase:
     @classmethod
     def detect(cls, dataset: Any) -> bool:
         return cls.dataset_kind is not None and dataset.meta.get("kind") == cls.dataset_kind
+
+    @classmethod
+    def normalise_items(cls, dataset: Any) -> Any:
+        raise ConfigError(f"the {cls.name} modality has no per-item normalisation (data.normalisation = 'item' is "
+                          "for audio and volumes)")
 
     def reconstruction_metrics(self) -> Metrics:
         return PsnrMetrics()

@@ -15,10 +15,10 @@ Features are intensities normalised to ``[0, 1]`` (one channel), as COIN++ does 
   :func:`normalise_dataset` (its per-volume statistics go to ``meta["volume_stats"]``; invert with
   :func:`denormalise_volumes`). Features are then the items clipped to ``[0, 1]``, and decoded items are
   the normalised intensities (per-volume statistics are not part of a latent or of a ``.fta`` file).
-  From the command line: ``functa fit VOLUMES --set data.volume_normalisation=volume`` (a ``[data]`` key,
+  From the command line: ``functa fit VOLUMES --set data.normalisation=item`` (a ``[data]`` key,
   as every modality setting chosen at fit time; ``modality`` itself is only a name). The run's
   ``config.json`` then stores ``normalisation = "volume"`` in its modality section and
-  ``volume_normalisation`` in its data section, so ``eval``, ``encode`` and ``render --data`` normalise
+  ``normalisation = "item"`` in its data section, so ``eval``, ``encode`` and ``render --data`` normalise
   every volume of a dataset by itself (:func:`functa.pipeline.open_data`), and ``compress FILE.nii.gz``
   every file (:meth:`read_item`).
 
@@ -83,11 +83,12 @@ def denormalise_volumes(values: np.ndarray, stats: np.ndarray) -> np.ndarray:
 
 def normalise_dataset(dataset):
     """A dataset of per-volume min-max normalised items (in memory, float32) for ``normalisation = "volume"``;
-    ``meta["volume_stats"]`` holds each item's ``[lo, hi]``."""
+    ``meta["volume_stats"]`` holds each item's ``[lo, hi]``, ``meta["normalisation"]`` is ``"item"``."""
     from ..data import ArrayDataset
 
     values, stats = normalise_volumes(dataset.take(np.arange(len(dataset))))
-    return ArrayDataset(values, dataset.labels, {**dataset.meta, "volume_stats": stats.tolist()})
+    return ArrayDataset(values, dataset.labels, {**dataset.meta, "volume_stats": stats.tolist(),
+                                                 "normalisation": "item"})
 
 
 def scaled_affine(affine: np.ndarray, old: tuple[int, ...], new: tuple[int, ...]) -> np.ndarray:
@@ -164,10 +165,18 @@ class VolumeModality(ModalityBase):
     # ------------------------------------------------------------------------------------ dataset
 
     @classmethod
-    def from_dataset(cls, dataset, normalisation: str = "dataset", percentile: float = 99.99) -> "VolumeModality":
+    def normalise_items(cls, dataset):
+        """Every volume min-max normalised by itself (:func:`normalise_dataset`)."""
+        return normalise_dataset(dataset)
+
+    @classmethod
+    def from_dataset(cls, dataset, normalisation: str | None = None, percentile: float = 99.99) -> "VolumeModality":
         """Size, spacing and affine from the dataset; for ``dataset`` normalisation the window from its
         minimum to its ``percentile`` value (thesis 4.A.2), over up to 2^24 sampled voxels; for ``volume``
-        normalisation the dataset must hold normalised items (:func:`normalise_dataset`)."""
+        normalisation the dataset must hold normalised items (:func:`normalise_dataset`). Default: ``volume``
+        for a dataset that :meth:`normalise_items` prepared, else ``dataset``."""
+        if normalisation is None:
+            normalisation = "volume" if dataset.meta.get("normalisation") == "item" else "dataset"
         d = dataset.data
         if d.ndim != 4:
             raise ValueError(f"{dataset.meta.get('source')}: volume datasets are (M, X, Y, Z), got shape {d.shape}")
