@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPEECH = SHARED / "librispeech_samples"
 CUBES = SHARED / "mri_ct_volumes_niivue" / "volumes64_ras_uint8.npz"
@@ -105,19 +107,32 @@ def stage_fsdd(a) -> dict:
 
 
 def stage_speed(a) -> dict:
-    """Median compress / decompress seconds of one whole item, in one pinned process per run."""
-    items = {"speech": (a.out / "speech_c5", sorted(SPEECH.glob("5703-*.ogg"))[0], "wav")}
+    """Median compress / decompress seconds of one whole item (``functa.compression.compress_file`` /
+    ``decompress_file``, their own ``encode_s`` / ``decode_s``: file reading and writing excluded), in
+    this process pinned to ``--core`` with one thread, after one warm-up run."""
+    import torch
+
+    from functa.compression import compress_file, decompress_file
+
+    os.sched_setaffinity(0, {a.core})
+    torch.set_num_threads(1)
+    items = {"speech": (a.out / "speech_c5", sorted(SPEECH.glob("5703-*.ogg"))[0], "wav", "s of audio")}
     if a.mni:
-        items["mni"] = (a.out / "volume_c5", Path(a.mni), "nii.gz")
+        items["mni"] = (a.out / "volume_c5", Path(a.mni), "nii.gz", "voxels")
     out = {}
-    for name, (codec, item, suffix) in items.items():
+    for name, (codec, item, suffix, unit) in items.items():
+        fta, back = a.out / f"speed_{name}.fta", a.out / f"speed_{name}.{suffix}"
         enc, dec = [], []
-        for r in range(a.repeats):
-            fta, back = a.out / f"speed_{name}.fta", a.out / f"speed_{name}.{suffix}"
-            enc.append(cli(a.core, "compress", item, "-m", codec, "-o", fta))
-            dec.append(cli(a.core, "decompress", fta, "-m", codec, "-o", back))
-        out[name] = {"compress_s": enc, "decompress_s": dec, "compress_median_s": statistics.median(enc),
-                     "decompress_median_s": statistics.median(dec), "item": str(item)}
+        for r in range(a.repeats + 1):  # the first run warms up
+            e = compress_file(codec, item, fta)
+            d = decompress_file(codec, fta, back)
+            if r:
+                enc.append(e["encode_s"])
+                dec.append(d["decode_s"])
+        size = e["shape"][0] / 16000 if unit == "s of audio" else float(np.prod(e["shape"]))
+        out[name] = {"item": str(item), "shape": e["shape"], "unit": unit, "compress_s": enc, "decompress_s": dec,
+                     "encode_per_s": size / statistics.median(enc), "decode_per_s": size / statistics.median(dec),
+                     "rate": e["rate"], "rate_unit": e["rate_unit"], "quality": e["quality"]}
     return out
 
 

@@ -4,6 +4,7 @@ refusals naming the file, and fit / encode / eval / render / compress / decompre
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -185,6 +186,19 @@ def test_cli_fit_encode_eval_render_compress(tmp_path, capsys):
     assert main(["decompress", str(fta), "-m", str(codec), "-o", str(back)]) == 0
     info = sf.info(str(back))
     assert info.frames == 600 and info.samplerate == 8000
+    # bad inputs: one line naming the file, exit code 2, nothing written
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(long.read_bytes()[:44] + b"\x00" * 3)  # a RIFF header whose data is cut short
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, np.stack([tone(600), tone(600)], 1), 8000)
+    nan = tmp_path / "nan.wav"
+    sf.write(nan, np.full(600, np.nan, np.float32), 8000, subtype="FLOAT")
+    for bad, why in ((corrupt, "samples|audio"), (stereo, "2 channels"), (nan, "NaN")):
+        capsys.readouterr()
+        assert main(["compress", str(bad), "-m", str(codec), "-o", str(tmp_path / "bad.fta")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(bad) in err and re.search(why, err), err
+        assert not (tmp_path / "bad.fta").exists()
 
 
 def test_cli_fit_on_patches_evaluates_whole_clips(tmp_path):

@@ -209,6 +209,16 @@ def test_volumes_end_to_end_on_patches(tmp_path, capsys):
     assert main(["decompress", str(fta), "-m", str(codec), "-o", str(back)]) == 0
     img = nib.load(str(back))
     assert img.shape == (10, 10, 10) and np.allclose(img.header.get_zooms(), (2, 3, 1.5))
+    for bad, why in ((tmp_path / "cut.nii.gz", "cannot read"), (tmp_path / "flat.nii.gz", "smaller than one patch")):
+        if bad.name == "cut.nii.gz":
+            bad.write_bytes(item.read_bytes()[:200])  # a truncated gzip stream
+        else:
+            _nii(bad, np.zeros((10, 10, 2), np.float32))
+        capsys.readouterr()
+        assert main(["compress", str(bad), "-m", str(codec), "-o", str(tmp_path / "bad.fta")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(bad) in err and why in err, err
+        assert not (tmp_path / "bad.fta").exists()
     png = tmp_path / "y.png"  # the three centre slices of the decoded volume, side by side
     assert main(["--quiet", "decompress", str(fta), "-m", str(codec), "-o", str(png)]) == 0
     from PIL import Image

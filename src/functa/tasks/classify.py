@@ -114,7 +114,7 @@ class ConvConfig:
 
 
 class ConvClassifier(nn.Module):
-    """Arrays ``(B, C, *grid_shape)`` (waveforms in ``[-1, 1]``, images or voxel grids in ``[0, 1]``)
+    """Arrays ``(B, C, *grid_shape)`` (waveforms at unit RMS, images or voxel grids in ``[0, 1]``)
     → logits ``(B, num_classes)``."""
 
     def __init__(self, config: ConvConfig) -> None:
