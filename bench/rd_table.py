@@ -7,7 +7,9 @@ Usage::
     python bench/rd_table.py runs/rd_speech/rd.json [--out bench/results/rd_speech.json]
 
 Prints one JSON object per file; ``--out`` writes the table (the rd.json with its BD-rates recomputed
-and ``bd_method`` recorded) for ``bench/results``.
+and ``bd_method`` recorded) for ``bench/results``. ``--mean OUT`` writes one table averaging the
+files point by point (the same codecs and targets on different items, e.g. the folds of a
+leave-one-out run: the mean of per-item rates and PSNRs, as over items within one file).
 """
 
 from __future__ import annotations
@@ -37,12 +39,37 @@ def recompute(table: dict, method: str) -> dict:
     return table
 
 
+def mean_table(tables: list[dict], sources: list[str]) -> dict:
+    """The point-by-point mean (weighted by item counts) of tables with the same curves and points."""
+    out = {**tables[0], "data": [t["data"] for t in tables], "items": sum(t["items"] for t in tables),
+           "sources": sources, "results": {}}
+    for name, points in tables[0]["results"].items():
+        rows = []
+        for k, first in enumerate(points):
+            pts = [t["results"][name][k] for t in tables]
+            w = [t["items"] for t in tables]
+            row = dict(first)
+            for key, v in first.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and key != "count":
+                    row[key] = sum(p[key] * n for p, n in zip(pts, w)) / sum(w)
+            row["quality"] = {m: sum(p["quality"][m] * n for p, n in zip(pts, w)) / sum(w) for m in first["quality"]}
+            row["count"] = sum(p["count"] for p in pts)
+            rows.append(row)
+        out["results"][name] = rows
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("rd", type=Path, nargs="+")
     p.add_argument("--method", default="pchip", choices=["pchip", "cubic"])
     p.add_argument("--out", type=Path, help="write the recomputed table here (one input file only)")
+    p.add_argument("--mean", type=Path, help="write the point-by-point mean of the input tables here")
     a = p.parse_args()
+    if a.mean:
+        tables = [json.loads(f.read_text()) for f in a.rd]
+        a.mean.write_text(json.dumps(mean_table(tables, [str(f) for f in a.rd]), indent=1))
+        a.rd = [a.mean]
     for path in a.rd:
         table = recompute(json.loads(path.read_text()), a.method)
         unit = table.get("rate_unit", "bpp")

@@ -290,7 +290,13 @@ def _plot_rd(table: dict, path: Path) -> str | None:
         if functa:
             ax.plot([p["payload_rate"] for p in pts], [p["psnr"] for p in pts], "o:", alpha=0.5,
                     color=line.get_color(), label=f"{name}, payload only")
-    ax.set_xscale("log" if table["rate_unit"] != "bpp" else "linear")
+    if table["rate_unit"] != "bpp":  # kbps and bits per voxel span decades
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(table["rate_unit"])
     ax.set_ylabel("PSNR (dB)")
     shape = table["item_shape"]
