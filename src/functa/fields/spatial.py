@@ -1,0 +1,260 @@
+"""Spatial functa: a SIREN shift-modulated by a *grid* of latents (Bauer et al. 2023, §4 and App. C).
+
+The latent of one datum is a grid ``z (s, ..., s, c)`` (``s^k`` cells for ``k``-D coordinates). One
+convolution over the grid (``kernel`` 1: a per-cell linear map, the paper's default; 3 as an option)
+turns it into shift modulations for every sine layer, ``m (s, ..., s, (depth - 1) * width)``; each query
+point ``x`` in ``[0, 1]^k`` reads its modulations from the grid:
+
+* ``interpolation = "nearest"`` (1-NN, the paper's better mode downstream): the cell containing ``x``,
+  ``j = clamp(floor(s x), 0, s - 1)`` per axis; the SIREN sees the point's *local* coordinates in its
+  cell, ``s x - j`` in ``[0, 1]^k`` (the paper's ``(s x) mod 1``, with ``x = 1`` kept in the last cell).
+  Perturbing one cell changes the outputs of the points in that cell only.
+* ``interpolation = "bilinear"``: cell centres at ``(j + 1/2) / s``; the 2^k neighbouring cells weighted
+  by the (multi)linear interpolation weights, edges clamped. The SIREN sees the binary encoding of the
+  integer pixel index, ``binary_bits`` bits per axis (``i = clamp(floor(2^bits x), 0, 2^bits - 1)``,
+  bits in ``{0, 1}``, most significant first), as in the paper; ``binary_bits = None`` feeds the global
+  coordinates ``x`` instead (which, unlike the binary code, is not tied to one resolution). A cell
+  influences the points within one cell width of its centre.
+
+Then every layer is ``h_l = sin(w0 (W_l h_{l-1} + b_l + m_l(x)))`` and ``f = W_out h + b_out + 0.5`` as in
+:class:`~functa.fields.LatentModulatedSiren`; with ``s = 1`` (and a 1x1 map) the field *is* that
+vector-functa SIREN (its latent map is the 1x1 convolution). Modulations are gathered point-major,
+``(B, N, depth - 1, W)``: the public JAX port reshapes ``(N, L * W)`` straight to ``(L, N, W)``, which
+mixes points and layers (reference-study §1.11); the locality tests rule that out here.
+
+Meta-SGD rates are one per cell, shared over the channels (``(s, ..., s, 1)``), as in the paper.
+This module is the maths, through the autograd inner loop; it has no explicit latent gradient yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..validation import MAX_PARAMETERS, Bool, Choice, Int, Real, RealPair, check_fields, check_total
+from .base import register_field
+from .init import BiasInit, init_latent_map_, init_siren_linear_
+from .matmul import matmul_nt
+from .meta_sgd import MetaSGDLrs
+from .siren import MAX_DEPTH, MAX_IO_DIM, MAX_WIDTH
+from .sincos import sin_cos
+
+__all__ = ["SpatialConfig", "SpatialSiren", "MAX_GRID"]
+
+MAX_GRID = 1024  # cells per axis
+MAX_CHANNELS = 65536
+
+
+@dataclass(frozen=True)
+class SpatialConfig:
+    """Hyper-parameters of a spatial-functa SIREN (module docstring). ``depth`` counts all layers, the
+    output layer included; ``in_dim`` is the coordinate dimension ``k`` (the grid has ``grid^k`` cells)."""
+
+    in_dim: int = 2
+    out_dim: int = 1
+    width: int = 256
+    depth: int = 6
+    grid: int = 4
+    channels: int = 64
+    kernel: int = 1
+    interpolation: Literal["nearest", "bilinear"] = "nearest"
+    binary_bits: int | None = None  # bilinear only: SIREN input = binary pixel index (None: global x)
+    w0: float = 30.0
+    bias_init: BiasInit = "zeros"
+    latent_map_init: Literal["haiku", "torch"] = "haiku"
+    output_offset: float = 0.5
+    meta_sgd: bool = True
+    meta_sgd_init: tuple[float, float] = (0.005, 0.1)
+    meta_sgd_clip: tuple[float, float] | None = (0.0, 1.0)
+    inner_lr: float = 1e-2  # used only when meta_sgd is False
+
+    def __post_init__(self) -> None:
+        check_fields(self, "field", in_dim=Int(1, 3), out_dim=Int(1, MAX_IO_DIM), width=Int(1, MAX_WIDTH),
+                     depth=Int(2, MAX_DEPTH), grid=Int(1, MAX_GRID), channels=Int(1, MAX_CHANNELS),
+                     kernel=Int(1, 3), interpolation=Choice("nearest", "bilinear"),
+                     binary_bits=Int(1, 16, optional=True), w0=Real(0, 1e4, lo_open=True),
+                     bias_init=Choice("zeros", "uniform"), latent_map_init=Choice("haiku", "torch"),
+                     output_offset=Real(-1e6, 1e6), meta_sgd=Bool(), meta_sgd_init=RealPair(0, 1e3),
+                     meta_sgd_clip=RealPair(0, 1e3, optional=True), inner_lr=Real(0, 1e3, lo_open=True))
+        if self.kernel == 2:
+            raise ConfigError("field.kernel = 2 is invalid (allowed: 1, the paper's 1x1 map, or 3)")
+        if self.binary_bits is not None and self.interpolation != "bilinear":
+            raise ConfigError("field.binary_bits is the SIREN input of bilinear interpolation; 1-NN uses local "
+                              "coordinates (set field.interpolation=bilinear, or drop binary_bits)")
+        check_total("field", self.num_parameters, MAX_PARAMETERS,
+                    f"width {self.width}, depth {self.depth}, grid {self.grid}, channels {self.channels}")
+        check_total("field", self.grid ** self.in_dim * self.channels, 2**26, f"a {self.grid}^{self.in_dim} x "
+                    f"{self.channels} latent grid", "latent values")
+
+    @property
+    def num_mod_layers(self) -> int:
+        return self.depth - 1
+
+    @property
+    def siren_in_dim(self) -> int:
+        """What the first sine layer sees: local or global coordinates, or ``in_dim * binary_bits`` bits."""
+        return self.in_dim * self.binary_bits if self.binary_bits is not None else self.in_dim
+
+    @property
+    def num_parameters(self) -> int:
+        w, mods = self.width, self.num_mod_layers * self.width
+        n = (self.siren_in_dim + 1) * w + (self.depth - 2) * (w + 1) * w + (w + 1) * self.out_dim
+        n += (self.channels * self.kernel ** self.in_dim + 1) * mods
+        return n + self.grid ** self.in_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@register_field
+class SpatialSiren(nn.Module):
+    """SIREN shift-modulated by a latent grid ``(B, s, ..., s, c)`` (module docstring).
+
+    Parameter groups: ``layers`` + ``output`` + ``latent_map`` are the base network, ``inner_lrs`` the
+    per-cell meta-SGD rates."""
+
+    name: ClassVar[str] = "spatial"
+    config_class: ClassVar[type] = SpatialConfig
+
+    def __init__(self, config: SpatialConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        k = c.in_dim
+        self.latent_shape = (c.grid,) * k + (c.channels,)
+        self.in_dim, self.out_dim = c.in_dim, c.out_dim
+        dims = [c.siren_in_dim] + [c.width] * c.num_mod_layers
+        self.layers = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(c.num_mod_layers))
+        for i, layer in enumerate(self.layers):
+            init_siren_linear_(layer.weight, layer.bias, c.w0, is_first=i == 0, bias_init=c.bias_init)
+        self.output = nn.Linear(c.width, c.out_dim)
+        init_siren_linear_(self.output.weight, self.output.bias, c.w0, is_first=False, bias_init=c.bias_init)
+        mods = c.num_mod_layers * c.width
+        if c.kernel == 1:  # a 1x1 convolution: one linear map applied to every cell
+            self.latent_map: nn.Module = nn.Linear(c.channels, mods)
+            init_latent_map_(self.latent_map.weight, self.latent_map.bias, c.latent_map_init)
+        else:
+            conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[k]
+            self.latent_map = conv(c.channels, mods, c.kernel, padding=c.kernel // 2)
+        self.inner_lrs_per_cell = MetaSGDLrs(c.grid ** k, c.meta_sgd_init, c.meta_sgd_clip, learned=c.meta_sgd,
+                                             fixed_lr=c.inner_lr)
+
+    # ------------------------------------------------------------------ the Field protocol
+    def base_parameters(self) -> list[nn.Parameter]:
+        return ([p for layer in self.layers for p in layer.parameters()] + list(self.output.parameters())
+                + list(self.latent_map.parameters()))
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        return list(self.inner_lrs_per_cell.parameters())
+
+    def inner_lrs(self) -> Tensor:
+        """Per-cell rates ``(s, ..., s, 1)``, broadcast over the channels."""
+        return self.inner_lrs_per_cell().reshape(*self.latent_shape[:-1], 1)
+
+    def zero_latents(self, batch: int, device=None, dtype=None) -> Tensor:
+        p = self.output.weight
+        return torch.zeros(batch, *self.latent_shape, device=device or p.device, dtype=dtype or p.dtype)
+
+    def activation_floats_per_point(self) -> int:
+        # the gathered modulations of every layer are held per point, beside the widest activation
+        return self.config.width * (1 + self.config.num_mod_layers)
+
+    def to_config(self) -> dict:
+        return {"name": self.name, **self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SpatialSiren":
+        config = {k: v for k, v in config.items() if k != "name"}
+        unknown = sorted(set(config) - set(SpatialConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown {cls.name} settings {unknown}; valid: {sorted(SpatialConfig.__dataclass_fields__)}")
+        return cls(SpatialConfig(**config))
+
+    @property
+    def device(self) -> torch.device:
+        return self.output.weight.device
+
+    # ------------------------------------------------------------------ modulations
+    def modulation_grid(self, latents: Tensor) -> Tensor:
+        """Latent grids ``(B, s, ..., s, c)`` -> shift grids ``(B, s^k, depth - 1, W)`` (cells row-major)."""
+        c = self.config
+        b = latents.shape[0]
+        if c.kernel == 1:
+            m = self.latent_map(latents)
+        else:  # channels-first for the convolution, then back
+            k = c.in_dim
+            perm = (0, k + 1, *range(1, k + 1))
+            m = self.latent_map(latents.permute(*perm)).permute(0, *range(2, k + 2), 1)
+        return m.reshape(b, c.grid ** c.in_dim, c.num_mod_layers, c.width)
+
+    def _cells(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Per query point: the flat indices of the cells it reads ``[(1|B, N)]``, their weights
+        ``[(1|B, N)]`` and the SIREN input ``(1|B, N, siren_in_dim)``."""
+        c = self.config
+        s, k = c.grid, c.in_dim
+        strides = [s ** (k - 1 - a) for a in range(k)]
+        if c.interpolation == "nearest":
+            sx = x * s
+            j = sx.floor().clamp(0, s - 1)
+            flat = (j * torch.tensor(strides, dtype=x.dtype, device=x.device)).sum(-1).long()
+            return [flat], [torch.ones_like(flat, dtype=x.dtype)], sx - j
+        u = x * s - 0.5
+        i0 = u.floor()
+        frac = u - i0
+        lo, hi = i0.clamp(0, s - 1).long(), (i0 + 1).clamp(0, s - 1).long()
+        index, weight = [], []
+        for corner in itertools.product((0, 1), repeat=k):
+            flat = sum((hi[..., a] if bit else lo[..., a]) * strides[a] for a, bit in enumerate(corner))
+            w = math.prod((frac[..., a] if bit else 1 - frac[..., a]) for a, bit in enumerate(corner))
+            index.append(flat)
+            weight.append(w)
+        if c.binary_bits is None:
+            return index, weight, x
+        n = 2 ** c.binary_bits
+        pix = (x * n).floor().clamp(0, n - 1).long()  # (.., N, k)
+        shifts = torch.arange(c.binary_bits - 1, -1, -1, device=x.device)
+        bits = (pix[..., None] >> shifts) & 1  # (.., N, k, bits), most significant first
+        return index, weight, bits.reshape(*pix.shape[:-1], -1).to(x.dtype)
+
+    def point_modulations(self, x: Tensor, latents: Tensor) -> tuple[Tensor, Tensor]:
+        """Shifts ``(B, N, depth - 1, W)`` at the query points, and the SIREN input ``(1|B, N, d')``."""
+        grid = self.modulation_grid(latents)  # (B, S, L, W)
+        b = latents.shape[0]
+        index, weight, inputs = self._cells(x)
+        shift = None
+        for idx, w in zip(index, weight):
+            idx = idx.expand(b, -1)  # (B, N)
+            gathered = torch.gather(grid, 1, idx[:, :, None, None].expand(-1, -1, *grid.shape[2:]))
+            term = gathered * w.expand(b, -1)[:, :, None, None]
+            shift = term if shift is None else shift + term
+        return shift, inputs
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, latents: Tensor) -> Tensor:
+        """Outputs ``(B, N, out_dim)`` at coordinates ``x (1|B, N, k)`` in ``[0, 1]^k`` of latent grids
+        ``latents (B, s, ..., s, c)``."""
+        c = self.config
+        if x.ndim != 3 or x.shape[-1] != c.in_dim:
+            raise ValueError(f"expected coordinates (1|B, N, {c.in_dim}), got {tuple(x.shape)}")
+        if tuple(latents.shape[1:]) != self.latent_shape:
+            raise ValueError(f"expected latent grids (B, {', '.join(map(str, self.latent_shape))}), "
+                             f"got {tuple(latents.shape)}")
+        shift, h = self.point_modulations(x, latents)
+        for i, layer in enumerate(self.layers):
+            pre = c.w0 * (matmul_nt(h, layer.weight) + layer.bias + shift[:, :, i])
+            h = sin_cos(pre, need_cos=False)[0]
+        return matmul_nt(h, self.output.weight) + (self.output.bias + c.output_offset)
+
+    def flops_per_point(self) -> int:
+        c = self.config
+        return 2 * (c.siren_in_dim * c.width + (c.depth - 2) * c.width**2 + c.width * c.out_dim)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"grid={c.grid}^{c.in_dim}x{c.channels}, width={c.width}, depth={c.depth}, w0={c.w0}, "
+                f"interpolation={c.interpolation}, kernel={c.kernel}")

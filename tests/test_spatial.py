@@ -1,0 +1,115 @@
+"""Spatial functa fields: locality of one latent cell (1-NN: its patch only; bilinear: the neighbouring
+patches), ``s = 1`` is vector functa exactly, any resolution and any subset of points, per-cell meta-SGD
+rates, and meta-learning through the autograd inner loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from functa.errors import ConfigError
+from functa.fields import LatentModulatedSiren, SirenConfig, SpatialConfig, SpatialSiren, field_from_config
+from functa.fitting import Batch, InnerLoop, MSELoss
+from functa.modalities.image import image_coordinates
+
+
+def field(**kw):
+    torch.manual_seed(0)
+    return SpatialSiren(SpatialConfig(**{"width": 16, "depth": 4, "grid": 4, "channels": 3, "w0": 10.0, **kw}))
+
+
+def perturbed_outputs(f, res=16, cell=(1, 2)):
+    x = image_coordinates(res, res)[None]
+    z = torch.randn(1, *f.latent_shape)
+    z2 = z.clone()
+    z2[0, cell[0], cell[1]] += 1.0
+    with torch.no_grad():
+        diff = (f(x, z2) - f(x, z)).abs().reshape(res, res)
+    return diff
+
+
+def test_nearest_one_cell_changes_only_its_patch():
+    diff = perturbed_outputs(field(), res=16, cell=(1, 2))  # grid 4 on 16x16 pixels: 4x4-pixel patches
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[4:8, 8:12] = True
+    assert (diff[inside] > 1e-4).all()  # every point of the patch moves
+    assert (diff[~inside] == 0).all()  # no other point does (a points/layers mix-up would break this)
+
+
+def test_bilinear_one_cell_changes_only_the_neighbouring_patches():
+    f = field(interpolation="bilinear", binary_bits=4)
+    diff = perturbed_outputs(f, res=16, cell=(1, 2))
+    # cell (1, 2) has its centre at pixel (6, 10); it weighs the points within one cell (4 pixels) of it
+    rows, cols = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    centre_r, centre_c = (1 + 0.5) * 4 - 0.5, (2 + 0.5) * 4 - 0.5
+    near = ((rows - centre_r).abs() < 4) & ((cols - centre_c).abs() < 4)
+    assert (diff[near] > 0).all() and (diff[~near] == 0).all()
+    assert near.sum() > 16  # more than one patch: the neighbours of the cell
+
+
+def test_grid_of_one_is_vector_functa_exactly():
+    torch.manual_seed(1)
+    vec = LatentModulatedSiren(SirenConfig(in_dim=2, out_dim=3, width=16, depth=4, latent_dim=5, w0=10.0))
+    sp = SpatialSiren(SpatialConfig(in_dim=2, out_dim=3, width=16, depth=4, grid=1, channels=5, w0=10.0))
+    sp.layers.load_state_dict(vec.layers.state_dict())
+    sp.output.load_state_dict(vec.output.state_dict())
+    sp.latent_map.load_state_dict(vec.latent_map.state_dict())
+    x = image_coordinates(7, 9, "corners")[None]  # corners: x = 1 stays in the (only) cell
+    z = torch.randn(4, 5)
+    torch.testing.assert_close(sp(x, z[:, None, None, :]), vec(x, z), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_any_resolution_and_any_subset_of_points(interpolation):
+    f = field(interpolation=interpolation)
+    z = torch.randn(2, *f.latent_shape)
+    x = image_coordinates(32, 32)[None]
+    with torch.no_grad():
+        full = f(x, z)
+        subset = torch.randperm(32 * 32)[:100]
+        torch.testing.assert_close(f(x[:, subset], z), full[:, subset])  # the same points, alone
+        per_item = torch.stack([x[0, subset], x[0, subset.flip(0)]])  # coordinates per datum
+        out = f(per_item, z)
+        torch.testing.assert_close(out[0], full[0, subset])
+        torch.testing.assert_close(out[1], full[1, subset.flip(0)])
+        assert f(image_coordinates(5, 3)[None], z).shape == (2, 15, 1)  # another resolution
+
+
+def test_per_cell_meta_sgd_rates_and_config_round_trip():
+    f = field(grid=3, channels=4)
+    assert f.inner_lrs().shape == (3, 3, 1) and f.zero_latents(2).shape == (2, 3, 3, 4)
+    assert [p.numel() for p in f.meta_parameters()] == [9]
+    g = field_from_config(f.to_config())
+    assert isinstance(g, SpatialSiren) and g.latent_shape == f.latent_shape
+    n = sum(p.numel() for p in f.base_parameters() + f.meta_parameters())
+    assert n == f.config.num_parameters
+    with pytest.raises(ConfigError, match="binary_bits"):
+        SpatialConfig(binary_bits=4)  # 1-NN feeds local coordinates
+    with pytest.raises(ConfigError, match="kernel"):
+        SpatialConfig(kernel=2)
+
+
+def test_kernel_3_mixes_neighbouring_cells():
+    f = field(kernel=3)
+    diff = perturbed_outputs(f, res=16, cell=(1, 2))
+    moved = diff.reshape(4, 4, 4, 4).permute(0, 2, 1, 3).reshape(4, 4, 16).amax(-1) > 0  # per patch
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[0:3, 1:4] = True  # the 3x3 neighbourhood of cell (1, 2)
+    assert torch.equal(moved, expected)
+
+
+def test_autograd_inner_loop_fits_and_meta_gradients_reach_every_group():
+    f = field(grid=2, channels=4, width=32)
+    x = image_coordinates(8, 8)[None]
+    y = torch.rand(3, 64, 1)
+    batch = Batch(x, y)
+    loop = InnerLoop(steps=3, loss=MSELoss())
+    assert not loop.is_fast(f, batch)  # no explicit latent gradient: autograd
+    z = loop(f, batch)
+    assert z.shape == (3, 2, 2, 4)
+    before = MSELoss().per_item(f(x, f.zero_latents(3)), y).mean()
+    after = MSELoss().per_item(f(x, z), y).mean()
+    assert after < before
+    after.backward()
+    for p in f.base_parameters() + f.meta_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
