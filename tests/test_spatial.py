@@ -113,3 +113,45 @@ def test_autograd_inner_loop_fits_and_meta_gradients_reach_every_group():
     after.backward()
     for p in f.base_parameters() + f.meta_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_command_line_fit_encode_info_render_with_a_latent_grid(tmp_path, capsys):
+    """``functa fit --field spatial``: the preset's vector-only settings are left out, the run and its
+    functaset report the grid latent shape, renders work at 2x, and the classifier takes the grids flat."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from functa.cli import main
+    from functa.config import load_config
+    from functa.functaset import Functaset
+
+    assert load_config(overrides=["field.name=spatial"]).field == {"width": 128, "depth": 6, "name": "spatial"}
+    with pytest.raises(ConfigError, match="latent_dim"):
+        load_config(overrides=["field.name=spatial", "field.latent_dim=64"])  # a user's own setting is checked
+    data = tmp_path / "imgs"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["--quiet", "fit", str(data), "-o", str(run), "--field", "spatial", "--steps", "2",
+                 "--set", "field.grid=2", "--set", "field.channels=3", "--set", "field.width=8",
+                 "--set", "field.depth=3", "--set", "train.batch_size=4", "--set", "train.eval_items=2"]) == 0
+    assert json.loads((run / "config.json").read_text())["field"]["name"] == "spatial"
+    fs = tmp_path / "fs"
+    assert main(["--quiet", "encode", str(data), "-m", str(run), "-o", str(fs), "--split", "all"]) == 0
+    assert Functaset(fs).take(np.arange(2))["latents"].shape == (2, 2, 2, 3)
+    for path in (run, fs):
+        capsys.readouterr()
+        assert main(["info", str(path)]) == 0
+        out = capsys.readouterr()
+        assert json.loads(out.out)["latent_shape"] == [2, 2, 3] and "latent shape: (2, 2, 3)" in out.err
+    assert main(["--quiet", "render", "-m", str(run), "--functaset", str(fs), "--indices", "0:2", "--scale", "2",
+                 "-o", str(tmp_path / "r")]) == 0
+    assert np.load(tmp_path / "r" / "renders.npz")["values"].shape == (2, 16, 16, 3)
+    assert main(["--quiet", "fit", str(data), "-o", str(tmp_path / "vec"), "--field", "siren", "--steps", "1",
+                 "--set", "field.width=8", "--set", "field.depth=3", "--set", "train.batch_size=4",
+                 "--set", "train.eval_items=2"]) == 0
+    assert json.loads((tmp_path / "vec" / "config.json").read_text())["field"]["latent_dim"] == 128

@@ -12,6 +12,30 @@ import torch
 
 __all__ = ["main", "build_parser"]
 
+FIELD_ALIASES = {"siren": "latent_modulated_siren"}  # --field siren: vector functa
+
+
+def _latent_shape(info: dict) -> list[int] | None:
+    """The latent shape of one item of a functaset manifest or a run's config.json (``None`` if unknown)."""
+    header = info.get("header")
+    if isinstance(header, dict) and isinstance(header.get("latent_shape"), list):
+        return header["latent_shape"]
+    if isinstance(info.get("field"), dict):
+        from .errors import FunctaError
+        from .fields import field_from_config
+
+        try:
+            return list(field_from_config(info["field"]).latent_shape)
+        except (FunctaError, ValueError, TypeError):
+            return None
+    return None
+
+
+def _field_names() -> list[str]:
+    from .fields import available_fields
+
+    return sorted(set(available_fields()) | set(FIELD_ALIASES))
+
 
 def _add_common_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML or JSON config file (sections: modality, field, train, data)")
@@ -292,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=available_modalities(), help="default: inferred from the data")
     p.add_argument("--loss", choices=available_losses(), help="reconstruction loss (default: the modality's; "
                    "same as --set loss=NAME)")
+    p.add_argument("--field", choices=_field_names(), help="base network: latent_modulated_siren (vector functa, "
+                   "the default; alias 'siren') or spatial (a latent grid: --set field.grid=S --set field.channels=C); "
+                   "same as --set field.name=NAME")
     p.add_argument("--steps", type=int, help="outer steps (same as --set train.steps=N)")
     p.add_argument("--time-limit", type=float, help="stop after this many seconds (a checkpoint is saved)")
     _add_common_fit(p)
@@ -366,6 +393,8 @@ def _run(args: argparse.Namespace) -> int:
             overrides.append(f"modality={json.dumps(args.modality)}")
         if args.loss:
             overrides.append(f"loss={json.dumps(args.loss)}")
+        if args.field:
+            overrides.insert(0, f"field.name={json.dumps(FIELD_ALIASES.get(args.field, args.field))}")
         cfg = load_config(args.config, overrides, preset=args.preset)
         result = pipeline.fit(args.data, args.out, cfg, progress=progress, time_limit_s=args.time_limit,
                               device=args.device)
@@ -401,7 +430,11 @@ def _run(args: argparse.Namespace) -> int:
                 info.pop("chunks", None)
                 if isinstance(info.get("modality"), dict):
                     info["modality"] = {k: v for k, v in info["modality"].items() if k not in ("lat", "lon")}
-                print(json.dumps(info, indent=2)[:20000])
+                shape = _latent_shape(info)
+                print(json.dumps({"latent_shape": shape, **info} if shape else info, indent=2)[:20000])
+                if shape:  # also for people reading a terminal; stdout stays one JSON document
+                    print(f"latent shape: ({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''})",
+                          file=sys.stderr)
                 break
         else:
             print(f"{args.path}: neither a run directory nor a functaset", file=sys.stderr)

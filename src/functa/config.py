@@ -202,17 +202,35 @@ def _read_config_file(path: Path) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, preset: str = "cpu") -> RunConfig:
-    """Preset, then the file (TOML or JSON), then the overrides; validated into a :class:`RunConfig`."""
+    """Preset, then the file (TOML or JSON), then the overrides; validated into a :class:`RunConfig`.
+
+    A preset's ``[field]`` settings that the chosen field does not have (e.g. ``latent_dim`` for
+    ``field.name = "spatial"``, whose latent is a grid) are left out; the file's and the overrides'
+    are all checked."""
     if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    given = _read_config_file(Path(path)) if path is not None else {}
+    chosen = apply_overrides(_merge(json.loads(json.dumps(PRESETS[preset])), given), overrides or [])
     raw = json.loads(json.dumps(PRESETS[preset]))
+    raw["field"] = _preset_field(raw.get("field", {}), chosen.get("field", {}))
     if path is not None:
         path = Path(path)
-        raw = _merge(raw, _read_config_file(path))
+        raw = _merge(raw, given)
         try:
             _build(raw)  # the file's own values, named with the file
         except ConfigError as e:
             raise in_file(path, e) from None
     raw = apply_overrides(raw, overrides or [])
     return _build(raw)
+
+
+def _preset_field(preset_field: dict, chosen: Any) -> dict:
+    """The preset's field settings that the finally chosen field class has."""
+    from .fields import DEFAULT_FIELD, available_fields, get_field
+
+    name = chosen.get("name", DEFAULT_FIELD) if isinstance(chosen, dict) else DEFAULT_FIELD
+    if not isinstance(name, str) or name not in available_fields():
+        return preset_field  # _build reports the unknown name
+    valid = {f.name for f in fields(get_field(name).config_class)}
+    return {k: v for k, v in preset_field.items() if k in valid}
 
