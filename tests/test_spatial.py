@@ -151,6 +151,14 @@ def test_command_line_fit_encode_info_render_with_a_latent_grid(tmp_path, capsys
     assert main(["--quiet", "render", "-m", str(run), "--functaset", str(fs), "--indices", "0:2", "--scale", "2",
                  "-o", str(tmp_path / "r")]) == 0
     assert np.load(tmp_path / "r" / "renders.npz")["values"].shape == (2, 16, 16, 3)
+    codec = tmp_path / "codec"  # the vector codec codes the grids flat
+    assert main(["--quiet", "codec", "build", "-m", str(run), "--functaset", str(fs), "-o", str(codec)]) == 0
+    big = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)).save(big)
+    assert main(["--quiet", "compress", str(big), "-m", str(codec), "-o", str(tmp_path / "big.fta")]) == 0
+    assert main(["--quiet", "decompress", str(tmp_path / "big.fta"), "-m", str(codec), "-o",
+                 str(tmp_path / "back.png")]) == 0
+    assert np.asarray(Image.open(tmp_path / "back.png")).shape == (12, 20, 3)
     assert main(["--quiet", "fit", str(data), "-o", str(tmp_path / "vec"), "--field", "siren", "--steps", "1",
                  "--set", "field.width=8", "--set", "field.depth=3", "--set", "train.batch_size=4",
                  "--set", "train.eval_items=2"]) == 0

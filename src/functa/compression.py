@@ -79,7 +79,7 @@ def _build_codec(model: Path, out: Path, data, functaset, split, limit, bits, pe
     config = CodecConfig(QuantizerConfig(bits=bits, per_dimension=per_dimension), entropy_model, encode,
                          autoregressive or AutoregressiveConfig())
     codec = FunctaCodec.build(field, modality, cfg, latents, config, progress)
-    sym = codec.quantizer.quantize(latents)
+    sym = codec.quantizer.quantize(latents.reshape(len(latents), -1))  # coded flat, whatever the latent shape
     stats = {"train_latents": int(latents.shape[0]),
              "ideal_bits_per_latent_dim": codec.entropy.bits(sym) / sym.numel(),
              "raw_bits_per_latent_dim": bits}
