@@ -103,8 +103,8 @@ def test_autograd_inner_loop_fits_and_meta_gradients_reach_every_group():
     x = image_coordinates(8, 8)[None]
     y = torch.rand(3, 64, 1)
     batch = Batch(x, y)
-    loop = InnerLoop(steps=3, loss=MSELoss())
-    assert not loop.is_fast(f, batch)  # no explicit latent gradient: autograd
+    loop = InnerLoop(steps=3, loss=MSELoss(), fast_path=False)
+    assert not loop.is_fast(f, batch)  # the autograd inner loop
     z = loop(f, batch)
     assert z.shape == (3, 2, 2, 4)
     before = MSELoss().per_item(f(x, f.zero_latents(3)), y).mean()
@@ -163,3 +163,39 @@ def test_command_line_fit_encode_info_render_with_a_latent_grid(tmp_path, capsys
                  "--set", "field.width=8", "--set", "field.depth=3", "--set", "train.batch_size=4",
                  "--set", "train.eval_items=2"]) == 0
     assert json.loads((tmp_path / "vec" / "config.json").read_text())["field"]["latent_dim"] == 128
+
+
+@pytest.mark.parametrize("kw", [{}, {"interpolation": "bilinear", "binary_bits": 3}, {"kernel": 3}, {"out_dim": 3}])
+def test_explicit_latent_gradient_matches_autograd(kw):
+    from functa.fields import LatentAdjoint
+
+    f = field(**kw).double()
+    assert isinstance(f, LatentAdjoint)
+    x = torch.rand(1, 40, 2, dtype=torch.float64)
+    z = torch.randn(3, *f.latent_shape, dtype=torch.float64, requires_grad=True)
+    out, trace = f.forward_points(x, z, keep_trace=True)
+    grad_out = torch.randn_like(out)
+    (expected,) = torch.autograd.grad((f(x, z) * grad_out).sum(), z)
+    torch.testing.assert_close(f.backward_latents(trace, grad_out), expected, rtol=1e-10, atol=1e-12)
+    # a trace of batch 1 (the shared zero-latent first step) broadcast against per-item gradients
+    out1, trace1 = f.forward_points(x, f.zero_latents(1).double(), keep_trace=True)
+    zeros = f.zero_latents(3).double().requires_grad_(True)
+    (expected0,) = torch.autograd.grad((f(x, zeros) * grad_out).sum(), zeros)
+    torch.testing.assert_close(f.backward_latents(trace1, grad_out), expected0, rtol=1e-10, atol=1e-12)
+
+
+def test_fast_inner_loop_gives_the_autograd_latents_and_meta_gradients():
+    f = field(grid=2, channels=4, width=32).double()
+    x = image_coordinates(8, 8)[None].double()
+    batch = Batch(x, torch.rand(3, 64, 1, dtype=torch.float64))
+    results = []
+    for fast in (True, False):
+        loop = InnerLoop(steps=3, loss=MSELoss(), fast_path=fast)
+        assert loop.is_fast(f, batch) == fast
+        z = loop(f, batch)
+        value = MSELoss().per_item(f(x, z), batch.y).mean()
+        grads = torch.autograd.grad(value, f.base_parameters() + f.meta_parameters())
+        results.append((z.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-9, atol=1e-12)
+    for a, b in zip(results[0][1], results[1][1]):  # second order through the explicit gradient too
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)

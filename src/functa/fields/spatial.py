@@ -23,7 +23,9 @@ vector-functa SIREN (its latent map is the 1x1 convolution). Modulations are gat
 mixes points and layers (reference-study §1.11); the locality tests rule that out here.
 
 Meta-SGD rates are one per cell, shared over the channels (``(s, ..., s, 1)``), as in the paper.
-This module is the maths, through the autograd inner loop; it has no explicit latent gradient yet.
+It works through the autograd inner loop, and also implements the fast path
+(:class:`~functa.fields.LatentAdjoint`): an explicit gradient with respect to the latent grids, the
+adjoint of the gather (a scatter-add into the cells) after the SIREN's own backward.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -45,7 +48,7 @@ from .meta_sgd import MetaSGDLrs
 from .siren import MAX_DEPTH, MAX_IO_DIM, MAX_WIDTH
 from .sincos import sin_cos
 
-__all__ = ["SpatialConfig", "SpatialSiren", "MAX_GRID"]
+__all__ = ["SpatialConfig", "SpatialSiren", "SpatialTrace", "MAX_GRID"]
 
 MAX_GRID = 1024  # cells per axis
 MAX_CHANNELS = 65536
@@ -110,6 +113,17 @@ class SpatialConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class SpatialTrace:
+    """What :meth:`SpatialSiren.forward_points` keeps for the explicit backward: ``cos(pre)`` of every
+    sine layer ``(1|B, N, W)``, the w0-folded weights, and the points' cells and weights ``[(1|B, N)]``."""
+
+    cos: list[Tensor]
+    weights: list[Tensor]
+    index: list[Tensor]
+    weight: list[Tensor]
 
 
 @register_field
@@ -223,32 +237,82 @@ class SpatialSiren(nn.Module):
 
     def point_modulations(self, x: Tensor, latents: Tensor) -> tuple[Tensor, Tensor]:
         """Shifts ``(B, N, depth - 1, W)`` at the query points, and the SIREN input ``(1|B, N, d')``."""
-        grid = self.modulation_grid(latents)  # (B, S, L, W)
-        b = latents.shape[0]
         index, weight, inputs = self._cells(x)
-        shift = None
-        for idx, w in zip(index, weight):
-            idx = idx.expand(b, -1)  # (B, N)
-            gathered = torch.gather(grid, 1, idx[:, :, None, None].expand(-1, -1, *grid.shape[2:]))
-            term = gathered * w.expand(b, -1)[:, :, None, None]
-            shift = term if shift is None else shift + term
-        return shift, inputs
+        return self._gather(self.modulation_grid(latents), index, weight), inputs
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, latents: Tensor) -> Tensor:
         """Outputs ``(B, N, out_dim)`` at coordinates ``x (1|B, N, k)`` in ``[0, 1]^k`` of latent grids
         ``latents (B, s, ..., s, c)``."""
+        return self.forward_points(x, latents)[0]
+
+    def forward_points(self, x: Tensor, latents: Tensor, keep_trace: bool = False) -> tuple[Tensor, "SpatialTrace | None"]:
+        """Outputs ``(B, N, out_dim)`` and, with ``keep_trace``, what :meth:`backward_latents` needs."""
         c = self.config
         if x.ndim != 3 or x.shape[-1] != c.in_dim:
             raise ValueError(f"expected coordinates (1|B, N, {c.in_dim}), got {tuple(x.shape)}")
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(f"expected latent grids (B, {', '.join(map(str, self.latent_shape))}), "
                              f"got {tuple(latents.shape)}")
-        shift, h = self.point_modulations(x, latents)
+        index, weight, h = self._cells(x)
+        shift = self._gather(self.modulation_grid(latents), index, weight)
+        trace = SpatialTrace([], [], index, weight) if keep_trace else None
         for i, layer in enumerate(self.layers):
-            pre = c.w0 * (matmul_nt(h, layer.weight) + layer.bias + shift[:, :, i])
-            h = sin_cos(pre, need_cos=False)[0]
-        return matmul_nt(h, self.output.weight) + (self.output.bias + c.output_offset)
+            ws = layer.weight * c.w0  # w0 folded into the weights: pre = h (w0 W)^T + w0 (b + m)
+            pre = matmul_nt(h, ws) + (layer.bias + shift[:, :, i]) * c.w0
+            h, cs = sin_cos(pre, need_cos=keep_trace)
+            if trace is not None:
+                trace.cos.append(cs)
+                trace.weights.append(ws)
+        out = matmul_nt(h, self.output.weight) + (self.output.bias + c.output_offset)
+        return out, trace
+
+    @staticmethod
+    def _gather(grid: Tensor, index: list[Tensor], weight: list[Tensor]) -> Tensor:
+        """Point modulations ``(B, N, L, W)``: the cells' rows of ``grid (B, S, L, W)``, weighted."""
+        b = grid.shape[0]
+        shift = None
+        for idx, w in zip(index, weight):
+            idx = idx.expand(b, -1)  # (B, N)
+            rows = torch.gather(grid, 1, idx[:, :, None, None].expand(-1, -1, *grid.shape[2:]))
+            term = rows * w.expand(b, -1)[:, :, None, None]
+            shift = term if shift is None else shift + term
+        return shift
+
+    def backward_latents(self, trace: "SpatialTrace", grad_out: Tensor) -> Tensor:
+        """Gradient of ``sum(grad_out * f)`` with respect to the latent grids ``(B, *latent_shape)``,
+        written out: back through the sine layers to the point modulations, scatter-added into their
+        cells (the adjoint of the gather / interpolation), then through the 1x1 (or 3x3) map.
+        A first-order differentiable graph, as for :class:`~functa.fields.LatentModulatedSiren`."""
+        c = self.config
+        b, n = grad_out.shape[0], grad_out.shape[1]
+        if grad_out.shape[-1] == 1:
+            g = grad_out * self.output.weight[0]
+        else:
+            g = grad_out @ self.output.weight  # (B, N, W)
+        g_shift: list[Tensor] = []
+        for i in range(c.num_mod_layers - 1, -1, -1):
+            gz = g * trace.cos[i]
+            g_shift.append(gz)
+            if i > 0:
+                g = gz @ trace.weights[i]
+        gm = torch.stack(g_shift[::-1], 2).reshape(b * n, -1) * c.w0  # (B * N, L * W)
+        cells = c.grid ** c.in_dim
+        offset = (torch.arange(b, device=gm.device) * cells)[:, None]
+        g_grid = None
+        for idx, w in zip(trace.index, trace.weight):
+            flat = (idx.expand(b, -1) + offset).reshape(-1)
+            src = gm * w.expand(b, -1).reshape(-1, 1)
+            part = gm.new_zeros(b * cells, gm.shape[1]).index_add(0, flat, src)
+            g_grid = part if g_grid is None else g_grid + part
+        g_grid = g_grid.reshape(b, cells, -1)  # (B, S, L * W)
+        if c.kernel == 1:
+            return (g_grid @ self.latent_map.weight).reshape(b, *self.latent_shape)
+        k = c.in_dim
+        g_cf = g_grid.transpose(1, 2).reshape(b, -1, *self.latent_shape[:-1])  # channels first
+        transpose = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[k]
+        g_lat = transpose(g_cf, self.latent_map.weight, padding=c.kernel // 2)
+        return g_lat.permute(0, *range(2, k + 2), 1)
 
     def flops_per_point(self) -> int:
         c = self.config
