@@ -199,3 +199,27 @@ def test_fast_inner_loop_gives_the_autograd_latents_and_meta_gradients():
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-9, atol=1e-12)
     for a, b in zip(results[0][1], results[1][1]):  # second order through the explicit gradient too
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("res", [16, 28, 30])
+def test_patch_layout_equals_the_general_path(res):
+    """1-NN on shared grid coordinates runs as B * S small fields (no per-point gather) when every cell
+    holds the same local points (16, 28: yes; 30 is not divisible by 4: the general path); outputs and
+    explicit gradients are those of the general path (per-item coordinates) and of autograd."""
+    f = field(out_dim=2).double()
+    x = image_coordinates(res, res)[None].double()
+    assert (f._patch_layout(x) is not None) == (res % 4 == 0)
+    z = torch.randn(3, *f.latent_shape, dtype=torch.float64, requires_grad=True)
+    out, trace = f.forward_points(x, z, keep_trace=True)
+    general = f(x.expand(3, -1, -1), z)  # per-item coordinates: the gather path
+    # 28 / 4 = 7 pixels per cell: the cells' local coordinates agree to float32 rounding (< 1e-6), and
+    # the patch path uses the first cell's
+    tol = 1e-9 if res == 16 else 1e-5
+    torch.testing.assert_close(out, general, rtol=tol, atol=tol)
+    grad_out = torch.randn_like(out)
+    (expected,) = torch.autograd.grad((general * grad_out).sum(), z)
+    torch.testing.assert_close(f.backward_latents(trace, grad_out), expected, rtol=1e-8 + 10 * tol, atol=1e-10 + 10 * tol)
+    _, trace1 = f.forward_points(x, f.zero_latents(1).double(), keep_trace=True)  # batch-1 trace
+    zeros = f.zero_latents(3).double().requires_grad_(True)
+    (expected0,) = torch.autograd.grad((f(x.expand(3, -1, -1), zeros) * grad_out).sum(), zeros)
+    torch.testing.assert_close(f.backward_latents(trace1, grad_out), expected0, rtol=1e-8 + 10 * tol, atol=1e-10 + 10 * tol)

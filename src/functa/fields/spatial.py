@@ -116,14 +116,28 @@ class SpatialConfig:
 
 
 @dataclass
+class PatchLayout:
+    """Shared coordinates grouped by cell: point ``perm[j * points + p]`` is local point ``p`` of cell ``j``;
+    ``inverse`` undoes ``perm``; ``local (1, points, k)`` the local coordinates every cell shares."""
+
+    perm: Tensor
+    inverse: Tensor
+    local: Tensor
+    cells: int
+    points: int
+
+
+@dataclass
 class SpatialTrace:
     """What :meth:`SpatialSiren.forward_points` keeps for the explicit backward: ``cos(pre)`` of every
-    sine layer ``(1|B, N, W)``, the w0-folded weights, and the points' cells and weights ``[(1|B, N)]``."""
+    sine layer (``(1|B, N, W)``, or ``(B * S, P, W)`` per patch), the w0-folded weights, the points'
+    cells and weights ``[(1|B, N)]``, and the patch layout when the fast 1-NN layout was used."""
 
     cos: list[Tensor]
     weights: list[Tensor]
     index: list[Tensor]
     weight: list[Tensor]
+    layout: PatchLayout | None = None
 
 
 @register_field
@@ -254,6 +268,9 @@ class SpatialSiren(nn.Module):
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(f"expected latent grids (B, {', '.join(map(str, self.latent_shape))}), "
                              f"got {tuple(latents.shape)}")
+        layout = self._patch_layout(x)
+        if layout is not None:
+            return self._forward_patches(layout, latents, keep_trace)
         index, weight, h = self._cells(x)
         shift = self._gather(self.modulation_grid(latents), index, weight)
         trace = SpatialTrace([], [], index, weight) if keep_trace else None
@@ -266,6 +283,71 @@ class SpatialSiren(nn.Module):
                 trace.weights.append(ws)
         out = matmul_nt(h, self.output.weight) + (self.output.bias + c.output_offset)
         return out, trace
+
+    def _patch_layout(self, x: Tensor) -> "PatchLayout | None":
+        """The fast layout of 1-NN on shared coordinates ``(1, N, k)`` whose cells all hold the same
+        local points (a regular grid divisible by ``s``; equal to within 1e-6, float rounding, and the
+        first cell's are used): each patch is then an independent small field, a vector-functa SIREN on
+        the patch's local points with the cell's modulations; else ``None``."""
+        c = self.config
+        if c.interpolation != "nearest" or x.shape[0] != 1:
+            return None
+        index, _, local = self._cells(x)
+        idx, cells, n = index[0][0], c.grid ** c.in_dim, x.shape[1]
+        if n % cells or not bool((torch.bincount(idx, minlength=cells) == n // cells).all()):
+            return None
+        perm = torch.argsort(idx, stable=True)
+        loc = local[0, perm].reshape(cells, n // cells, -1)
+        if not torch.allclose(loc, loc[:1].expand_as(loc), rtol=0.0, atol=1e-6):
+            return None
+        return PatchLayout(perm, torch.argsort(perm), loc[:1], cells, n // cells)
+
+    def _forward_patches(self, layout: "PatchLayout", latents: Tensor, keep_trace: bool):
+        """1-NN on a regular grid (:meth:`_patch_layout`): ``B * S`` small fields of ``P`` points, each
+        shifted by its cell's modulations ``(B * S, 1, W)`` (no per-point gather)."""
+        c = self.config
+        b = latents.shape[0]
+        shift = self.modulation_grid(latents).reshape(b * layout.cells, c.num_mod_layers, c.width)
+        trace = SpatialTrace([], [], [], [], layout) if keep_trace else None
+        h = layout.local  # (1, P, k), shared by every patch
+        for i, layer in enumerate(self.layers):
+            ws = layer.weight * c.w0
+            pre = matmul_nt(h, ws) + ((layer.bias + shift[:, i]) * c.w0)[:, None, :]  # (B * S, P, W)
+            h, cs = sin_cos(pre, need_cos=keep_trace)
+            if trace is not None:
+                trace.cos.append(cs)
+                trace.weights.append(ws)
+        out = matmul_nt(h, self.output.weight) + (self.output.bias + c.output_offset)
+        return out.reshape(b, layout.cells * layout.points, -1)[:, layout.inverse], trace
+
+    def _backward_patches(self, trace: "SpatialTrace", grad_out: Tensor) -> Tensor:
+        """:meth:`backward_latents` of :meth:`_forward_patches`: per patch, the SIREN's backward with the
+        shift gradient summed over the patch's points."""
+        c, lay = self.config, trace.layout
+        b = grad_out.shape[0]
+        g = grad_out[:, lay.perm].reshape(b, lay.cells, lay.points, -1)
+        g = g * self.output.weight[0] if g.shape[-1] == 1 else g @ self.output.weight  # (B, S, P, W)
+        g_shift: list[Tensor] = []
+        for i in range(c.num_mod_layers - 1, -1, -1):
+            cos = trace.cos[i]
+            gz = g * cos.reshape(-1, lay.cells, *cos.shape[1:])  # a trace of batch 1 broadcasts
+            g_shift.append(gz.sum(2))
+            if i > 0:
+                g = gz @ trace.weights[i]
+        g_grid = torch.stack(g_shift[::-1], 2).reshape(b, lay.cells, -1) * c.w0  # (B, S, L * W)
+        return self._map_backward(g_grid)
+
+    def _map_backward(self, g_grid: Tensor) -> Tensor:
+        """Through the latent map: shift-grid gradients ``(B, S, L * W)`` -> latent-grid gradients."""
+        c = self.config
+        b = g_grid.shape[0]
+        if c.kernel == 1:
+            return (g_grid @ self.latent_map.weight).reshape(b, *self.latent_shape)
+        k = c.in_dim
+        g_cf = g_grid.transpose(1, 2).reshape(b, -1, *self.latent_shape[:-1])  # channels first
+        transpose = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[k]
+        g_lat = transpose(g_cf, self.latent_map.weight, padding=c.kernel // 2)
+        return g_lat.permute(0, *range(2, k + 2), 1)
 
     @staticmethod
     def _gather(grid: Tensor, index: list[Tensor], weight: list[Tensor]) -> Tensor:
@@ -284,6 +366,8 @@ class SpatialSiren(nn.Module):
         written out: back through the sine layers to the point modulations, scatter-added into their
         cells (the adjoint of the gather / interpolation), then through the 1x1 (or 3x3) map.
         A first-order differentiable graph, as for :class:`~functa.fields.LatentModulatedSiren`."""
+        if trace.layout is not None:
+            return self._backward_patches(trace, grad_out)
         c = self.config
         b, n = grad_out.shape[0], grad_out.shape[1]
         if grad_out.shape[-1] == 1:
@@ -305,14 +389,7 @@ class SpatialSiren(nn.Module):
             src = gm * w.expand(b, -1).reshape(-1, 1)
             part = gm.new_zeros(b * cells, gm.shape[1]).index_add(0, flat, src)
             g_grid = part if g_grid is None else g_grid + part
-        g_grid = g_grid.reshape(b, cells, -1)  # (B, S, L * W)
-        if c.kernel == 1:
-            return (g_grid @ self.latent_map.weight).reshape(b, *self.latent_shape)
-        k = c.in_dim
-        g_cf = g_grid.transpose(1, 2).reshape(b, -1, *self.latent_shape[:-1])  # channels first
-        transpose = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[k]
-        g_lat = transpose(g_cf, self.latent_map.weight, padding=c.kernel // 2)
-        return g_lat.permute(0, *range(2, k + 2), 1)
+        return self._map_backward(g_grid.reshape(b, cells, -1))  # (B, S, L * W)
 
     def flops_per_point(self) -> int:
         c = self.config
