@@ -159,6 +159,15 @@ def test_command_line_fit_encode_info_render_with_a_latent_grid(tmp_path, capsys
     assert main(["--quiet", "decompress", str(tmp_path / "big.fta"), "-m", str(codec), "-o",
                  str(tmp_path / "back.png")]) == 0
     assert np.asarray(Image.open(tmp_path / "back.png")).shape == (12, 20, 3)
+    # DDPM on the grids with spatial functa's per-channel (vector-valued) statistics
+    assert main(["--quiet", "diffusion", "train", str(fs), "-o", str(tmp_path / "ddpm"), "--set", "train.steps=2",
+                 "--set", "statistics=channel", "--set", "norm_factor=2.5", "--set", "train.batch_size=4",
+                 "--set", "train.warmup_steps=1", "--set", "train.eval_every=2"]) == 0
+    from safetensors.torch import load_file
+
+    saved = {k: v for k, v in load_file(tmp_path / "ddpm" / "model.safetensors").items() if "standardizer" in k}
+    mean = next(v for k, v in saved.items() if k.endswith("mean"))
+    torch.testing.assert_close(mean.reshape(4, 3), mean[:3].expand(4, 3))  # one mean per channel
     assert main(["--quiet", "fit", str(data), "-o", str(tmp_path / "vec"), "--field", "siren", "--steps", "1",
                  "--set", "field.width=8", "--set", "field.depth=3", "--set", "train.batch_size=4",
                  "--set", "train.eval_items=2"]) == 0
@@ -223,3 +232,25 @@ def test_patch_layout_equals_the_general_path(res):
     zeros = f.zero_latents(3).double().requires_grad_(True)
     (expected0,) = torch.autograd.grad((f(x.expand(3, -1, -1), zeros) * grad_out).sum(), zeros)
     torch.testing.assert_close(f.backward_latents(trace1, grad_out), expected0, rtol=1e-8 + 10 * tol, atol=1e-10 + 10 * tol)
+
+
+def test_grid_standardisation_per_channel_per_position_and_scalar(tmp_path):
+    """Spatial functa's standardisations of latent grids (N, s, s, c), kept flat: per channel (vector-
+    valued, shared over positions), per position and channel (array-valued), scalar; with gamma."""
+    from functa.tasks.latents import Standardizer
+
+    torch.manual_seed(0)
+    grids = torch.randn(500, 2, 2, 3) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor([0.0, 10.0, -3.0])
+    grids[:, 0, 0] += 7.0  # one position is offset in every channel
+    flat = grids.reshape(500, -1)
+    ch = Standardizer.fit(flat, norm_factor=2.5, channels=3)
+    per_channel = grids.reshape(-1, 3)
+    torch.testing.assert_close(ch.mean.reshape(4, 3), per_channel.mean(0).expand(4, 3), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ch.std.reshape(4, 3), per_channel.std(0).expand(4, 3), rtol=1e-5, atol=1e-5)
+    u = ch(flat)
+    assert ch.norm_factor == 2.5 and float(u.reshape(-1, 3).std(0).max()) == pytest.approx(1 / 2.5, rel=1e-3)
+    torch.testing.assert_close(ch.inverse(u), flat, rtol=1e-5, atol=1e-4)
+    pos = Standardizer.fit(flat)  # array-valued: every position and channel its own statistics
+    torch.testing.assert_close(pos(flat).mean(0), torch.zeros(12), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="grids of 5 channels"):
+        Standardizer.fit(flat, channels=5)

@@ -56,8 +56,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "diffusion": {"model": {"width": 512, "blocks": 4, "dropout": 0.1},
                   "train": {"steps": 5000, "batch_size": 256, "lr": 3e-4, "optimizer": "adam", "schedule": "rsqrt",
                             "warmup_steps": 1000, "grad_clip": 1.0, "ema_decay": 0.999, "eval_every": 1000},
-                  "norm_factor": 1.0, "conditional": False},
+                  "norm_factor": 1.0, "conditional": False, "statistics": "dimension"},
 }
+# statistics: "dimension" (per latent dimension; for latent grids, per position and channel: the
+# spatial functa paper's array-valued standardisation), "channel" (grids only: per channel, shared
+# over positions, vector-valued) or "scalar"; norm_factor is the paper's gamma
 
 
 # Baseline model defaults by grid dimension, where they differ from DEFAULTS["baseline"]["model"]
@@ -130,6 +133,18 @@ def _pair(train: str | Path, test: str | Path | None):
     sha = fs_tr.header["base_network"]["sha256"]
     te = load_latents(test, sha)[0] if test is not None else None
     return tr, te, fs_tr
+
+
+def _standardizer(latents: Tensor, fs: Functaset, norm_factor: float, statistics: str) -> Standardizer:
+    """The latents' standardiser for ``statistics`` = ``dimension`` / ``channel`` / ``scalar``."""
+    if statistics == "channel":
+        shape = fs.latent_shape
+        if len(shape) < 2:
+            raise ConfigError(f"statistics = 'channel' is for latent grids; this functaset's latents are {list(shape)}")
+        return Standardizer.fit(latents, norm_factor, channels=int(shape[-1]))
+    if statistics not in ("dimension", "scalar"):
+        raise ConfigError(f"statistics = {statistics!r} is invalid (allowed: 'dimension', 'channel', 'scalar')")
+    return Standardizer.fit(latents, norm_factor, per_dimension=statistics == "dimension")
 
 
 def _num_classes(*label_sets: Tensor) -> int:
@@ -319,7 +334,7 @@ def diffusion_train(train: str | Path, out: str | Path, overrides: list[str] | N
 
     s = settings("diffusion", overrides)
     tr, _, fs = _pair(train, None)
-    std = Standardizer.fit(tr["latents"], s["norm_factor"])
+    std = _standardizer(tr["latents"], fs, s["norm_factor"], s["statistics"])
     classes, labels = _conditioning(s, tr)
     u_tr = std(tr["latents"])
     schedule = DDPMSchedule()

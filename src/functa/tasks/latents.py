@@ -26,14 +26,23 @@ class Standardizer:
 
     @classmethod
     def fit(cls, latents: Tensor, norm_factor: float = 1.0, per_dimension: bool = True,
-            eps: float = 1e-8) -> "Standardizer":
-        """Statistics of training latents ``(N, D)``; ``per_dimension=False`` uses one mean/std."""
+            eps: float = 1e-8, channels: int | None = None) -> "Standardizer":
+        """Statistics of training latents ``(N, D)``: per dimension (array-valued: for flat latent
+        grids, per position and channel), or one mean/std (``per_dimension=False``: scalar), or, with
+        ``channels = c``, per channel of flat grids ``(N, S * c)`` (channel last), shared over the ``S``
+        positions: spatial functa's vector-valued standardisation. ``norm_factor`` is the paper's γ."""
         if latents.ndim != 2 or latents.shape[0] < 2:
             raise ValueError(f"need latents of shape (N>=2, D), got {tuple(latents.shape)}")
         if norm_factor <= 0:
             raise ValueError(f"norm_factor must be positive, got {norm_factor}")
         z = latents.double()
-        if per_dimension:
+        if channels is not None:
+            if channels < 1 or z.shape[1] % channels:
+                raise ValueError(f"{z.shape[1]} latent dimensions are not grids of {channels} channels")
+            per_channel = z.reshape(-1, channels)  # (N * S, c)
+            reps = z.shape[1] // channels
+            mean, std = per_channel.mean(0).repeat(reps), per_channel.std(0).repeat(reps)
+        elif per_dimension:
             mean, std = z.mean(0), z.std(0)
         else:
             mean = z.mean().expand(z.shape[1])
