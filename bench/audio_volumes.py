@@ -97,11 +97,13 @@ def stage_fsdd(a) -> dict:
     for split in ("train", "test"):
         out[f"encode_{split}_s"] = cli(a.core, "encode", FSDD, "-m", run, "-o", a.out / f"fsdd_{split}", "--split", split)
     out["mlp_s"] = cli(a.core, "classify", "train", a.out / "fsdd_train", "--test", a.out / "fsdd_test", "-o",
-                       a.out / "fsdd_mlp", "--set", "seeds=[0,1,2]")
+                       a.out / "fsdd_mlp", "--set", "seeds=[0,1,2]", "--set", "classifier=mlp")
+    out["transformer_s"] = cli(a.core, "classify", "train", a.out / "fsdd_train", "--test", a.out / "fsdd_test",
+                               "-o", a.out / "fsdd_transformer", "--set", "seeds=[0,1,2]", "--set", "train.steps=1500")
     out["cnn_s"] = cli(a.core, "classify", "baseline", FSDD, "-o", a.out / "fsdd_cnn", *FSDD_DATA, "--set",
                        "seeds=[0,1,2]", "--set", "train.steps=1000", "--set", "train.lr=3e-3", "--set",
                        "train.ema_decay=0.99", "--set", "train.warmup_steps=100", "--set", "train.eval_every=250")
-    for name in ("fsdd_mlp", "fsdd_cnn"):
+    for name in ("fsdd_mlp", "fsdd_transformer", "fsdd_cnn"):
         out[name] = json.loads((a.out / name / "metrics.json").read_text())
     return out
 

@@ -131,10 +131,10 @@ def test_command_line_fit_encode_info_render_with_a_latent_grid(tmp_path, capsys
     with pytest.raises(ConfigError, match="latent_dim"):
         load_config(overrides=["field.name=spatial", "field.latent_dim=64"])  # a user's own setting is checked
     data = tmp_path / "imgs"
-    data.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(10):
-        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    for i in range(10):  # two classes (sub-folders)
+        (data / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(data / "ab"[i % 2] / f"{i}.png")
     run = tmp_path / "run"
     assert main(["--quiet", "fit", str(data), "-o", str(run), "--field", "spatial", "--steps", "2",
                  "--set", "field.grid=2", "--set", "field.channels=3", "--set", "field.width=8",
@@ -159,6 +159,13 @@ def test_command_line_fit_encode_info_render_with_a_latent_grid(tmp_path, capsys
     assert main(["--quiet", "decompress", str(tmp_path / "big.fta"), "-m", str(codec), "-o",
                  str(tmp_path / "back.png")]) == 0
     assert np.asarray(Image.open(tmp_path / "back.png")).shape == (12, 20, 3)
+    # the Transformer classifier is chosen for grids (the MLP for vectors); classify eval reloads it
+    assert main(["--quiet", "classify", "train", str(fs), "--test", str(fs), "-o", str(tmp_path / "cls"),
+                 "--set", "train.steps=3", "--set", "train.batch_size=4", "--set", "train.warmup_steps=1",
+                 "--set", "transformer.width=8", "--set", "transformer.heads=2", "--set", "transformer.depth=1"]) == 0
+    metrics = json.loads((tmp_path / "cls" / "metrics.json").read_text())
+    assert metrics["name"] == "functa Transformer" and metrics["parameters"] < 2000
+    assert main(["--quiet", "classify", "eval", str(tmp_path / "cls" / "seed0"), str(fs)]) == 0
     # DDPM on the grids with spatial functa's per-channel (vector-valued) statistics
     assert main(["--quiet", "diffusion", "train", str(fs), "-o", str(tmp_path / "ddpm"), "--set", "train.steps=2",
                  "--set", "statistics=channel", "--set", "norm_factor=2.5", "--set", "train.batch_size=4",
@@ -254,3 +261,28 @@ def test_grid_standardisation_per_channel_per_position_and_scalar(tmp_path):
     torch.testing.assert_close(pos(flat).mean(0), torch.zeros(12), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="grids of 5 channels"):
         Standardizer.fit(flat, channels=5)
+
+
+def test_transformer_classifier_tokens_positions_and_parameters():
+    from functa.tasks.classify import TransformerClassifier, TransformerConfig, count_parameters
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(tokens=16, token_dim=4, num_classes=10, width=32, depth=2, heads=4, dropout=0.0)
+    m = TransformerClassifier(cfg).eval()
+    z = torch.randn(5, 4, 4, 4)
+    logits = m(z)
+    assert logits.shape == (5, 10)
+    torch.testing.assert_close(m(z.reshape(5, -1)), logits)  # flat grids are the same grids
+    swapped = z.clone()
+    swapped[:, 0, 0], swapped[:, 3, 3] = z[:, 3, 3], z[:, 0, 0]
+    assert not torch.allclose(m(swapped), logits)  # absolute positions: cells are not interchangeable
+    with torch.no_grad():
+        m.position.zero_()
+    torch.testing.assert_close(m(swapped), m(z), rtol=1e-5, atol=1e-5)  # ... only through the embeddings
+    w = 32
+    expected = (4 + 1) * w + 16 * w + 2 * (4 * (w * w + w) + 2 * 4 * w * w + 4 * w + w + 4 * w) + 2 * w + (w + 1) * 10
+    assert count_parameters(m) == expected
+    with pytest.raises(ConfigError, match="divisible"):
+        TransformerConfig(tokens=4, token_dim=2, num_classes=2, width=30, heads=4)
+    with pytest.raises(ValueError, match="16 cells x 4 channels"):
+        m(torch.randn(2, 3, 3, 4))

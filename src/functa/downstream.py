@@ -9,6 +9,7 @@ below and take ``section.key=value`` overrides, e.g. ``--set model.width=1024``.
 from __future__ import annotations
 
 import functools
+import math
 import inspect
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +28,8 @@ from .modalities import FieldDataset
 from .fitting import Loss, MetricMeter, predict
 from .pipeline import contact_sheet, load_model, model_loss, open_data, parse_indices
 from .tasks.checkpoint import load_task_model, save_task_model
-from .tasks.classify import (ConvClassifier, ConvConfig, MLPClassifier, MLPConfig, accuracy, classification_loss,
+from .tasks.classify import (ConvClassifier, ConvConfig, MLPClassifier, MLPConfig, TransformerClassifier,
+                             TransformerConfig, accuracy, classification_loss,
                              count_parameters)
 from .tasks.latents import Standardizer, interpolate, nearest_neighbours
 from .tasks.train import TrainConfig, Trainer
@@ -37,7 +39,10 @@ __all__ = ["BASELINE_GRID_DEFAULTS", "DEFAULTS", "classify_baseline", "classify_
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     # functa App. A.7 / spatial functa B.1, sized for CPU minutes.
-    "classify": {"model": {"width": 512, "depth": 3, "dropout": 0.2},
+    # classifier: "auto" = the Transformer for latent grids (and the patch latents of long items),
+    # the MLP for vectors; transformer: its settings (spatial functa §5.1, sized for CPU minutes).
+    "classify": {"model": {"width": 512, "depth": 3, "dropout": 0.2}, "classifier": "auto",
+                 "transformer": {"width": 128, "depth": 4, "heads": 4, "mlp_ratio": 4, "dropout": 0.1},
                  "train": {"steps": 4000, "batch_size": 256, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.1,
                            "schedule": "cosine", "warmup_steps": 200, "ema_decay": 0.999, "eval_every": 1000},
                  "label_smoothing": 0.1, "norm_factor": 1.0, "per_dimension": True, "seeds": [0]},
@@ -94,6 +99,13 @@ def settings(task: str, overrides: list[str] | None = None, base: dict | None = 
     bad = set(raw["model"]) - known
     if bad:
         raise ConfigError(f"unknown {task} model settings {sorted(bad)}; known: {sorted(known)}")
+    if "transformer" in defaults:
+        t = raw["transformer"]
+        known_t = set(TransformerConfig.__dataclass_fields__) - {"tokens", "token_dim", "num_classes"}
+        if not isinstance(t, dict) or set(t) - known_t:
+            raise ConfigError(f"unknown {task} transformer settings {sorted(set(t) - known_t) if isinstance(t, dict) else t}; "
+                              f"known: {sorted(known_t)}")
+        TransformerConfig(1, 1, 2, **t)  # types and ranges
     TrainConfig.from_dict(raw["train"])  # validate early
     return raw
 
@@ -169,28 +181,46 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 @_writes_out
 def classify_train(train: str | Path, out: str | Path, test: str | Path | None = None,
                    overrides: list[str] | None = None, progress: bool = True) -> dict:
-    """Train an MLP on functaset latents (one model per seed); test accuracy with error bars."""
+    """Train a classifier on functaset latents (one model per seed); test accuracy with error bars.
+
+    The MLP on vectors; on latent grids ``(*grid, c)`` (spatial functa, or the ``(P, D)`` patch latents
+    of long items) the pre-LN Transformer with one token per cell and scalar standardisation, as the
+    spatial functa paper does (``classifier = "mlp"`` / ``"transformer"`` chooses explicitly)."""
     s = settings("classify", overrides)
     tr, te, fs = _pair(train, test)
-    std = Standardizer.fit(tr["latents"], s["norm_factor"], s["per_dimension"])
+    shape = tuple(fs.latent_shape)
+    kind = s["classifier"]
+    if kind not in ("auto", "mlp", "transformer"):
+        raise ConfigError(f"classifier = {kind!r} is invalid (allowed: 'auto', 'mlp', 'transformer')")
+    if kind == "auto":
+        kind = "transformer" if len(shape) >= 2 else "mlp"
+    if kind == "transformer" and len(shape) < 2:
+        raise ConfigError(f"the transformer classifier needs latent grids; this functaset's latents are {list(shape)}")
+    per_dimension = s["per_dimension"] if kind == "mlp" else False  # the paper's scalar normalisation for grids
+    std = Standardizer.fit(tr["latents"], s["norm_factor"], per_dimension)
     x_tr, y_tr = std(tr["latents"]), tr["labels"]
     classes = _num_classes(y_tr, *([te["labels"]] if te else []))
     out = Path(out)
     runs = []
     for seed in s["seeds"]:
         torch.manual_seed(seed)
-        model = MLPClassifier(MLPConfig(x_tr.shape[1], classes, **s["model"]))
+        if kind == "mlp":
+            model = MLPClassifier(MLPConfig(x_tr.shape[1], classes, **s["model"]))
+        else:
+            model = TransformerClassifier(TransformerConfig(math.prod(shape[:-1]), shape[-1], classes,
+                                                            **s["transformer"]))
         tcfg = TrainConfig.from_dict({**s["train"], "seed": seed})
         evaluate = (lambda m: {"test_accuracy": accuracy(m, std(te["latents"]), te["labels"])}) if te else None
         run_dir = out / f"seed{seed}"
         trainer = Trainer(model, classification_loss(s["label_smoothing"]), tcfg)
         trainer.fit((x_tr, y_tr), run_dir=run_dir, evaluate=evaluate, progress=progress, desc=f"classifier seed {seed}")
         final = trainer.history[-1] if trainer.history else {}
-        save_task_model(run_dir, "mlp-classifier", model, state=trainer.eval_state(), extra_tensors=std.tensors(),
+        save_task_model(run_dir, f"{kind}-classifier", model, state=trainer.eval_state(), extra_tensors=std.tensors(),
                         train=s, functaset=_source(fs, train), history=trainer.history)
         runs.append({"seed": seed, "test_accuracy": final.get("test_accuracy"),
                      "train_accuracy": accuracy(trainer.evaluation_model(), x_tr, y_tr)})
-    return _classification_summary(out, "functa MLP", runs, count_parameters(model), s, str(train), str(test))
+    name = "functa MLP" if kind == "mlp" else "functa Transformer"
+    return _classification_summary(out, name, runs, count_parameters(model), s, str(train), str(test))
 
 
 def _classification_summary(out: Path, name: str, runs: list[dict], params: int, s: dict, train: str,
@@ -205,7 +235,7 @@ def _classification_summary(out: Path, name: str, runs: list[dict], params: int,
 
 def classify_eval(model_dir: str | Path, functaset: str | Path) -> dict:
     """Accuracy of a saved functa classifier on a functaset encoded with the same base network."""
-    model, extra, cfg = load_task_model(model_dir, "mlp-classifier")
+    model, extra, cfg = load_task_model(model_dir, ("mlp-classifier", "transformer-classifier"))
     arr, _ = load_latents(functaset, cfg["functaset"]["base_network"])
     std = Standardizer.from_tensors(extra)
     return {"model": str(model_dir), "functaset": str(functaset), "count": len(arr["labels"]),

@@ -32,12 +32,13 @@ def register_kind(kind: str, config_cls: type, model_cls: type) -> None:
 
 def _kinds() -> dict[str, tuple[type, type]]:
     if not _KINDS:  # populated lazily so importing this module stays cheap
-        from .classify import ConvClassifier, ConvConfig, MLPClassifier, MLPConfig
+        from .classify import ConvClassifier, ConvConfig, MLPClassifier, MLPConfig, TransformerClassifier, TransformerConfig
         from .diffusion import DenoiserConfig, ResidualMLPDenoiser
         from .flow import FlowConfig, LatentFlow
 
         register_kind("mlp-classifier", MLPConfig, MLPClassifier)
         register_kind("conv-classifier", ConvConfig, ConvClassifier)
+        register_kind("transformer-classifier", TransformerConfig, TransformerClassifier)
         register_kind("flow", FlowConfig, LatentFlow)
         register_kind("ddpm", DenoiserConfig, ResidualMLPDenoiser)
     return _KINDS

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..validation import MAX_GRID_POINTS, MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
 
-__all__ = ["ConvClassifier", "ConvConfig", "MLPClassifier", "MLPConfig", "accuracy", "classification_loss",
+__all__ = ["ConvClassifier", "ConvConfig", "MLPClassifier", "MLPConfig", "TransformerClassifier", "TransformerConfig", "accuracy", "classification_loss",
            "count_parameters", "predict"]
 
 
@@ -138,6 +138,60 @@ class ConvClassifier(nn.Module):
             raise ValueError(f"expected arrays (B, {cfg.in_channels}, {', '.join(map(str, cfg.grid_shape))}), "
                              f"got {tuple(x.shape)}")
         return self.net(x)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Pre-LN Transformer over the cells of a latent grid (spatial functa §5.1): one token per cell
+    (its ``token_dim`` channels, linearly embedded to ``width``), learned absolute position embeddings,
+    ``depth`` blocks of ``heads``-head self-attention and a ``mlp_ratio * width`` MLP (GELU, dropout),
+    a final LayerNorm, mean pooling over the tokens and a linear read-out."""
+
+    tokens: int
+    token_dim: int
+    num_classes: int
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_fields(self, "transformer", tokens=Int(1, 2**16), token_dim=Int(1, 2**16), num_classes=Int(2, 2**20),
+                     width=Int(1, 8192), depth=Int(1, 64), heads=Int(1, 256), mlp_ratio=Int(1, 16),
+                     dropout=Real(0, 1, hi_open=True))
+        if self.width % self.heads:
+            raise ConfigError(f"transformer.width = {self.width} is not divisible by heads = {self.heads}")
+        w = self.width
+        block = 4 * (w * w + w) + 2 * (self.mlp_ratio * w * w) + self.mlp_ratio * w + w + 4 * w
+        n = (self.token_dim + 1) * w + self.tokens * w + self.depth * block + 2 * w + (w + 1) * self.num_classes
+        check_total("transformer", n, MAX_PARAMETERS, f"a transformer of width {w}, depth {self.depth}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TransformerClassifier(nn.Module):
+    """Latent grids, flat ``(B, tokens * token_dim)`` (cells row-major, channels last) or shaped
+    ``(B, *grid, token_dim)``, → logits ``(B, num_classes)``."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Linear(c.token_dim, c.width)
+        self.position = nn.Parameter(torch.randn(1, c.tokens, c.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(c.width, c.heads, c.mlp_ratio * c.width, c.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, c.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.num_classes)
+
+    def forward(self, z: Tensor) -> Tensor:
+        c = self.config
+        if z.shape[0] and z[0].numel() != c.tokens * c.token_dim:
+            raise ValueError(f"expected latent grids of {c.tokens} cells x {c.token_dim} channels, got {tuple(z.shape)}")
+        h = self.embed(z.reshape(z.shape[0], c.tokens, c.token_dim)) + self.position
+        return self.head(self.norm(self.blocks(h)).mean(1))
 
 
 def classification_loss(label_smoothing: float = 0.0):
