@@ -249,11 +249,6 @@ class SpatialSiren(nn.Module):
         bits = (pix[..., None] >> shifts) & 1  # (.., N, k, bits), most significant first
         return index, weight, bits.reshape(*pix.shape[:-1], -1).to(x.dtype)
 
-    def point_modulations(self, x: Tensor, latents: Tensor) -> tuple[Tensor, Tensor]:
-        """Shifts ``(B, N, depth - 1, W)`` at the query points, and the SIREN input ``(1|B, N, d')``."""
-        index, weight, inputs = self._cells(x)
-        return self._gather(self.modulation_grid(latents), index, weight), inputs
-
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, latents: Tensor) -> Tensor:
         """Outputs ``(B, N, out_dim)`` at coordinates ``x (1|B, N, k)`` in ``[0, 1]^k`` of latent grids
