@@ -286,3 +286,73 @@ def test_transformer_classifier_tokens_positions_and_parameters():
         TransformerConfig(tokens=4, token_dim=2, num_classes=2, width=30, heads=4)
     with pytest.raises(ValueError, match="16 cells x 4 channels"):
         m(torch.randn(2, 3, 3, 4))
+
+
+def test_canvas_of_whole_grids_equals_each_grid_on_its_own():
+    """A 1-NN canvas of 2 x 3 training grids (8 x 8 pixels each, 2 x 2 pixels per cell): outputs, explicit
+    latent gradients and the tiled meta-SGD rates are those of the six grids fitted independently."""
+    f = field(out_dim=3).double()
+    big = f.canvas((8, 12))
+    assert big.latent_shape == (8, 12, 3) and f.latent_shape == (4, 4, 3)
+    assert big.layers[0].weight is f.layers[0].weight  # shares the parameters
+    z = torch.randn(2, 8, 12, 3, dtype=torch.float64)
+    def centres(h, w):  # pixel centres in float64, so that the cells' local points agree exactly
+        r, c = (torch.arange(h, dtype=torch.float64) + 0.5) / h, (torch.arange(w, dtype=torch.float64) + 0.5) / w
+        return torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).reshape(1, -1, 2)
+
+    x_big, x_small = centres(16, 24), centres(8, 8)
+    out = big(x_big, z).reshape(2, 16, 24, 3)
+    with torch.no_grad():
+        f.inner_lrs_per_cell.raw.copy_(torch.rand_like(f.inner_lrs_per_cell.raw) * 0.1)  # distinct rates per cell
+    rates = big.inner_lrs()
+    assert rates.shape == (8, 12, 1)
+    for i in range(2):
+        for j in range(3):
+            tile = z[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
+            expected = f(x_small, tile).reshape(2, 8, 8, 3)
+            torch.testing.assert_close(out[:, 8 * i:8 * i + 8, 8 * j:8 * j + 8], expected, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(rates[4 * i:4 * i + 4, 4 * j:4 * j + 4], f.inner_lrs())
+    zz = z.clone().requires_grad_(True)
+    o, trace = big.forward_points(x_big, zz, keep_trace=True)
+    g = torch.randn_like(o)
+    (expected,) = torch.autograd.grad((big(x_big.expand(2, -1, -1), zz) * g).sum(), zz)  # the gather path
+    torch.testing.assert_close(big.backward_latents(trace, g), expected, rtol=1e-9, atol=1e-11)
+
+
+def test_periodic_input_is_translation_equivariant_and_seamless():
+    """Bilinear with the periodic SIREN input: shifting the latent grid by one cell shifts the image by one
+    cell (away from the clamped border), and neighbouring pixels across a cell border differ no more than
+    within a cell: no seams, unlike 1-NN."""
+    torch.manual_seed(0)
+    f = field(interpolation="bilinear", periodic_input=True, out_dim=1)
+    assert f.config.siren_in_dim == 4 and f.config.translation_equivariant
+    big = f.canvas((6, 6))
+    z = torch.randn(1, 7, 6, 3) * 0.3
+    x = image_coordinates(24, 24)[None]  # 4 pixels per cell
+    with torch.no_grad():
+        a = big(x, z[:, :6]).reshape(24, 24)
+        b = big(x, z[:, 1:]).reshape(24, 24)
+    torch.testing.assert_close(a[8:20], b[4:16], rtol=1e-5, atol=1e-5)  # rows 2..4 of cells, one cell apart
+    assert not torch.allclose(a[8:20], b[8:20], atol=1e-3)
+
+    def border_jump(g):
+        with torch.no_grad():
+            img = g.canvas((6, 6))(x, z[:, :6]).reshape(24, 24)
+        d = (img[:, 1:] - img[:, :-1]).abs()  # horizontal neighbours; columns 3, 7, ... cross a cell border
+        border = d[:, 3::4].mean()
+        inside = torch.cat([d[:, c::4] for c in (0, 1, 2)], 1).mean()
+        return float(border / inside)
+
+    assert border_jump(f) < 1.5
+    assert border_jump(field(out_dim=1)) > 2.0  # 1-NN: every cell is its own field
+
+
+def test_canvas_and_periodic_input_errors():
+    with pytest.raises(ConfigError, match="periodic_input"):
+        SpatialConfig(periodic_input=True)  # 1-NN
+    with pytest.raises(ConfigError, match="periodic_input"):
+        SpatialConfig(interpolation="bilinear", binary_bits=3, periodic_input=True)
+    with pytest.raises(ConfigError, match="canvas"):
+        field(interpolation="bilinear", binary_bits=3).canvas((8, 8))
+    with pytest.raises(ValueError, match="2 cell counts"):
+        field().canvas((8,))

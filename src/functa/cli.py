@@ -93,7 +93,8 @@ def _add_downstream(sub) -> None:
 
     d = sub.add_parser("diffusion", help="DDPM over functa latents")
     ds = d.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = ds.add_parser("train", help="train the denoiser")
+    p = ds.add_parser("train", help="train the denoiser (residual MLP on vectors, UNet on latent grids: "
+                                    "--set denoiser=auto|mlp|unet)")
     p.add_argument("functaset", type=Path)
     p.add_argument("-o", "--out", required=True, type=Path)
     _sets(p)
@@ -151,10 +152,16 @@ def _add_compression(sub) -> None:
     p.add_argument("--bits", type=int, default=5, help="bits per latent dimension (COIN++: 5 low rate, 6 high)")
     p.add_argument("--quantizer", choices=["per-dimension", "global"], default="per-dimension",
                    help="statistics per latent dimension (thesis 6.4.1) or one for all (COIN++)")
-    p.add_argument("--entropy", choices=["per_dimension", "histogram", "autoregressive"], default="per_dimension",
-                   help="per-dimension frequency tables, one shared histogram (COIN++), or an autoregressive "
-                        "flow (FlowCOIN; trained here, see --ar-steps)")
+    p.add_argument("--entropy", choices=["per_dimension", "histogram", "autoregressive", "context"],
+                   default="per_dimension",
+                   help="per-dimension frequency tables, one shared histogram (COIN++), an autoregressive "
+                        "flow (FlowCOIN; trained here, see --ar-steps), or a causal context model over the cells "
+                        "of a latent canvas (spatial functa; see --context-steps)")
     p.add_argument("--ar-steps", type=int, default=3000, help="training steps of the autoregressive entropy model")
+    p.add_argument("--context-steps", type=int, default=2000, help="training steps of the context entropy model")
+    p.add_argument("--layout", choices=["auto", "patches", "canvas"], default="auto",
+                   help="code items patch by patch, or as one latent grid over the whole item (canvas: spatial "
+                        "functa with 1-NN or periodic-input bilinear cells); auto: canvas where the field allows")
     p.add_argument("--steps", type=int, help="default encode-time inner steps (default: as in meta-learning)")
     p.add_argument("--refine", type=int, default=0, help="default refinement steps on the quantised latents")
     p.add_argument("--rate-weight", type=float, default=0.0,
@@ -199,15 +206,16 @@ def _add_compression(sub) -> None:
 
 def _run_compression(args: argparse.Namespace, progress: bool) -> None:
     from . import compression as comp
-    from .codec import AutoregressiveConfig, EncodeSettings
+    from .codec import AutoregressiveConfig, ContextConfig, EncodeSettings
 
     if args.command == "codec":
         r = comp.build_codec(args.model, args.out, data=args.data, functaset=args.functaset, split=args.split,
                              limit=args.limit, bits=args.bits, per_dimension=args.quantizer == "per-dimension",
                              entropy_model=args.entropy,
                              encode=EncodeSettings(args.steps, args.refine, rate_weight=args.rate_weight),
-                             autoregressive=AutoregressiveConfig(steps=args.ar_steps), progress=progress,
-                             device=args.device)
+                             autoregressive=AutoregressiveConfig(steps=args.ar_steps),
+                             context=ContextConfig(steps=args.context_steps), layout=args.layout,
+                             progress=progress, device=args.device)
         print(f"wrote codec {r['codec_id']} to {args.out}: {r['train_latents']} training latents, "
               f"{r['ideal_bits_per_latent_dim']:.3f} bits per latent dimension (of {args.bits})")
     elif args.command == "compress":
@@ -215,7 +223,8 @@ def _run_compression(args: argparse.Namespace, progress: bool) -> None:
                                device=args.device)
         quality = ", ".join(f"{k} {v:.4g}" for k, v in r["quality"].items())
         print(f"wrote {args.out}: {r['bytes']} bytes, {r['rate']:.4f} {r['rate_unit']}, {quality}, "
-              f"{r['patches']} patch(es), {r['encode_s']:.2f} s")
+              + (f"{r['cells']} latent cell(s)" if "cells" in r else f"{r['patches']} patch(es)")
+              + f", {r['encode_s']:.2f} s")
     elif args.command == "codec-bench":
         kw = {"targets": tuple(args.targets)} if args.targets else {}
         r = comp.codec_bench(args.data, args.codecs, args.out, split=args.split, limit=args.limit,

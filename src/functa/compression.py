@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .codec import (MAX_OUTPUT_POINTS, AutoregressiveConfig, CodecConfig, EncodeSettings, FunctaCodec, QuantizerConfig,
-                    to_patches)
+from .codec import (MAX_OUTPUT_POINTS, AutoregressiveConfig, CodecConfig, ContextConfig, EncodeSettings, FunctaCodec,
+                    QuantizerConfig, to_patches)
 from .codec.container import MAX_POINTS
 from .atomic import output_lock
 from .errors import CodecError
@@ -62,26 +62,27 @@ def build_codec(model: str | Path, out: str | Path, data: str | Path | None = No
                 functaset: str | Path | None = None, split: str = "train", limit: int | None = None,
                 bits: int = 5, per_dimension: bool = True, entropy_model: str = "per_dimension",
                 encode: EncodeSettings = EncodeSettings(), autoregressive: AutoregressiveConfig | None = None,
-                progress: bool = True, device: str = "cpu") -> dict:
+                context: ContextConfig | None = None, layout: str = "auto", progress: bool = True,
+                device: str = "cpu") -> dict:
     """Freeze a codec for the base network ``model``: quantiser statistics and entropy tables are
     fitted on the latents of a functaset of that network or of (the patches of) ``data[split]``.
     ``out`` is locked while it is built (a second build into it raises :class:`~functa.errors.LockError`)."""
     model, out = Path(model), Path(out)
     with output_lock(out):
         return _build_codec(model, out, data, functaset, split, limit, bits, per_dimension, entropy_model, encode,
-                            autoregressive, progress, device)
+                            autoregressive, context, layout, progress, device)
 
 
 def _build_codec(model: Path, out: Path, data, functaset, split, limit, bits, per_dimension, entropy_model,
-                 encode: EncodeSettings, autoregressive, progress: bool, device: str) -> dict:
+                 encode: EncodeSettings, autoregressive, context, layout: str, progress: bool, device: str) -> dict:
     field, modality, cfg = load_model(model)
     latents, source = _training_latents(model, data, functaset, split, limit, progress, device)
     config = CodecConfig(QuantizerConfig(bits=bits, per_dimension=per_dimension), entropy_model, encode,
-                         autoregressive or AutoregressiveConfig())
+                         autoregressive or AutoregressiveConfig(), context or ContextConfig(), layout)
     codec = FunctaCodec.build(field, modality, cfg, latents, config, progress)
-    sym = codec.quantizer.quantize(latents.reshape(len(latents), -1))  # coded flat, whatever the latent shape
-    stats = {"train_latents": int(latents.shape[0]),
-             "ideal_bits_per_latent_dim": codec.entropy.bits(sym) / sym.numel(),
+    bits_total, values = codec.ideal_bits(latents)
+    stats = {"train_latents": int(latents.shape[0]), "layout": "canvas" if codec.canvas else "patches",
+             "ideal_bits_per_latent_dim": bits_total / values,
              "raw_bits_per_latent_dim": bits}
     codec.save(out, model, {"built_from": source, "stats": stats})
     return {"codec": str(out), "codec_id": codec.codec_id.hex(), "config": config.to_dict(), **stats,
@@ -112,7 +113,8 @@ def compress_file(codec_dir: str | Path, source: str | Path, out: str | Path, in
     res = {"input": str(source), "output": str(out), "shape": list(item.shape), "bytes": len(data),
            "bits_per_point": bits_per_point(len(data), shape), "rate": codec.modality.rate(len(data), item.shape),
            "rate_unit": codec.modality.rate_unit, "encode_s": encode_s,
-           "patches": int(np.prod([-(-s // p) for s, p in zip(shape, codec.patch_shape)])),
+           **({"cells": int(np.prod([-(-s // p) for s, p in zip(shape, codec.cell_shape)]))} if codec.canvas else
+              {"patches": int(np.prod([-(-s // p) for s, p in zip(shape, codec.patch_shape)]))}),
            "quality": codec.modality.compare(recon, item)}
     return res
 

@@ -23,6 +23,7 @@ from .config import DataConfig, apply_overrides
 from .data import read_array_file
 from .functaset import Functaset
 from .errors import ConfigError
+from .validation import Real
 from .io import ArtefactError, write_json
 from .modalities import FieldDataset
 from .fitting import Loss, MetricMeter, predict
@@ -57,15 +58,23 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "train": {"steps": 5000, "batch_size": 256, "lr": 3e-4, "optimizer": "adam", "schedule": "rsqrt",
                        "warmup_steps": 1000, "grad_clip": 5.0, "eval_every": 1000},
              "norm_factor": 4.0, "conditional": False},
-    # functa App. A.5: T=1000, linear betas, residual-MLP denoiser, same schedule as the flow.
-    "diffusion": {"model": {"width": 512, "blocks": 4, "dropout": 0.1},
+    # functa App. A.5: T=1000, linear betas, residual-MLP denoiser, same schedule as the flow;
+    # spatial functa App. C (latent grids): Dhariwal & Nichol's UNet, cosine schedule, timestep ratio >= 3.
+    "diffusion": {"model": {"width": 512, "blocks": 4, "dropout": 0.1}, "denoiser": "auto",
+                  "unet": {"channels": 64, "channel_mult": [1, 2], "blocks": 2, "attention": [4], "heads": 4,
+                           "dropout": 0.1, "cond_drop": 0.2},
                   "train": {"steps": 5000, "batch_size": 256, "lr": 3e-4, "optimizer": "adam", "schedule": "rsqrt",
                             "warmup_steps": 1000, "grad_clip": 1.0, "ema_decay": 0.999, "eval_every": 1000},
-                  "norm_factor": 1.0, "conditional": False, "statistics": "dimension"},
+                  "norm_factor": 1.0, "conditional": False, "statistics": "dimension",
+                  "schedule": "auto", "timestep_ratio": "auto"},
 }
-# statistics: "dimension" (per latent dimension; for latent grids, per position and channel: the
-# spatial functa paper's array-valued standardisation), "channel" (grids only: per channel, shared
-# over positions, vector-valued) or "scalar"; norm_factor is the paper's gamma
+# diffusion: statistics: "dimension" (per latent dimension; for latent grids, per position and channel:
+# the spatial functa paper's array-valued standardisation), "channel" (grids only: per channel, shared
+# over positions, vector-valued, the paper's choice for its UNet) or "scalar"; norm_factor is the paper's
+# gamma. denoiser: "auto" = "unet" (settings: the unet section) for latent grids, "mlp" (the model
+# section) for vectors and patch latents; schedule: "auto" = "cosine" for the UNet, "linear" for the
+# MLP; timestep_ratio: p(t=0) / p(t=T-1) of the training timesteps, "auto" = 3 for the UNet, 1 (uniform)
+# for the MLP (functa.tasks.diffusion.sample_timesteps).
 
 
 # Baseline model defaults by grid dimension, where they differ from DEFAULTS["baseline"]["model"]
@@ -106,6 +115,8 @@ def settings(task: str, overrides: list[str] | None = None, base: dict | None = 
             raise ConfigError(f"unknown {task} transformer settings {sorted(set(t) - known_t) if isinstance(t, dict) else t}; "
                               f"known: {sorted(known_t)}")
         TransformerConfig(1, 1, 2, **t)  # types and ranges
+    if "unet" in defaults:
+        _unet_config(raw["unet"], None)  # names, types and ranges (the grid is checked at training)
     TrainConfig.from_dict(raw["train"])  # validate early
     return raw
 
@@ -356,31 +367,86 @@ def flow_train(train: str | Path, out: str | Path, test: str | Path | None = Non
     return metrics
 
 
+def _unet_config(unet: Any, fs: Functaset | None, num_classes: int = 0):
+    """The UNet config of the ``unet`` settings for ``fs``'s latent grids (``fs=None``: the settings
+    alone, checked on a 2^levels grid)."""
+    from .tasks.unet import UNetConfig
+
+    known = set(UNetConfig.__dataclass_fields__) - {"grid_shape", "in_channels", "num_classes"}
+    if not isinstance(unet, dict) or set(unet) - known:
+        raise ConfigError(f"unknown diffusion unet settings {sorted(set(unet) - known) if isinstance(unet, dict) else unet}; "
+                          f"known: {sorted(known)}")
+    if fs is None:
+        levels = len(unet.get("channel_mult", ())) if isinstance(unet.get("channel_mult"), (list, tuple)) else 1
+        shape = (2 ** max(levels - 1, 0),) * 2 + (1,)
+    else:
+        shape = tuple(fs.latent_shape)
+    return UNetConfig(grid_shape=shape[:-1], in_channels=shape[-1], **unet, num_classes=num_classes)
+
+
+def _is_grid(fs: Functaset) -> bool:
+    """Latents are one grid ``(*grid, c)`` per item (spatial functa), not vectors or patch latents."""
+    return len(fs.latent_shape) >= 2 and "patches" not in fs.header
+
+
+def _diffusion_choices(s: dict, fs: Functaset) -> tuple[str, str, float]:
+    """``(denoiser, schedule, timestep_ratio)`` with the ``auto`` settings resolved for ``fs``."""
+    kind = s["denoiser"]
+    if kind not in ("auto", "mlp", "unet"):
+        raise ConfigError(f"denoiser = {str(kind)[:40]!r} is invalid (allowed: 'auto', 'mlp', 'unet')")
+    if kind == "auto":
+        kind = "unet" if _is_grid(fs) else "mlp"
+    if kind == "unet" and not _is_grid(fs):
+        what = "patch latents (one per patch of an item)" if "patches" in fs.header else "vectors"
+        raise ConfigError(f"denoiser = 'unet' needs latent grids (*grid, channels); this functaset's latents are "
+                          f"{what} of shape {list(fs.latent_shape)}: use denoiser = 'mlp'")
+    schedule = s["schedule"]
+    if schedule not in ("auto", "linear", "cosine"):
+        raise ConfigError(f"schedule = {str(schedule)[:40]!r} is invalid (allowed: 'auto', 'linear', 'cosine')")
+    if schedule == "auto":
+        schedule = "cosine" if kind == "unet" else "linear"
+    ratio = s["timestep_ratio"]
+    if ratio == "auto":
+        ratio = 3.0 if kind == "unet" else 1.0
+    ratio = Real(0, math.inf, lo_open=True)(ratio, "timestep_ratio")
+    return kind, schedule, ratio
+
+
 @_writes_out
 def diffusion_train(train: str | Path, out: str | Path, overrides: list[str] | None = None,
                     progress: bool = True) -> dict:
-    """Train a DDPM (residual-MLP denoiser) on standardised latents."""
+    """Train a DDPM on standardised latents: the residual-MLP denoiser on vectors (functa), the UNet
+    on latent grids ``(M, *grid, c)`` (spatial functa), as ``denoiser`` (default ``auto``) says."""
     from .tasks.diffusion import DDPMSchedule, DenoiserConfig, ResidualMLPDenoiser, diffusion_loss
+    from .tasks.unet import UNetDenoiser
 
     s = settings("diffusion", overrides)
     tr, _, fs = _pair(train, None)
+    kind, schedule_name, ratio = _diffusion_choices(s, fs)
     std = _standardizer(tr["latents"], fs, s["norm_factor"], s["statistics"])
     classes, labels = _conditioning(s, tr)
     u_tr = std(tr["latents"])
-    schedule = DDPMSchedule()
+    schedule = DDPMSchedule(schedule=schedule_name)
     torch.manual_seed(0)
-    model = ResidualMLPDenoiser(DenoiserConfig.from_dict({"dim": u_tr.shape[1], **s["model"], "num_classes": classes}))
+    if kind == "unet":
+        model = UNetDenoiser(_unet_config(s["unet"], fs, classes))
+        u_tr = u_tr.reshape(len(u_tr), *fs.latent_shape)
+    else:
+        model = ResidualMLPDenoiser(DenoiserConfig.from_dict({"dim": u_tr.shape[1], **s["model"], "num_classes": classes}))
     data = (u_tr,) if labels is None else (u_tr, labels)
 
     def loss(m, batch):
-        return diffusion_loss(m, schedule, batch[0], batch[1] if len(batch) > 1 else None)
+        return diffusion_loss(m, schedule, batch[0], batch[1] if len(batch) > 1 else None, timestep_ratio=ratio)
 
     trainer = Trainer(model, loss, TrainConfig.from_dict(s["train"]))
     out = Path(out)
-    trainer.fit(data, run_dir=out, progress=progress, desc="diffusion")
-    metrics = {"final_train_loss": trainer.history[-1]["train_loss"] if trainer.history else None}
-    save_task_model(out, "ddpm", model, state=trainer.eval_state(), extra_tensors=std.tensors(), train=s,
-                    schedule=schedule.to_dict(), functaset=_source(fs, train), history=trainer.history)
+    trainer.fit(data, run_dir=out, progress=progress, desc=f"diffusion ({kind})")
+    metrics = {"denoiser": kind, "schedule": schedule_name, "timestep_ratio": ratio,
+               "parameters": count_parameters(model),
+               "final_train_loss": trainer.history[-1]["train_loss"] if trainer.history else None}
+    save_task_model(out, "unet-ddpm" if kind == "unet" else "ddpm", model, state=trainer.eval_state(),
+                    extra_tensors=std.tensors(), train=s, schedule=schedule.to_dict(), timestep_ratio=ratio,
+                    functaset=_source(fs, train), history=trainer.history)
     return metrics
 
 
@@ -423,15 +489,21 @@ def _memorisation(samples: Tensor, train_latents: Tensor, std: Standardizer) -> 
 def _sample_outputs(kind: str, model_dir: Path, z: Tensor, cfg: dict, out: Path, scale: float,
                     model: str | Path | None, neighbours: bool, std: Standardizer, extra: dict) -> dict:
     field, modality, loss = _base_network(cfg, model)
+
+    def shaped(latents: Tensor) -> Tensor:  # flat (B, D) -> the field's (B, *latent_shape), e.g. grids
+        fshape = tuple(getattr(field, "latent_shape", ()))
+        return latents.reshape(len(latents), *fshape) if fshape and latents[0].numel() == math.prod(fshape) else latents
+
     out.mkdir(parents=True, exist_ok=True)
     res = {"kind": kind, "model": str(model_dir), **extra,
-           "samples": render_latents(field, modality, loss, z, out, "sample", scale)}
+           "samples": render_latents(field, modality, loss, shaped(z), out, "sample", scale)}
     if neighbours:
         train_path = cfg["functaset"]["path"]
         arr, _ = load_latents(train_path, cfg["functaset"]["base_network"])
         mem, idx = _memorisation(z, arr["latents"], std)
         res["memorisation"] = mem
-        res["neighbours"] = render_latents(field, modality, loss, arr["latents"][idx], out, "nearest_train", scale)
+        res["neighbours"] = render_latents(field, modality, loss, shaped(arr["latents"][idx]), out, "nearest_train",
+                                           scale)
     write_json(out / "metrics.json", res)
     return res
 
@@ -473,7 +545,7 @@ def diffusion_sample(model_dir: str | Path, out: str | Path, n: int = 64, method
     """
     from .tasks.diffusion import DDPMSchedule, sample
 
-    den, extra, cfg = load_task_model(model_dir, "ddpm")
+    den, extra, cfg = load_task_model(model_dir, ("ddpm", "unet-ddpm"))
     std = Standardizer.from_tensors(extra)
     labels = _labels_arg(label, n, den.config.num_classes)
     if method == "ddim" and steps is None:
@@ -481,7 +553,8 @@ def diffusion_sample(model_dir: str | Path, out: str | Path, n: int = 64, method
     ddim_eta = eta if method == "ddim" else 0.0
     u = sample(den, DDPMSchedule.from_dict(cfg["schedule"]), n, labels, method=method, steps=steps, eta=ddim_eta,
                guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed), progress=progress)
-    return _sample_outputs("ddpm", Path(model_dir), std.inverse(u), cfg, Path(out), scale, model, neighbours, std,
+    z = std.inverse(u.reshape(n, -1))  # UNet samples are grids; the statistics are kept flat
+    return _sample_outputs(cfg["kind"], Path(model_dir), z, cfg, Path(out), scale, model, neighbours, std,
                            {"method": method, "steps": steps, "eta": ddim_eta if method == "ddim" else None,
                             "guidance_scale": guidance_scale, "label": label})
 

@@ -3,6 +3,7 @@ container, patches for large items, the codec itself, and the baselines it is me
 
 from .container import MAX_OUTPUT_POINTS, ContainerError, Header, pack, unpack
 from .autoregressive import AutoregressiveConfig, AutoregressiveModel
+from .context import ContextConfig, ContextModel
 from .entropy import ENTROPY_MODELS, FactorizedModel, fit_entropy_model
 from .model import CodecConfig, CodecError, EncodeSettings, FunctaCodec
 from .patches import PatchGrid, from_patches, to_patches
@@ -14,6 +15,8 @@ __all__ = [
     "CodecConfig",
     "CodecError",
     "ContainerError",
+    "ContextConfig",
+    "ContextModel",
     "EncodeSettings",
     "ENTROPY_MODELS",
     "FactorizedModel",

@@ -37,7 +37,18 @@ from ..errors import ConfigError
 from ..validation import MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
 from .entropy import PayloadDecoder, _coder, chunk_rows, code_length_bound, words_to_bytes
 
-__all__ = ["AutoregressiveConfig", "AutoregressiveModel"]
+__all__ = ["AutoregressiveConfig", "AutoregressiveModel", "logistic_bin_probs"]
+
+
+def logistic_bin_probs(logits: Tensor, means: Tensor, log_scales: Tensor, edges: Tensor) -> Tensor:
+    """A mixture of ``K`` logistics ``(..., K)`` (logits, means and log-scales in level units) ->
+    probabilities of the ``S`` levels ``(..., S)``: the CDF mass between the level ``edges (S - 1,)``
+    (``0.5, 1.5, ...``), the outer bins open-ended, so they sum to one exactly."""
+    w = torch.softmax(logits, -1)[..., None, :]
+    z = (edges[:, None] - means[..., None, :]) * torch.exp(-log_scales)[..., None, :]
+    cdf = (w * torch.sigmoid(z)).sum(-1)  # (..., S-1)
+    zeros, ones = torch.zeros_like(cdf[..., :1]), torch.ones_like(cdf[..., :1])
+    return torch.diff(torch.cat([zeros, cdf, ones], -1), dim=-1).clamp_min(1e-12)
 
 
 @dataclass(frozen=True)
@@ -93,12 +104,7 @@ class AutoregressiveModel(nn.Module):
         return h[:, :, 0], means, h[:, :, 2].clamp(-7.0, 7.0)
 
     def _bin_probs(self, logits: Tensor, means: Tensor, log_scales: Tensor) -> Tensor:
-        """``(..., K)`` mixture parameters -> probabilities of the ``S`` levels ``(..., S)``."""
-        w = torch.softmax(logits, -1)[..., None, :]
-        z = (self.edges[:, None] - means[..., None, :]) * torch.exp(-log_scales)[..., None, :]
-        cdf = (w * torch.sigmoid(z)).sum(-1)  # (..., S-1)
-        zeros, ones = torch.zeros_like(cdf[..., :1]), torch.ones_like(cdf[..., :1])
-        return torch.diff(torch.cat([zeros, cdf, ones], -1), dim=-1).clamp_min(1e-12)
+        return logistic_bin_probs(logits, means, log_scales, self.edges)
 
     def log2_prob(self, symbols: Tensor) -> Tensor:
         """``log2 P(q)`` per item ``(B,)`` (one network pass: all conditionals from the given symbols)."""

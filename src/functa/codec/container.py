@@ -13,7 +13,7 @@ offset size    field
                3 voxel; :func:`functa.modalities.modality_by_code`)
 14     1       quantiser id: bits (1-16) in the low 5 bits, bit 7 set for per-dimension statistics
 15     1       entropy-model id (0 histogram, 1 per-dimension, 2 raw float16 (COIN),
-               3 autoregressive; see :data:`ENTROPY_CODES`)
+               3 autoregressive, 4 context over a latent canvas; see :data:`ENTROPY_CODES`)
 16     1       number of spatial axes ``k`` (1-4)
 17     varint  ``k`` item sizes along the spatial axes (each 1 .. 2^20)
 ...    varint  payload length ``L``
@@ -43,7 +43,7 @@ __all__ = ["ContainerError", "Header", "pack", "unpack", "MAGIC", "VERSION", "EN
 
 MAGIC = b"FTAC"
 VERSION = 1
-ENTROPY_CODES = {"histogram": 0, "per_dimension": 1, "raw16": 2, "autoregressive": 3}
+ENTROPY_CODES = {"histogram": 0, "per_dimension": 1, "raw16": 2, "autoregressive": 3, "context": 4}
 MAX_AXIS = 2**20
 MAX_POINTS = 2**31  # what the format can describe
 MAX_OUTPUT_POINTS = 2**25  # what decoders accept by default (an override raises it up to MAX_POINTS)

@@ -7,7 +7,9 @@ A *factorised* model gives every latent dimension ``d`` a categorical distributi
   symbol in the training latents pooled over dimensions (COIN++ only reports this model's ideal
   code length; here it drives a real coder);
 - ``per_dimension``: one frequency table per dimension (dimensions have different spreads);
-- ``autoregressive``: not factorised; see :mod:`functa.codec.autoregressive` (FlowCOIN).
+- ``autoregressive``: not factorised; see :mod:`functa.codec.autoregressive` (FlowCOIN);
+- ``context``: the latent grids of spatial functa coded cell by cell from their causal neighbours;
+  see :mod:`functa.codec.context`.
 
 Counts of zero are raised to one (COIN++'s ``min_count``) so every symbol stays codable.
 :meth:`FactorizedModel.encode` range-codes a ``(P, D)`` block of symbols (``P`` patches of one item)
@@ -45,7 +47,7 @@ __all__ = ["ENTROPY_MODELS", "FACTORIZED", "FactorizedModel", "PayloadDecoder", 
            "entropy_from_state", "fit_entropy_model", "payload_capacity_bits"]
 
 FACTORIZED = ("histogram", "per_dimension")
-ENTROPY_MODELS = FACTORIZED + ("autoregressive",)
+ENTROPY_MODELS = FACTORIZED + ("autoregressive", "context")
 MAX_DROPPED_BYTES = 8  # trailing zero bytes a payload may omit
 MAX_TABLE_ENTRIES = 2**22  # probabilities handed to the range coder at once (32 MiB of float64)
 _PROBABILITY_SLACK = 2.0**-20  # the coder's 24-bit probabilities exceed the float ones by less
@@ -196,14 +198,22 @@ class FactorizedModel:
         return cls(kind, state["counts"].long())
 
 
-def fit_entropy_model(kind: str, symbols: Tensor, num_symbols: int, autoregressive=None, progress: bool = False):
-    """Fit a model of ``kind`` to training symbols ``(N, D)``.
+def fit_entropy_model(kind: str, symbols: Tensor, num_symbols: int, autoregressive=None, progress: bool = False,
+                      context=None):
+    """Fit a model of ``kind`` to training symbols ``(N, D)`` (``context``: symbol grids ``(N, *cells, C)``).
 
     Factorised models count (zero counts raised to one); ``autoregressive`` trains an
-    :class:`~functa.codec.autoregressive.AutoregressiveModel` with ``autoregressive`` (its config).
+    :class:`~functa.codec.autoregressive.AutoregressiveModel` with ``autoregressive`` (its config),
+    ``context`` a :class:`~functa.codec.context.ContextModel` with ``context`` (its config).
     """
     if kind not in ENTROPY_MODELS:
         raise ValueError(f"unknown entropy model {kind!r}; choose from {ENTROPY_MODELS}")
+    if kind == "context":
+        from .context import ContextConfig, ContextModel
+
+        model = ContextModel(symbols.shape[-1], num_symbols, symbols.ndim - 2, context or ContextConfig())
+        model.fit(symbols.long(), progress)
+        return model
     sym = symbols.reshape(-1, symbols.shape[-1]).long()
     if kind == "autoregressive":
         from .autoregressive import AutoregressiveConfig, AutoregressiveModel
@@ -220,8 +230,13 @@ def fit_entropy_model(kind: str, symbols: Tensor, num_symbols: int, autoregressi
     return FactorizedModel(kind, counts.clamp_min(1))
 
 
-def entropy_from_state(kind: str, state: dict[str, Tensor], dim: int, num_symbols: int, autoregressive=None):
-    """Rebuild a fitted entropy model from :meth:`state` tensors."""
+def entropy_from_state(kind: str, state: dict[str, Tensor], dim: int, num_symbols: int, autoregressive=None,
+                       context=None, axes: int = 2):
+    """Rebuild a fitted entropy model from :meth:`state` tensors (``axes``: of the context model's grids)."""
+    if kind == "context":
+        from .context import ContextConfig, ContextModel
+
+        return ContextModel.from_state(dim, num_symbols, axes, context or ContextConfig(), state)
     if kind == "autoregressive":
         from .autoregressive import AutoregressiveConfig, AutoregressiveModel
 

@@ -49,9 +49,11 @@ from ..io import (CONFIG_FILE, MODEL_FILE, ArtefactError, load_base_network, loa
 from ..validation import Choice, Int, Real, check_fields, in_file
 from ..modalities import Modality, modality_from_config
 from .container import MAX_OUTPUT_POINTS, Header, pack, unpack
+from ..fields.spatial import MAX_GRID
 from .autoregressive import AutoregressiveConfig
+from .context import ContextConfig
 from .entropy import ENTROPY_MODELS, FACTORIZED, entropy_from_state, fit_entropy_model
-from .patches import PatchGrid, from_patches, to_patches
+from .patches import PatchGrid, from_patches, pad_to_grid, to_patches
 from .quantize import Quantizer, QuantizerConfig
 
 __all__ = ["CodecConfig", "CodecError", "EncodeSettings", "FunctaCodec", "CODEC_FILE", "CODEC_TENSORS"]
@@ -94,10 +96,12 @@ class CodecConfig:
     entropy_model: str = "per_dimension"
     encode: EncodeSettings = EncodeSettings()
     autoregressive: AutoregressiveConfig = AutoregressiveConfig()  # used by entropy_model="autoregressive"
+    context: ContextConfig = ContextConfig()  # used by entropy_model="context"
+    layout: str = "auto"  # "patches", "canvas" (one latent grid per item) or "auto" (canvas where the field allows)
 
     def __post_init__(self) -> None:
         for name, cls in (("quantizer", QuantizerConfig), ("autoregressive", AutoregressiveConfig),
-                          ("encode", EncodeSettings)):
+                          ("encode", EncodeSettings), ("context", ContextConfig)):
             value = getattr(self, name)
             if isinstance(value, dict):
                 unknown = sorted(set(value) - set(cls.__dataclass_fields__))
@@ -106,7 +110,7 @@ class CodecConfig:
                 object.__setattr__(self, name, cls(**value))
             elif not isinstance(value, cls):
                 raise ConfigError(f"{name} = {str(value)[:40]!r} is not a section")
-        check_fields(self, "", entropy_model=Choice(*ENTROPY_MODELS))
+        check_fields(self, "", entropy_model=Choice(*ENTROPY_MODELS), layout=Choice("auto", "patches", "canvas"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +132,10 @@ class FunctaCodec:
         if entropy.num_symbols != config.quantizer.levels:
             raise ValueError(f"entropy model has {entropy.num_symbols} symbols, the quantiser {config.quantizer.levels}")
         self.field = field.eval()
-        self.latent_dim = math.prod(field.latent_shape)  # latents are coded flat: (P, D)
+        self.canvas = canvas_layout(field, modality, config.layout, config.entropy_model)
+        # the rows that are quantised and coded: one latent per patch (P, prod(latent_shape)), or on a
+        # canvas one latent per cell (cells, channels)
+        self.latent_dim = coded_dim(field, self.canvas)
         self.loss = get_loss(base_config.get("loss") or "mse")
         self.modality, self.base_config = modality, base_config
         self.quantizer, self.entropy, self.config = quantizer, entropy, config
@@ -138,16 +145,26 @@ class FunctaCodec:
     @classmethod
     def build(cls, field: nn.Module, modality: Modality, base_config: dict, train_latents: Tensor,
               config: CodecConfig = CodecConfig(), progress: bool = False) -> "FunctaCodec":
-        """Freeze quantiser statistics and entropy model from training latents ``(N, *latent_shape)``."""
-        dim = math.prod(field.latent_shape)
+        """Freeze quantiser statistics and entropy model from training latents ``(N, *latent_shape)``
+        (on a canvas: their cells; the context model learns from the training grids)."""
+        dim = coded_dim(field, canvas_layout(field, modality, config.layout, config.entropy_model))
         if tuple(train_latents.shape[1:]) != tuple(field.latent_shape):
             raise ValueError(f"training latents must be (N, {', '.join(map(str, field.latent_shape))}), "
                              f"got {tuple(train_latents.shape)}")
-        train_latents = train_latents.reshape(-1, dim)
-        quantizer = Quantizer.fit(train_latents, config.quantizer)
-        entropy = fit_entropy_model(config.entropy_model, quantizer.quantize(train_latents), config.quantizer.levels,
-                                    config.autoregressive, progress)
+        quantizer = Quantizer.fit(train_latents.reshape(-1, dim), config.quantizer)
+        symbols = quantizer.quantize(train_latents.reshape(*train_latents.shape[:-1], -1)
+                                     if config.entropy_model == "context" else train_latents.reshape(-1, dim))
+        entropy = fit_entropy_model(config.entropy_model, symbols, config.quantizer.levels, config.autoregressive,
+                                    progress, config.context)
         return cls(field, modality, base_config, quantizer, entropy, config)
+
+    def ideal_bits(self, latents: Tensor) -> tuple[float, int]:
+        """The entropy model's ideal code length of latents ``(N, *latent_shape)`` and their number of values."""
+        if getattr(self.entropy, "needs_grid", False):
+            sym = self.quantizer.quantize(latents)
+        else:
+            sym = self.quantizer.quantize(latents.reshape(-1, self.latent_dim))
+        return self.entropy.bits(sym), sym.numel()
 
     def _digest(self) -> bytes:
         h = hashlib.sha256()
@@ -156,6 +173,9 @@ class FunctaCodec:
         h.update(self.config.entropy_model.encode())
         h.update(json.dumps(self.config.autoregressive.to_dict(), sort_keys=True).encode()
                  if self.config.entropy_model == "autoregressive" else b"")
+        h.update(json.dumps(self.config.context.to_dict(), sort_keys=True).encode()
+                 if self.config.entropy_model == "context" else b"")
+        h.update(b"canvas" if self.canvas else b"")
         tables = [self.quantizer.mean, self.quantizer.std] + [v for _, v in sorted(self.entropy.state().items())]
         for t in tables:
             h.update(t.detach().contiguous().numpy().tobytes())
@@ -211,15 +231,20 @@ class FunctaCodec:
         try:
             quantizer = Quantizer.from_state(config.quantizer, {k[10:]: v for k, v in tensors.items()
                                                                 if k.startswith("quantizer.")})
-            entropy = entropy_from_state(config.entropy_model, {k[8:]: v for k, v in tensors.items()
-                                                                if k.startswith("entropy.")},
-                                         math.prod(field.latent_shape), config.quantizer.levels, config.autoregressive)
         except (KeyError, ValueError, RuntimeError) as e:
             raise ArtefactError(f"{directory / CODEC_TENSORS}: invalid codec tables ({e})") from None
         try:
             modality = modality_from_config(base_config.get("modality"))
+            dim = coded_dim(field, canvas_layout(field, modality, config.layout, config.entropy_model))
         except ConfigError as e:
             raise in_file(directory / CONFIG_FILE, e) from None
+        try:
+            entropy = entropy_from_state(config.entropy_model, {k[8:]: v for k, v in tensors.items()
+                                                                if k.startswith("entropy.")},
+                                         dim, config.quantizer.levels, config.autoregressive, config.context,
+                                         len(field.latent_shape) - 1)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise ArtefactError(f"{directory / CODEC_TENSORS}: invalid codec tables ({e})") from None
         codec = cls(field.to(resolve_device(device)), modality, base_config, quantizer, entropy, config)
         if codec.codec_id.hex() != meta.get("codec_id"):
             raise ArtefactError(f"{directory}: codec id {codec.codec_id.hex()} computed from the files does not match "
@@ -243,10 +268,10 @@ class FunctaCodec:
         symbols, losses = [], []
         for start in range(0, features.shape[0], self._batch()):
             y = features[start:start + self._batch()].to(dev)
-            z = fit_latents(self.field, Batch(x, y), steps, loss=self.loss).latents.reshape(len(y), -1)
+            z = fit_latents(self.field, Batch(x, y), steps, loss=self.loss).latents
             if s.refine_steps:
-                z = self._refine(x, y, z, s)
-            q = self.quantizer.quantize(z.cpu())
+                z = self._refine(self.field, x, y, z, s)
+            q = self.quantizer.quantize(z.reshape(len(y), -1).cpu())
             with torch.no_grad():
                 out = self.field(x, self._shaped(self.quantizer.dequantize(q).to(dev)))
             symbols.append(q)
@@ -268,8 +293,8 @@ class FunctaCodec:
         return -torch.from_numpy(self.entropy.table(self.latent_dim)).log2().float()
 
     def _soft_bits(self, z: Tensor, lengths: Tensor) -> Tensor:
-        """Differentiable code length per item ``(B,)``: ``-log2 p`` interpolated between the two
-        levels around each (continuous) latent."""
+        """Differentiable code length per row ``(R,)`` of rows ``z (R, D)``: ``-log2 p`` interpolated
+        between the two levels around each (continuous) latent."""
         q, k = self.config.quantizer, self.config.quantizer.clip
         mean, std = self.quantizer.mean.float().to(z.device), self.quantizer.std.float().to(z.device)
         t = ((z - mean) / std).clamp(-k, k)
@@ -281,41 +306,74 @@ class FunctaCodec:
         above = table.gather(2, lo.long()[..., None] + 1)[..., 0]
         return ((1 - frac) * below + frac * above).sum(1)
 
-    def _refine(self, x: Tensor, y: Tensor, z: Tensor, s: EncodeSettings) -> Tensor:
-        """Adam on the flat latents ``(B, D)`` through the quantiser (straight-through gradient) on
-        ``loss + λ·bpp`` (the base network's loss: MSE, BCE); keeps, per patch, the latents whose
-        *quantised* objective was best (never worse than none)."""
+    def _refine(self, field: nn.Module, x: Tensor, y: Tensor, z: Tensor, s: EncodeSettings) -> Tensor:
+        """Adam on the latents ``(B, *latent_shape)`` of ``field`` (the base network, or its canvas)
+        through the quantiser (straight-through gradient) on ``loss + λ·bpp`` (the base network's loss:
+        MSE, BCE); keeps, per item, the latents whose *quantised* objective was best (never worse than
+        none). The quantiser acts on the coded rows ``(B·R, D)``."""
+        b, shape = z.shape[0], z.shape
+        rows = z.reshape(-1, self.latent_dim)
         step = self.quantizer.step().float().to(z.device)
         lengths = self._code_lengths().to(z.device) if s.rate_weight > 0 else None
         per_point = s.rate_weight / x.shape[1]
-        delta = torch.zeros_like(z, requires_grad=True)
+        delta = torch.zeros_like(rows, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=s.refine_lr)
-        best_z, best = z.clone(), torch.full((z.shape[0],), float("inf"), device=z.device)
+        best_z, best = rows.reshape(b, -1).clone(), torch.full((b,), float("inf"), device=z.device)
         for i in range(s.refine_steps + 1):
-            cur = z + delta * step
+            cur = rows + delta * step
             q = self.quantizer.quantize(cur.detach().cpu()).to(z.device)
             zq = self.quantizer.dequantize(q.cpu()).to(z.device)
             zq = cur + (zq - cur).detach()  # straight-through
-            loss = self.loss.per_item(self.field(x, self._shaped(zq)), y)
+            loss = self.loss.per_item(field(x, zq.reshape(shape)), y)
             objective = loss.detach()
             if lengths is not None:
-                exact = lengths.gather(1, q.t()).t().sum(1)  # bits of the symbols actually coded
+                exact = lengths.gather(1, q.t()).t().sum(1).reshape(b, -1).sum(1)  # bits of the symbols coded
                 objective = objective + per_point * exact
-                loss = loss + per_point * self._soft_bits(cur, lengths)
+                loss = loss + per_point * self._soft_bits(cur, lengths).reshape(b, -1).sum(1)
             better = objective < best
             best = torch.where(better, objective, best)
-            best_z[better] = cur.detach()[better]
+            best_z[better] = cur.detach().reshape(b, -1)[better]
             if i == s.refine_steps:
                 break
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
-        return best_z
+        return best_z.reshape(shape)
+
+    def encode_canvas(self, item: np.ndarray, settings: EncodeSettings | None = None) -> Tensor:
+        """Canvas layout: fit, (refine) and quantise one latent grid over the whole ``item (*shape[, C])``,
+        reflect-padded to whole cells -> symbols ``(*cells, channels)``."""
+        s = self.config.encode if settings is None else settings
+        steps = self.default_inner_steps() if s.inner_steps is None else s.inner_steps
+        grid = PatchGrid(item.shape[:len(self.patch_shape)], self.cell_shape)
+        field = self.field.canvas(grid.counts)
+        dev = field_device(self.field)
+        x = self.modality.coordinates(grid.padded)[None].to(dev)
+        y = self.modality.with_shape(grid.padded).to_features(np.array(pad_to_grid(item, grid)[None])).to(dev)
+        z = fit_latents(field, Batch(x, y), steps, loss=self.loss).latents
+        if s.refine_steps:
+            z = self._refine(field, x, y, z, s)
+        return self.quantizer.quantize(z[0].cpu())
+
+    @property
+    def cell_shape(self) -> tuple[int, ...]:
+        """Canvas layout: the points per cell along each axis (the training patch over the grid)."""
+        return tuple(p // g for p, g in zip(self.patch_shape, self.field.latent_shape[:-1]))
+
+    def _payload(self, symbols: Tensor) -> bytes:
+        """Range-code the symbols of one item: ``(P, D)`` rows, or a canvas grid ``(*cells, D)``."""
+        if getattr(self.entropy, "needs_grid", False):
+            return self.entropy.encode(symbols)
+        return self.entropy.encode(symbols.reshape(-1, self.latent_dim))
 
     def compress_many(self, items: np.ndarray, settings: EncodeSettings | None = None) -> list[bytes]:
-        """Compress a stack of same-shape items ``(B, *shape[, C])`` (all their patches fitted in batches)."""
+        """Compress a stack of same-shape items ``(B, *shape[, C])`` (all their patches fitted in batches;
+        on a canvas, one grid per item)."""
         items = np.asarray(items)
         k = len(self.patch_shape)
+        if self.canvas:
+            return [pack(self._header(tuple(it.shape[:k])), self._payload(self.encode_canvas(it, settings)))
+                    for it in items]
         patches, grid = zip(*(to_patches(it, self.patch_shape) for it in items)) if len(items) else ((), ())
         if not patches:
             return []
@@ -347,12 +405,17 @@ class FunctaCodec:
             raise CodecError(f"file settings {header} do not match this codec")
         if len(header.shape) != len(self.patch_shape):
             raise CodecError(f"file holds a {len(header.shape)}-axis item, the codec's patches have {len(self.patch_shape)}")
-        grid = PatchGrid(header.shape, self.patch_shape)
+        grid = PatchGrid(header.shape, self.cell_shape if self.canvas else self.patch_shape)
         points = math.prod(grid.padded)
         if points > max_output_points:
             raise CodecError(f"the file declares a {'x'.join(map(str, header.shape))} item ({points} points padded to "
-                             f"whole patches), more than the limit of {max_output_points}; raise max_output_points "
-                             f"(--max-output-points) if it is genuine")
+                             f"whole {'cells' if self.canvas else 'patches'}), more than the limit of "
+                             f"{max_output_points}; raise max_output_points (--max-output-points) if it is genuine")
+        if self.canvas and max(grid.counts) > MAX_GRID:
+            raise CodecError(f"the file declares a {'x'.join(map(str, header.shape))} item, more than {MAX_GRID} "
+                             f"latent cells along an axis")
+        if getattr(self.entropy, "needs_grid", False):
+            return self.entropy.decode(payload, grid.counts), grid
         return self.entropy.decode(payload, grid.num_patches, self.latent_dim), grid
 
     def decompress(self, data: bytes, max_output_points: int = MAX_OUTPUT_POINTS) -> np.ndarray:
@@ -369,6 +432,8 @@ class FunctaCodec:
         decoded = [self._symbols(f, max_output_points) for f in files]
         if not decoded:
             return []
+        if self.canvas:
+            return [self._render_canvas(sym, grid) for sym, grid in decoded]
         patches = self.render_latents(self.quantizer.dequantize(torch.cat([s for s, _ in decoded])))
         out, start = [], 0
         for _, grid in decoded:
@@ -376,9 +441,42 @@ class FunctaCodec:
             start += grid.num_patches
         return out
 
+    def _render_canvas(self, symbols: Tensor, grid: PatchGrid) -> np.ndarray:
+        """Canvas layout: decoded symbols ``(cells, D)`` -> the item ``(*shape[, C])`` (padding cropped)."""
+        latents = self.quantizer.dequantize(symbols).reshape(1, *grid.counts, self.latent_dim)
+        x = self.modality.coordinates(grid.padded)[None]
+        out = self.modality.from_features(predict(self.field.canvas(grid.counts), x, latents, loss=self.loss),
+                                          grid.padded)[0]
+        return np.ascontiguousarray(out[tuple(slice(0, n) for n in grid.shape)])
+
     def render_latents(self, latents: Tensor) -> np.ndarray:
         """Flat latents ``(M, D)`` -> patches ``(M, *patch[, C])`` in data units (memory-bounded batches)."""
         if latents.shape[0] == 0:
             return np.zeros((0, *self.patch_shape), np.float32)
         x = self.modality.coordinates()[None]
         return self.modality.from_features(predict(self.field, x, self._shaped(latents), loss=self.loss))
+
+
+def canvas_layout(field: nn.Module, modality: Modality, layout: str, entropy_model: str = "per_dimension") -> bool:
+    """Whether a codec of ``field`` codes whole items on one latent canvas (``layout`` ``"auto"``: where the
+    field extends to any grid (:meth:`functa.fields.SpatialSiren.canvas`) and its cells tile the patch).
+    The ``context`` entropy model needs one."""
+    if layout == "patches":
+        if entropy_model == "context":
+            raise ConfigError("entropy model 'context' codes latent grids over whole items: it needs the canvas "
+                              "layout (a spatial-functa base network with 1-NN or periodic-input bilinear cells)")
+        return False
+    cfg = getattr(field, "config", None)
+    extends = callable(getattr(field, "canvas", None)) and bool(getattr(cfg, "translation_equivariant", False))
+    cells = tuple(getattr(field, "latent_shape", ())[:-1])
+    shape = tuple(modality.shape)
+    tiles = extends and len(cells) == len(shape) and all(p % g == 0 for p, g in zip(shape, cells))
+    if (layout == "canvas" or entropy_model == "context") and not tiles:
+        raise ConfigError("layout 'canvas' needs a spatial-functa base network whose cells treat every position "
+                          "alike (1-NN, or bilinear with field.periodic_input) and tile its training patch")
+    return tiles
+
+
+def coded_dim(field: nn.Module, canvas: bool) -> int:
+    """Values per coded row: the channels of a cell on a canvas, else a whole (flat) latent."""
+    return int(field.latent_shape[-1]) if canvas else math.prod(field.latent_shape)

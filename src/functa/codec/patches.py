@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-__all__ = ["PatchGrid", "to_patches", "from_patches"]
+__all__ = ["PatchGrid", "pad_to_grid", "to_patches", "from_patches"]
 
 
 class PatchGrid:
@@ -30,6 +30,11 @@ class PatchGrid:
     @property
     def num_patches(self) -> int:
         return math.prod(self.counts)
+
+
+def pad_to_grid(item: np.ndarray, grid: PatchGrid) -> np.ndarray:
+    """``item (*shape[, C])`` reflect-padded at the end of every spatial axis to ``grid.padded``."""
+    return _pad(item, grid)
 
 
 def _pad(item: np.ndarray, grid: PatchGrid) -> np.ndarray:

@@ -13,14 +13,23 @@ point ``x`` in ``[0, 1]^k`` reads its modulations from the grid:
   by the (multi)linear interpolation weights, edges clamped. The SIREN sees the binary encoding of the
   integer pixel index, ``binary_bits`` bits per axis (``i = clamp(floor(2^bits x), 0, 2^bits - 1)``,
   bits in ``{0, 1}``, most significant first), as in the paper; ``binary_bits = None`` feeds the global
-  coordinates ``x`` instead (which, unlike the binary code, is not tied to one resolution). A cell
-  influences the points within one cell width of its centre.
+  coordinates ``x`` instead (which, unlike the binary code, is not tied to one resolution);
+  ``periodic_input = True`` feeds ``(sin, cos)(2 pi s x)`` per axis, the position within a cell as a
+  continuous periodic code (beyond the paper: the field then treats every cell alike and its outputs are
+  continuous across cell borders). A cell influences the points within one cell width of its centre.
+
+A *translation-equivariant* field (1-NN, or bilinear with ``periodic_input``) extends to a latent grid of
+any size, :meth:`SpatialSiren.canvas`: one grid over a whole photo, ``patch / s`` pixels per cell, which
+the spatial codec fits and codes as one item (no patch seams with bilinear interpolation).
 
 Then every layer is ``h_l = sin(w0 (W_l h_{l-1} + b_l + m_l(x)))`` and ``f = W_out h + b_out + 0.5`` as in
 :class:`~functa.fields.LatentModulatedSiren`; with ``s = 1`` (and a 1x1 map) the field *is* that
-vector-functa SIREN (its latent map is the 1x1 convolution). Modulations are gathered point-major,
-``(B, N, depth - 1, W)``: the public JAX port reshapes ``(N, L * W)`` straight to ``(L, N, W)``, which
-mixes points and layers (reference-study §1.11); the locality tests rule that out here.
+vector-functa SIREN (its latent map is the 1x1 convolution). Modulations are per point and per layer,
+``m_l(x)`` of shape ``(B, N, W)``: the public JAX port reshapes ``(N, L * W)`` straight to ``(L, N, W)``,
+which mixes points and layers (reference-study §1.11); the locality tests rule that out here. With the
+1x1 map, which is affine, the point's *latent* is interpolated first ``(B, N, c)`` and mapped one layer at
+a time (exact, since the interpolation weights sum to one), so no ``(B, N, L, W)`` tensor is held; a 3x3
+map interpolates the shift grid.
 
 Meta-SGD rates are one per cell, shared over the channels (``(s, ..., s, 1)``), as in the paper.
 It works through the autograd inner loop, and also implements the fast path
@@ -30,6 +39,7 @@ adjoint of the gather (a scatter-add into the cells) after the SIREN's own backw
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from dataclasses import asdict, dataclass
@@ -68,6 +78,7 @@ class SpatialConfig:
     kernel: int = 1
     interpolation: Literal["nearest", "bilinear"] = "nearest"
     binary_bits: int | None = None  # bilinear only: SIREN input = binary pixel index (None: global x)
+    periodic_input: bool = False  # bilinear only: SIREN input = (sin, cos)(2 pi s x), periodic in the cells
     w0: float = 30.0
     bias_init: BiasInit = "zeros"
     latent_map_init: Literal["haiku", "torch"] = "haiku"
@@ -81,7 +92,7 @@ class SpatialConfig:
         check_fields(self, "field", in_dim=Int(1, 3), out_dim=Int(1, MAX_IO_DIM), width=Int(1, MAX_WIDTH),
                      depth=Int(2, MAX_DEPTH), grid=Int(1, MAX_GRID), channels=Int(1, MAX_CHANNELS),
                      kernel=Int(1, 3), interpolation=Choice("nearest", "bilinear"),
-                     binary_bits=Int(1, 16, optional=True), w0=Real(0, 1e4, lo_open=True),
+                     binary_bits=Int(1, 16, optional=True), periodic_input=Bool(), w0=Real(0, 1e4, lo_open=True),
                      bias_init=Choice("zeros", "uniform"), latent_map_init=Choice("haiku", "torch"),
                      output_offset=Real(-1e6, 1e6), meta_sgd=Bool(), meta_sgd_init=RealPair(0, 1e3),
                      meta_sgd_clip=RealPair(0, 1e3, optional=True), inner_lr=Real(0, 1e3, lo_open=True))
@@ -90,6 +101,9 @@ class SpatialConfig:
         if self.binary_bits is not None and self.interpolation != "bilinear":
             raise ConfigError("field.binary_bits is the SIREN input of bilinear interpolation; 1-NN uses local "
                               "coordinates (set field.interpolation=bilinear, or drop binary_bits)")
+        if self.periodic_input and (self.interpolation != "bilinear" or self.binary_bits is not None):
+            raise ConfigError("field.periodic_input is a SIREN input of bilinear interpolation, instead of binary_bits "
+                              "(1-NN already uses local coordinates)")
         check_total("field", self.num_parameters, MAX_PARAMETERS,
                     f"width {self.width}, depth {self.depth}, grid {self.grid}, channels {self.channels}")
         check_total("field", self.grid ** self.in_dim * self.channels, 2**26, f"a {self.grid}^{self.in_dim} x "
@@ -101,8 +115,17 @@ class SpatialConfig:
 
     @property
     def siren_in_dim(self) -> int:
-        """What the first sine layer sees: local or global coordinates, or ``in_dim * binary_bits`` bits."""
-        return self.in_dim * self.binary_bits if self.binary_bits is not None else self.in_dim
+        """What the first sine layer sees: local or global coordinates, ``in_dim * binary_bits`` bits, or
+        ``2 * in_dim`` periodic features."""
+        if self.binary_bits is not None:
+            return self.in_dim * self.binary_bits
+        return 2 * self.in_dim if self.periodic_input else self.in_dim
+
+    @property
+    def translation_equivariant(self) -> bool:
+        """Whether the field treats every cell alike (1-NN, or bilinear with periodic input), so that it
+        extends to a latent grid of any size (:meth:`SpatialSiren.canvas`)."""
+        return self.interpolation == "nearest" or self.periodic_input
 
     @property
     def num_parameters(self) -> int:
@@ -154,7 +177,8 @@ class SpatialSiren(nn.Module):
         super().__init__()
         self.config = c = config
         k = c.in_dim
-        self.latent_shape = (c.grid,) * k + (c.channels,)
+        self.cells: tuple[int, ...] = (c.grid,) * k  # cells per axis (a canvas may differ from config.grid)
+        self.latent_shape = self.cells + (c.channels,)
         self.in_dim, self.out_dim = c.in_dim, c.out_dim
         dims = [c.siren_in_dim] + [c.width] * c.num_mod_layers
         self.layers = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(c.num_mod_layers))
@@ -181,8 +205,29 @@ class SpatialSiren(nn.Module):
         return list(self.inner_lrs_per_cell.parameters())
 
     def inner_lrs(self) -> Tensor:
-        """Per-cell rates ``(s, ..., s, 1)``, broadcast over the channels."""
-        return self.inner_lrs_per_cell().reshape(*self.latent_shape[:-1], 1)
+        """Per-cell rates ``(*cells, 1)``, broadcast over the channels; a canvas tiles the learned
+        ``(s, ..., s)`` rates periodically (cell ``j`` takes the rate of cell ``j mod s``)."""
+        s = self.config.grid
+        r = self.inner_lrs_per_cell().reshape((s,) * self.config.in_dim)
+        if self.cells != r.shape:
+            r = r.repeat(*(-(-g // s) for g in self.cells))[tuple(slice(0, g) for g in self.cells)]
+        return r[..., None]
+
+    def canvas(self, cells: tuple[int, ...]) -> "SpatialSiren":
+        """The same field over a latent grid of ``cells`` per axis (e.g. a whole photo, one cell per
+        ``patch / s`` pixels), sharing every parameter: coordinates in ``[0, 1]^k`` then span all the
+        cells. Needs a translation-equivariant field (:attr:`SpatialConfig.translation_equivariant`);
+        with 1-NN a canvas of whole training grids equals fitting each grid on its own."""
+        c = self.config
+        cells = tuple(int(g) for g in cells)
+        if len(cells) != c.in_dim or min(cells) < 1 or max(cells) > MAX_GRID:
+            raise ValueError(f"a canvas needs {c.in_dim} cell counts in [1, {MAX_GRID}], got {cells}")
+        if not c.translation_equivariant:
+            raise ConfigError("only 1-NN fields and bilinear fields with periodic_input extend to a canvas (the "
+                              "SIREN input of this field depends on the position in the whole grid)")
+        view = copy.copy(self)  # shares the parameter and module dictionaries
+        view.cells, view.latent_shape = cells, cells + (c.channels,)
+        return view
 
     def zero_latents(self, batch: int, device=None, dtype=None) -> Tensor:
         p = self.output.weight
@@ -218,29 +263,34 @@ class SpatialSiren(nn.Module):
             k = c.in_dim
             perm = (0, k + 1, *range(1, k + 1))
             m = self.latent_map(latents.permute(*perm)).permute(0, *range(2, k + 2), 1)
-        return m.reshape(b, c.grid ** c.in_dim, c.num_mod_layers, c.width)
+        return m.reshape(b, math.prod(self.cells), c.num_mod_layers, c.width)
 
     def _cells(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """Per query point: the flat indices of the cells it reads ``[(1|B, N)]``, their weights
         ``[(1|B, N)]`` and the SIREN input ``(1|B, N, siren_in_dim)``."""
         c = self.config
-        s, k = c.grid, c.in_dim
-        strides = [s ** (k - 1 - a) for a in range(k)]
+        k = c.in_dim
+        strides = [math.prod(self.cells[a + 1:]) for a in range(k)]
+        s = torch.tensor(self.cells, dtype=x.dtype, device=x.device)
         if c.interpolation == "nearest":
             sx = x * s
-            j = sx.floor().clamp(0, s - 1)
+            j = torch.minimum(sx.floor().clamp_min(0), s - 1)
             flat = (j * torch.tensor(strides, dtype=x.dtype, device=x.device)).sum(-1).long()
             return [flat], [torch.ones_like(flat, dtype=x.dtype)], sx - j
         u = x * s - 0.5
         i0 = u.floor()
         frac = u - i0
-        lo, hi = i0.clamp(0, s - 1).long(), (i0 + 1).clamp(0, s - 1).long()
+        lo = torch.minimum(i0.clamp_min(0), s - 1).long()
+        hi = torch.minimum((i0 + 1).clamp_min(0), s - 1).long()
         index, weight = [], []
         for corner in itertools.product((0, 1), repeat=k):
             flat = sum((hi[..., a] if bit else lo[..., a]) * strides[a] for a, bit in enumerate(corner))
             w = math.prod((frac[..., a] if bit else 1 - frac[..., a]) for a, bit in enumerate(corner))
             index.append(flat)
             weight.append(w)
+        if c.periodic_input:
+            phase = (2 * math.pi) * x * s
+            return index, weight, torch.cat([torch.sin(phase), torch.cos(phase)], -1)
         if c.binary_bits is None:
             return index, weight, x
         n = 2 ** c.binary_bits
@@ -267,11 +317,11 @@ class SpatialSiren(nn.Module):
         if layout is not None:
             return self._forward_patches(layout, latents, keep_trace)
         index, weight, h = self._cells(x)
-        shift = self._gather(self.modulation_grid(latents), index, weight)
+        shift_of = self._point_shifts(latents, index, weight)
         trace = SpatialTrace([], [], index, weight) if keep_trace else None
         for i, layer in enumerate(self.layers):
             ws = layer.weight * c.w0  # w0 folded into the weights: pre = h (w0 W)^T + w0 (b + m)
-            pre = matmul_nt(h, ws) + (layer.bias + shift[:, :, i]) * c.w0
+            pre = matmul_nt(h, ws) + (layer.bias + shift_of(i)) * c.w0
             h, cs = sin_cos(pre, need_cos=keep_trace)
             if trace is not None:
                 trace.cos.append(cs)
@@ -288,7 +338,7 @@ class SpatialSiren(nn.Module):
         if c.interpolation != "nearest" or x.shape[0] != 1:
             return None
         index, _, local = self._cells(x)
-        idx, cells, n = index[0][0], c.grid ** c.in_dim, x.shape[1]
+        idx, cells, n = index[0][0], math.prod(self.cells), x.shape[1]
         if n % cells or not bool((torch.bincount(idx, minlength=cells) == n // cells).all()):
             return None
         perm = torch.argsort(idx, stable=True)
@@ -344,6 +394,21 @@ class SpatialSiren(nn.Module):
         g_lat = transpose(g_cf, self.latent_map.weight, padding=c.kernel // 2)
         return g_lat.permute(0, *range(2, k + 2), 1)
 
+    def _point_shifts(self, latents: Tensor, index: list[Tensor], weight: list[Tensor]):
+        """``i -> `` the points' shifts of sine layer ``i`` ``(B, N, W)``. With the 1x1 map the *latents*
+        are interpolated first, ``(B, N, c)``, and mapped layer by layer (the map is affine and the weights
+        sum to one, so this is exact): no ``(B, N, depth - 1, W)`` tensor is ever held. A 3x3 map
+        interpolates the shift grid instead."""
+        c = self.config
+        b = latents.shape[0]
+        if c.kernel != 1:
+            shift = self._gather(self.modulation_grid(latents), index, weight)
+            return lambda i: shift[:, :, i]
+        zp = self._gather(latents.reshape(b, -1, 1, c.channels), index, weight)[:, :, 0]  # (B, N, c)
+        maps = self.latent_map.weight.reshape(c.num_mod_layers, c.width, c.channels)
+        bias = self.latent_map.bias.reshape(c.num_mod_layers, c.width)
+        return lambda i: matmul_nt(zp, maps[i]) + bias[i]
+
     @staticmethod
     def _gather(grid: Tensor, index: list[Tensor], weight: list[Tensor]) -> Tensor:
         """Point modulations ``(B, N, L, W)``: the cells' rows of ``grid (B, S, L, W)``, weighted."""
@@ -369,14 +434,22 @@ class SpatialSiren(nn.Module):
             g = grad_out * self.output.weight[0]
         else:
             g = grad_out @ self.output.weight  # (B, N, W)
+        maps = self.latent_map.weight.reshape(c.num_mod_layers, c.width, -1) if c.kernel == 1 else None
         g_shift: list[Tensor] = []
+        g_point = None  # 1x1 map: the gradient of the interpolated point latents (B, N, c)
         for i in range(c.num_mod_layers - 1, -1, -1):
             gz = g * trace.cos[i]
-            g_shift.append(gz)
+            if maps is None:
+                g_shift.append(gz)
+            else:
+                g_point = gz @ maps[i] if g_point is None else g_point + gz @ maps[i]
             if i > 0:
                 g = gz @ trace.weights[i]
-        gm = torch.stack(g_shift[::-1], 2).reshape(b * n, -1) * c.w0  # (B * N, L * W)
-        cells = c.grid ** c.in_dim
+        if maps is None:
+            gm = torch.stack(g_shift[::-1], 2).reshape(b * n, -1) * c.w0  # (B * N, L * W)
+        else:
+            gm = g_point.reshape(b * n, -1) * c.w0  # (B * N, c)
+        cells = math.prod(self.cells)
         offset = (torch.arange(b, device=gm.device) * cells)[:, None]
         g_grid = None
         for idx, w in zip(trace.index, trace.weight):
@@ -384,6 +457,8 @@ class SpatialSiren(nn.Module):
             src = gm * w.expand(b, -1).reshape(-1, 1)
             part = gm.new_zeros(b * cells, gm.shape[1]).index_add(0, flat, src)
             g_grid = part if g_grid is None else g_grid + part
+        if maps is not None:
+            return g_grid.reshape(b, *self.latent_shape)
         return self._map_backward(g_grid.reshape(b, cells, -1))  # (B, S, L * W)
 
     def flops_per_point(self) -> int:

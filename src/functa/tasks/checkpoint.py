@@ -34,6 +34,7 @@ def _kinds() -> dict[str, tuple[type, type]]:
     if not _KINDS:  # populated lazily so importing this module stays cheap
         from .classify import ConvClassifier, ConvConfig, MLPClassifier, MLPConfig, TransformerClassifier, TransformerConfig
         from .diffusion import DenoiserConfig, ResidualMLPDenoiser
+        from .unet import UNetConfig, UNetDenoiser
         from .flow import FlowConfig, LatentFlow
 
         register_kind("mlp-classifier", MLPConfig, MLPClassifier)
@@ -41,6 +42,7 @@ def _kinds() -> dict[str, tuple[type, type]]:
         register_kind("transformer-classifier", TransformerConfig, TransformerClassifier)
         register_kind("flow", FlowConfig, LatentFlow)
         register_kind("ddpm", DenoiserConfig, ResidualMLPDenoiser)
+        register_kind("unet-ddpm", UNetConfig, UNetDenoiser)
     return _KINDS
 
 

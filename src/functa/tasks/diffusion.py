@@ -3,7 +3,8 @@
 Two independent pieces, in the manner of diffusers' schedulers and models:
 
 * :class:`DDPMSchedule` holds the noise schedule (``T = 1000``, ``betas = linspace(1e-4, 0.02,
-  T)``, float64 internally) and does the math on tensors: forward noising, the closed-form
+  T)`` as in the functa paper, or Nichol & Dhariwal's cosine schedule as in the spatial functa
+  paper; float64 internally) and does the math on tensors: forward noising, the closed-form
   posterior ``q(x_{t-1} | x_t, x_0)``, one ancestral DDPM step and one DDIM step. It knows
   nothing about models.
 * :class:`ResidualMLPDenoiser` is the ε-predictor of the paper: Ho et al.'s U-Net recipe with
@@ -11,8 +12,11 @@ Two independent pieces, in the manner of diffusers' schedulers and models:
   zero-initialised last layers), optionally class-conditional with a learned "null" label for
   classifier-free guidance.
 
-:func:`diffusion_loss` is the simple ε-prediction loss of Ho et al. and :func:`sample` runs the
-reverse process (ancestral DDPM or DDIM) with any callable ``model(xt, t, labels)``.
+:func:`diffusion_loss` is the simple ε-prediction loss of Ho et al. (timesteps uniform, or with
+linearly decreasing probability: :func:`sample_timesteps`, spatial functa App. C.4.3) and
+:func:`sample` runs the reverse process (ancestral DDPM or DDIM) with any callable
+``model(xt, t, labels)``. The convolutional denoiser for latent grids is
+:class:`functa.tasks.unet.UNetDenoiser`.
 
 Timesteps are **0-based indices**: index ``t`` in ``[0, T-1]`` is step ``t + 1`` of the papers,
 so ``betas[t] = β_{t+1}`` and ``alphas_cumprod[t] = ᾱ_{t+1}``; ``alphas_cumprod[-1]`` is the
@@ -33,10 +37,22 @@ from tqdm.auto import tqdm
 from ..validation import MAX_PARAMETERS, Int, Real, check_fields, check_total
 
 __all__ = ["DDPMSchedule", "DenoiserConfig", "ResidualMLPDenoiser", "diffusion_loss", "diffusion_loss_fn",
-           "ddim_timesteps", "sample", "timestep_embedding"]
+           "cosine_alphas_cumprod", "ddim_timesteps", "sample", "sample_timesteps", "timestep_embedding", "timestep_probabilities"]
 
 Variance = Literal["beta", "posterior"]
 _VARIANCES = ("beta", "posterior")
+BetaSchedule = Literal["linear", "cosine"]
+_SCHEDULES = ("linear", "cosine")
+COSINE_OFFSET = 0.008  # Nichol & Dhariwal's s
+MAX_BETA = 0.999  # their clip of the cosine betas (the last step would otherwise be β = 1)
+
+
+def cosine_alphas_cumprod(num_steps: int) -> Tensor:
+    """Nichol & Dhariwal's ``ᾱ(u) = f(u) / f(0)``, ``f(u) = cos²((u + s) / (1 + s) · π/2)``, ``s = 0.008``,
+    at ``u = t / T`` for ``t = 0..T`` (float64 ``(T + 1,)``; the first value is 1, the last 0)."""
+    u = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    f = torch.cos((u + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
+    return f / f[0]
 
 
 def _from_dict(cls, d: dict):
@@ -54,7 +70,13 @@ def _from_dict(cls, d: dict):
 
 @dataclass(frozen=True)
 class DDPMSchedule:
-    """Linear-β DDPM schedule (Ho et al. 2020; functa App. A.5 uses the defaults).
+    """DDPM noise schedule: linear β (Ho et al. 2020; functa App. A.5 uses the defaults) or cosine.
+
+    ``schedule="linear"``: ``betas = linspace(beta_start, beta_end, T)``. ``schedule="cosine"``
+    (Nichol & Dhariwal 2021; spatial functa App. C): ``β_t = min(1 - ᾱ(t+1) / ᾱ(t), 0.999)`` with
+    ``ᾱ`` of :func:`cosine_alphas_cumprod`, so ``alphas_cumprod[t] = ᾱ((t+1) / T)`` exactly except at
+    the clipped last step(s); ``beta_start`` and ``beta_end`` are only used by the linear schedule.
+    Schedules saved before the cosine schedule existed have no ``schedule`` key: they load as linear.
 
     ``variance`` chooses the reverse-step variance of :meth:`step`: ``"beta"`` is Ho et al.'s
     ``σ_t² = β_t`` (their default, used by the functa code base), ``"posterior"`` the posterior
@@ -70,6 +92,7 @@ class DDPMSchedule:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     variance: Variance = "beta"
+    schedule: BetaSchedule = "linear"
 
     def __post_init__(self) -> None:
         check_fields(self, "schedule", num_steps=Int(1, 100_000), beta_start=Real(), beta_end=Real())
@@ -77,7 +100,13 @@ class DDPMSchedule:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
         if self.variance not in _VARIANCES:
             raise ValueError(f"variance must be one of {_VARIANCES}, got {self.variance!r}")
-        betas = torch.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=torch.float64)
+        if self.schedule not in _SCHEDULES:
+            raise ValueError(f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}")
+        if self.schedule == "linear":
+            betas = torch.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=torch.float64)
+        else:
+            abar = cosine_alphas_cumprod(self.num_steps)
+            betas = (1.0 - abar[1:] / abar[:-1]).clamp(max=MAX_BETA)
         alphas = 1.0 - betas
         acp = torch.cumprod(alphas, 0)
         acp_prev = torch.cat([acp.new_ones(1), acp[:-1]])
@@ -425,15 +454,48 @@ def _num_classes(model) -> int | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def diffusion_loss(model: Callable[..., Tensor], schedule: DDPMSchedule, x0: Tensor, labels: Tensor | None = None,
-                   generator: torch.Generator | None = None) -> Tensor:
-    """Ho et al.'s simple loss ``E ||ε - ε_θ(sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε, t)||²`` with
-    ``t ~ U{0, ..., T-1}``, averaged over the batch and the dimensions (a scalar).
+def timestep_probabilities(num_steps: int, ratio: float = 1.0) -> Tensor:
+    """Training distribution of the timesteps ``(T,)`` float64 (spatial functa App. C.4.3): the
+    probability decreases linearly from ``t = 0`` to ``t = T-1`` with ``p(0) / p(T-1) = ratio``,
+    ``p(t) ∝ ratio - (ratio - 1) t / (T - 1)``. ``ratio = 1`` is uniform; ``ratio > 1`` draws the
+    less noisy steps more often (the paper finds ``ratio >= 3`` best); ``ratio < 1`` the noisier ones."""
+    if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"timestep_ratio must be a finite number > 0, got {ratio!r}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if num_steps == 1:
+        return torch.ones(1, dtype=torch.float64)
+    w = ratio - (ratio - 1.0) * torch.arange(num_steps, dtype=torch.float64) / (num_steps - 1)
+    return w / w.sum()
 
-    ``x0``: ``(B, D)``; ``labels``: LongTensor ``(B,)`` in ``[0, num_classes)``, required for a
-    conditional model and rejected for an unconditional one. While ``model.training``, each label
-    is replaced by the null label with probability ``model.cond_drop``. ``generator`` draws
-    ``t``, ``ε`` and the label drop (the global RNG when ``None``).
+
+def sample_timesteps(num_steps: int, n: int, ratio: float = 1.0, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> Tensor:
+    """``n`` training timesteps ``(n,)`` int64 in ``[0, T-1]`` drawn from
+    :func:`timestep_probabilities`: exactly, with ``torch.multinomial`` (with replacement) on
+    ``generator``. ``ratio = 1`` draws ``torch.randint(0, T, (n,))`` (the same uniform stream as
+    before non-uniform sampling existed, so old runs reproduce)."""
+    p = timestep_probabilities(num_steps, ratio)
+    if ratio == 1:
+        return torch.randint(0, num_steps, (n,), generator=generator, device=device)
+    draw_on = generator.device if generator is not None else torch.device(device if device is not None else "cpu")
+    t = torch.multinomial(p.to(draw_on), n, replacement=True, generator=generator)
+    return t if device is None else t.to(device)
+
+
+def diffusion_loss(model: Callable[..., Tensor], schedule: DDPMSchedule, x0: Tensor, labels: Tensor | None = None,
+                   generator: torch.Generator | None = None, timestep_ratio: float = 1.0) -> Tensor:
+    """Ho et al.'s simple loss ``E ||ε - ε_θ(sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε, t)||²``, averaged over
+    the batch and the dimensions (a scalar), with ``t`` drawn by :func:`sample_timesteps`: uniform
+    for ``timestep_ratio = 1`` (Ho et al.), else with probability decreasing linearly in ``t`` and
+    ``p(0) / p(T-1) = timestep_ratio`` (spatial functa App. C.4.3; no importance re-weighting, so
+    the objective weights the early steps more, as in the paper).
+
+    ``x0``: ``(B, ...)`` (latent vectors ``(B, D)`` or grids ``(B, *grid, C)``); ``labels``:
+    LongTensor ``(B,)`` in ``[0, num_classes)``, required for a conditional model and rejected for
+    an unconditional one. While ``model.training``, each label is replaced by the null label with
+    probability ``model.cond_drop``. ``generator`` draws ``t``, ``ε`` and the label drop (the global
+    RNG when ``None``).
     """
     if x0.ndim < 2:
         raise ValueError(f"expected x0 of shape (B, D), got {tuple(x0.shape)}")
@@ -443,7 +505,7 @@ def diffusion_loss(model: Callable[..., Tensor], schedule: DDPMSchedule, x0: Ten
         raise ValueError(f"the model is class-conditional ({num_classes} classes): labels are required")
     if num_classes == 0 and labels is not None:
         raise ValueError("the model is unconditional (num_classes=0): labels must be None")
-    t = torch.randint(0, schedule.num_steps, (b,), generator=generator, device=x0.device)
+    t = sample_timesteps(schedule.num_steps, b, timestep_ratio, generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     xt = schedule.add_noise(x0, noise, t)
     if labels is not None:
@@ -458,12 +520,15 @@ def diffusion_loss(model: Callable[..., Tensor], schedule: DDPMSchedule, x0: Ten
     return F.mse_loss(eps, noise)
 
 
-def diffusion_loss_fn(schedule: DDPMSchedule) -> Callable[[nn.Module, tuple[Tensor, ...]], Tensor]:
+def diffusion_loss_fn(schedule: DDPMSchedule, timestep_ratio: float = 1.0
+                      ) -> Callable[[nn.Module, tuple[Tensor, ...]], Tensor]:
     """``loss_fn(model, batch)`` for :class:`functa.tasks.train.Trainer`: ``batch = (x0,)`` or
     ``(x0, labels)``; the trainer seeds torch's RNG per step, so the noise is reproducible."""
+    timestep_probabilities(schedule.num_steps, timestep_ratio)  # validate now, not at the first step
 
     def loss_fn(model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-        return diffusion_loss(model, schedule, batch[0], batch[1] if len(batch) > 1 else None)
+        return diffusion_loss(model, schedule, batch[0], batch[1] if len(batch) > 1 else None,
+                              timestep_ratio=timestep_ratio)
 
     return loss_fn
 
@@ -475,16 +540,31 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def _sample_shape(model, dim: int | tuple[int, ...] | None, x_init: Tensor | None) -> tuple[int, ...]:
+    """The shape ``S`` of one sample (see :func:`sample`)."""
+    if dim is None:
+        dim = getattr(model, "sample_shape", None)
+    if dim is None:
+        dim = getattr(model, "dim", None) or getattr(getattr(model, "config", None), "dim", None)
+    if dim is None and x_init is not None:
+        dim = tuple(x_init.shape[1:])
+    if dim is None:
+        raise ValueError("cannot tell the latent dimension of this model: pass dim=")
+    return (int(dim),) if isinstance(dim, int) else tuple(int(d) for d in dim)
+
+
 @torch.no_grad()
 def sample(model: Callable[..., Tensor], schedule: DDPMSchedule, n: int, labels: Tensor | int | None = None, *,
            method: str = "ddpm", steps: int | None = None, eta: float = 0.0, guidance_scale: float = 1.0,
-           generator: torch.Generator | None = None, progress: bool = False, dim: int | None = None,
+           generator: torch.Generator | None = None, progress: bool = False,
+           dim: int | tuple[int, ...] | None = None,
            x_init: Tensor | None = None, device: torch.device | str | None = None) -> Tensor:
-    """Draw ``n`` samples ``(n, D)`` by running the reverse process from ``x_T ~ N(0, I)``.
+    """Draw ``n`` samples ``(n, *S)`` by running the reverse process from ``x_T ~ N(0, I)``.
 
-    ``model(xt (n, D), t (n,), labels (n,) | None) -> ε̂ (n, D)`` is any callable; an
-    ``nn.Module`` is put in eval mode while sampling and restored after. ``D`` is ``dim``, or
-    ``model.dim`` / ``model.config.dim``, or ``x_init.shape[1]``.
+    ``model(xt (n, *S), t (n,), labels (n,) | None) -> ε̂ (n, *S)`` is any callable; an
+    ``nn.Module`` is put in eval mode while sampling and restored after. The sample shape ``S`` is
+    ``dim`` (an int ``D`` means ``S = (D,)``, a tuple is ``S``), or ``model.sample_shape`` (e.g. the
+    UNet's grid ``(*grid, C)``), or ``(model.dim,)`` / ``(model.config.dim,)``, or ``x_init.shape[1:]``.
 
     * ``method="ddpm"``: ancestral sampling over all ``T`` steps (:meth:`DDPMSchedule.step`,
       variance as set on the schedule); ``steps`` must be ``None`` or ``T``.
@@ -496,7 +576,7 @@ def sample(model: Callable[..., Tensor], schedule: DDPMSchedule, n: int, labels:
     guidance ``ε = ε_uncond + s (ε_cond - ε_uncond)``, where ``ε_uncond`` uses
     ``model.null_label`` (or ``labels=None`` for a callable without one); ``s = 1`` is the plain
     conditional prediction and costs one model call per step. ``generator`` draws all noise.
-    ``x_init`` ``(n, D)`` replaces the initial noise.
+    ``x_init`` ``(n, *S)`` replaces the initial noise.
     """
     if method not in ("ddpm", "ddim"):
         raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
@@ -515,12 +595,7 @@ def sample(model: Callable[..., Tensor], schedule: DDPMSchedule, n: int, labels:
 
     p_device, dtype = _model_device_dtype(model)
     device = torch.device(device) if device is not None else p_device
-    if dim is None:
-        dim = getattr(model, "dim", None) or getattr(getattr(model, "config", None), "dim", None)
-        if dim is None and x_init is not None:
-            dim = x_init.shape[1]
-    if dim is None:
-        raise ValueError("cannot tell the latent dimension of this model: pass dim=")
+    shape = _sample_shape(model, dim, x_init)
 
     num_classes = _num_classes(model)
     null = getattr(model, "null_label", None)
@@ -539,11 +614,11 @@ def sample(model: Callable[..., Tensor], schedule: DDPMSchedule, n: int, labels:
     uncond_labels = torch.full_like(labels, null) if (labels is not None and null is not None) else None
 
     if x_init is not None:
-        if x_init.shape != (n, dim):
-            raise ValueError(f"x_init must have shape ({n}, {dim}), got {tuple(x_init.shape)}")
+        if tuple(x_init.shape) != (n, *shape):
+            raise ValueError(f"x_init must have shape {(n, *shape)}, got {tuple(x_init.shape)}")
         x = x_init.to(device=device, dtype=dtype).clone()
     else:
-        x = torch.randn((n, dim), generator=generator, device=device, dtype=dtype)
+        x = torch.randn((n, *shape), generator=generator, device=device, dtype=dtype)
 
     def eps_at(x: Tensor, t: int) -> Tensor:
         tt = torch.full((n,), t, dtype=torch.long, device=device)
