@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .codec import (MAX_OUTPUT_POINTS, AutoregressiveConfig, CodecConfig, ContextConfig, EncodeSettings, FunctaCodec,
                     QuantizerConfig, to_patches)
 from .codec.container import MAX_POINTS
+from .codec.model import canvas_layout, fit_canvas
 from .atomic import output_lock
 from .errors import CodecError
 from .fitting import Batch, auto_batch_size, fit_latents
@@ -35,7 +36,9 @@ def bits_per_point(num_bytes: int, shape: tuple[int, ...]) -> float:
 
 
 def _training_latents(model: Path, data: str | Path | None, functaset: str | Path | None, split: str,
-                      limit: int | None, progress: bool, device: str) -> tuple[torch.Tensor, dict]:
+                      limit: int | None, progress: bool, device: str, canvas: bool = False) -> tuple[torch.Tensor, dict]:
+    """Latents ``(N, *latent_shape)`` of a functaset, or of the patches of ``data[split]``; with ``canvas``,
+    one latent canvas per item of ``data`` ``(N, *cells, C)`` instead (what the canvas codec codes)."""
     field, modality, cfg = load_model(model, device)
     if functaset is not None:
         fs = Functaset(functaset)
@@ -46,6 +49,9 @@ def _training_latents(model: Path, data: str | Path | None, functaset: str | Pat
         raise ValueError("build a codec from a functaset or from data (one of the two is needed)")
     ds = open_data(data, split, {**cfg.get("data", {}), "limit": limit}, progress)
     steps = int(cfg["run"]["train"]["inner_steps"])
+    if canvas:
+        return _training_canvases(field, modality, cfg, ds, steps, progress), {
+            "data": str(data), "split": split, "items": len(ds), "count": len(ds), "layout": "canvas"}
     x = modality.coordinates()[None]
     out = []
     per_item = to_patches(ds.take(np.arange(1))[0], tuple(modality.shape))[1].num_patches if len(ds) else 1
@@ -56,6 +62,20 @@ def _training_latents(model: Path, data: str | Path | None, functaset: str | Pat
         out.append(fit_latents(field, Batch(x, modality.to_features(patches)), steps, loss=model_loss(cfg)).latents.cpu())
     latents = torch.cat(out)
     return latents, {"data": str(data), "split": split, "items": len(ds), "count": int(latents.shape[0])}
+
+
+def _training_canvases(field, modality, cfg: dict, ds, steps: int, progress: bool) -> torch.Tensor:
+    """One canvas per item of ``ds`` (same-shape items, batched within the activation budget)."""
+    if not len(ds):
+        raise ValueError("no training items")
+    first = ds.take(np.arange(1))[0]
+    points = int(np.prod([-(-n // p) * p for n, p in zip(first.shape, modality.shape)]))
+    batch = max(1, auto_batch_size(field, points))
+    out = []
+    for start in tqdm(range(0, len(ds), batch), desc="encoding training canvases", disable=not progress):
+        items = ds.take(np.arange(start, min(start + batch, len(ds))))
+        out.append(fit_canvas(field, modality, np.asarray(items), steps, model_loss(cfg))[2].cpu())
+    return torch.cat(out)
 
 
 def build_codec(model: str | Path, out: str | Path, data: str | Path | None = None,
@@ -76,9 +96,10 @@ def build_codec(model: str | Path, out: str | Path, data: str | Path | None = No
 def _build_codec(model: Path, out: Path, data, functaset, split, limit, bits, per_dimension, entropy_model,
                  encode: EncodeSettings, autoregressive, context, layout: str, progress: bool, device: str) -> dict:
     field, modality, cfg = load_model(model)
-    latents, source = _training_latents(model, data, functaset, split, limit, progress, device)
     config = CodecConfig(QuantizerConfig(bits=bits, per_dimension=per_dimension), entropy_model, encode,
                          autoregressive or AutoregressiveConfig(), context or ContextConfig(), layout)
+    canvas = canvas_layout(field, modality, config.layout, config.entropy_model)
+    latents, source = _training_latents(model, data, functaset, split, limit, progress, device, canvas)
     codec = FunctaCodec.build(field, modality, cfg, latents, config, progress)
     bits_total, values = codec.ideal_bits(latents)
     stats = {"train_latents": int(latents.shape[0]), "layout": "canvas" if codec.canvas else "patches",

@@ -278,7 +278,7 @@ class Functaset(Dataset):
             for k, v in data.items():
                 out[k][torch.from_numpy(sel)] = v[local]
         if out is None:
-            return {k: torch.empty(0) for k in self.columns}
+            return self._empty()
         return out
 
     def arrays(self) -> dict[str, Tensor]:
@@ -286,10 +286,20 @@ class Functaset(Dataset):
         values ``(M,)``."""
         parts = [self._chunk(c) for c in range(len(self._chunks))]
         if not parts:
-            return {k: torch.empty(0) for k in self.columns}
+            return self._empty()
         out = {k: torch.cat([p[k] for p in parts]) for k in self.columns}
         self._cache = None
         return out
+
+    def _empty(self) -> dict[str, Tensor]:
+        """Every column with no rows, shaped and typed as stored: ``latents (0, *latent_shape)`` float32, ...
+
+        Empty results (``take([])``, or :meth:`arrays` of a functaset whose manifest lists no chunks) used
+        to be 1-d ``torch.empty(0)`` for every column: a grid functaset then returned latents of shape
+        ``(0,)``, not the documented ``(0, *latent_shape)``, and callers that check the latent shape
+        reported a wrong one (e.g. ``codec build``: "latents must be grids ..., got (0,)")."""
+        return {k: torch.empty(shape, dtype=_TORCH_DTYPES[dtype])
+                for k, (shape, dtype) in self._expected_arrays(0).items()}
 
     def check_base_network(self, sha256: str) -> None:
         """Raise if this functaset was not encoded with the base network of hash ``sha256``."""
@@ -301,6 +311,7 @@ class Functaset(Dataset):
 
 _DTYPE_NAMES = {torch.float32: "F32", torch.int64: "I64", torch.float64: "F64", torch.float16: "F16",
                 torch.int32: "I32"}
+_TORCH_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")  # a file name: no separators, no "..", no dot files
 _COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -150,3 +150,52 @@ def test_canvas_layout_errors_and_hostile_headers(parts):
     huge = pack(replace(header, shape=(4000, 4000)), payload)
     with pytest.raises(CodecError, match="cannot hold|limit"):
         codec.decompress(huge)
+
+
+def test_seam_ratio_sees_patch_borders_and_the_canvas_has_none(parts):
+    from functa.modalities.image import seam_ratio
+
+    rng = np.random.default_rng(4)
+    item = rng.random((24, 24, 3))
+    offsets = np.kron(rng.normal(0, 0.1, (3, 3, 1)), np.ones((8, 8, 1)))  # one colour shift per 8x8 patch
+    assert seam_ratio(item + offsets, item, (8, 8)) > 5
+    assert seam_ratio(item + 0.05 * np.sin(np.arange(24) / 3)[:, None, None], item, (8, 8)) == pytest.approx(1, abs=0.1)
+    # compare() reports it over the modality's grid (a codec's patch) for larger images only
+    modality = parts[1]
+    assert "seam_ratio" not in modality.compare(item[:8, :8] * 255, item[:8, :8] * 255)
+    shifted = np.clip((item + offsets) * 200, 0, 255)
+    assert modality.compare(shifted, item * 200)["seam_ratio"] > 3
+
+
+def test_command_line_canvas_codec_from_whole_training_items(tmp_path, capsys):
+    """``codec build --data`` on a canvas codec fits one canvas per training item (not per patch), the context
+    model learns from them, and compress / decompress round-trip an image of another size."""
+    import json
+
+    from PIL import Image
+
+    from functa.cli import main
+
+    data = tmp_path / "photos" / "train"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["--quiet", "fit", str(tmp_path / "photos"), "-o", str(run), "--field", "spatial", "--steps", "2",
+                 "--set", "field.grid=2", "--set", "field.channels=3", "--set", "field.width=8",
+                 "--set", "field.depth=3", "--set", "field.interpolation=bilinear", "--set", "field.periodic_input=true",
+                 "--set", "data.patch=[8,8]", "--set", "train.batch_size=2", "--set", "train.eval_items=2"]) == 0
+    codec = tmp_path / "codec"
+    assert main(["--quiet", "codec", "build", "-m", str(run), "--data", str(tmp_path / "photos"), "--entropy", "context",
+                 "--context-steps", "20", "-o", str(codec)]) == 0
+    meta = json.loads((codec / "codec.json").read_text())
+    assert meta["built_from"]["layout"] == "canvas" and meta["built_from"]["count"] == 6  # six canvases
+    assert meta["stats"]["layout"] == "canvas"
+    img = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 255, (13, 30, 3), dtype=np.uint8)).save(img)
+    capsys.readouterr()
+    assert main(["compress", str(img), "-m", str(codec), "-o", str(tmp_path / "big.fta")]) == 0
+    assert "latent cell(s)" in capsys.readouterr().out  # 4 x 8 cells of 4 x 4 pixels
+    assert main(["--quiet", "decompress", str(tmp_path / "big.fta"), "-m", str(codec), "-o", str(tmp_path / "out.png")]) == 0
+    assert np.asarray(Image.open(tmp_path / "out.png")).shape == (13, 30, 3)

@@ -56,7 +56,8 @@ from .entropy import ENTROPY_MODELS, FACTORIZED, entropy_from_state, fit_entropy
 from .patches import PatchGrid, from_patches, pad_to_grid, to_patches
 from .quantize import Quantizer, QuantizerConfig
 
-__all__ = ["CodecConfig", "CodecError", "EncodeSettings", "FunctaCodec", "CODEC_FILE", "CODEC_TENSORS"]
+__all__ = ["CodecConfig", "CodecError", "EncodeSettings", "FunctaCodec", "CODEC_FILE", "CODEC_TENSORS", "canvas_layout",
+           "fit_canvas"]
 
 CODEC_FILE = "codec.json"
 CODEC_TENSORS = "codec.safetensors"
@@ -147,8 +148,13 @@ class FunctaCodec:
               config: CodecConfig = CodecConfig(), progress: bool = False) -> "FunctaCodec":
         """Freeze quantiser statistics and entropy model from training latents ``(N, *latent_shape)``
         (on a canvas: their cells; the context model learns from the training grids)."""
-        dim = coded_dim(field, canvas_layout(field, modality, config.layout, config.entropy_model))
-        if tuple(train_latents.shape[1:]) != tuple(field.latent_shape):
+        canvas = canvas_layout(field, modality, config.layout, config.entropy_model)
+        dim = coded_dim(field, canvas)
+        if canvas:  # grids of the field's cells or whole canvases (N, *cells, C)
+            if train_latents.ndim != len(field.latent_shape) + 1 or train_latents.shape[-1] != dim:
+                raise ValueError(f"training latents must be grids (N, {len(field.latent_shape) - 1} axes, {dim}), "
+                                 f"got {tuple(train_latents.shape)}")
+        elif tuple(train_latents.shape[1:]) != tuple(field.latent_shape):
             raise ValueError(f"training latents must be (N, {', '.join(map(str, field.latent_shape))}), "
                              f"got {tuple(train_latents.shape)}")
         quantizer = Quantizer.fit(train_latents.reshape(-1, dim), config.quantizer)
@@ -345,14 +351,9 @@ class FunctaCodec:
         reflect-padded to whole cells -> symbols ``(*cells, channels)``."""
         s = self.config.encode if settings is None else settings
         steps = self.default_inner_steps() if s.inner_steps is None else s.inner_steps
-        grid = PatchGrid(item.shape[:len(self.patch_shape)], self.cell_shape)
-        field = self.field.canvas(grid.counts)
-        dev = field_device(self.field)
-        x = self.modality.coordinates(grid.padded)[None].to(dev)
-        y = self.modality.with_shape(grid.padded).to_features(np.array(pad_to_grid(item, grid)[None])).to(dev)
-        z = fit_latents(field, Batch(x, y), steps, loss=self.loss).latents
+        field, batch, z = fit_canvas(self.field, self.modality, np.asarray(item)[None], steps, self.loss)
         if s.refine_steps:
-            z = self._refine(field, x, y, z, s)
+            z = self._refine(field, batch.x, batch.y, z, s)
         return self.quantizer.quantize(z[0].cpu())
 
     @property
@@ -480,3 +481,19 @@ def canvas_layout(field: nn.Module, modality: Modality, layout: str, entropy_mod
 def coded_dim(field: nn.Module, canvas: bool) -> int:
     """Values per coded row: the channels of a cell on a canvas, else a whole (flat) latent."""
     return int(field.latent_shape[-1]) if canvas else math.prod(field.latent_shape)
+
+
+def fit_canvas(field: nn.Module, modality: Modality, items: np.ndarray, steps: int, loss=None):
+    """Fit one latent canvas per item of a same-shape stack ``items (B, *shape[, C])``, reflect-padded to
+    whole cells of ``patch / grid`` points, with ``steps`` meta-SGD steps (the learned per-cell rates
+    tiled over the canvas). Returns the canvas field, the batch ``(x (1, N, k), y (B, N, C))`` and the
+    latents ``(B, *cells, C)`` on the field's device."""
+    k = len(modality.shape)
+    cell = tuple(p // g for p, g in zip(modality.shape, field.latent_shape[:-1]))
+    grid = PatchGrid(items.shape[1:1 + k], cell)
+    canvas = field.canvas(grid.counts)
+    dev = field_device(field)
+    x = modality.coordinates(grid.padded)[None].to(dev)
+    y = modality.with_shape(grid.padded).to_features(np.stack([pad_to_grid(it, grid) for it in items])).to(dev)
+    batch = Batch(x, y)
+    return canvas, batch, fit_latents(canvas, batch, steps, loss=loss or get_loss("mse")).latents

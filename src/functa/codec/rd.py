@@ -60,7 +60,8 @@ def _batches(items: list[np.ndarray], batch: int):
 
 def _mean_quality(scores: list[dict[str, float]]) -> tuple[float, dict[str, float]]:
     psnr = float(np.mean([s["psnr_db"] for s in scores]))
-    others = {k: float(np.mean([s[k] for s in scores])) for k in scores[0] if k != "psnr_db"}
+    shared = set.intersection(*(set(s) for s in scores)) - {"psnr_db"}  # e.g. seam_ratio: large items only
+    others = {k: float(np.mean([s[k] for s in scores])) for k in scores[0] if k in shared}
     return psnr, others
 
 

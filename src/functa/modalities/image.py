@@ -22,7 +22,7 @@ from ..io import atomic_write_bytes
 from ..validation import MAX_GRID_POINTS, Choice, Int, Real, check_fields, check_total
 from .base import ModalityBase, grid_centres, register_modality
 
-__all__ = ["ImageModality", "image_coordinates"]
+__all__ = ["ImageModality", "image_coordinates", "seam_ratio"]
 
 
 def _pil_format(path: Path) -> str:
@@ -30,6 +30,24 @@ def _pil_format(path: Path) -> str:
     if fmt is None:
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r}; use e.g. .png")
     return fmt
+
+
+def seam_ratio(reconstruction: np.ndarray, item: np.ndarray, period: tuple[int, int]) -> float:
+    """How visible the borders of a ``period`` patch grid are in a reconstruction ``(H, W[, C])``: the mean
+    jump of the error ``e = reconstruction - item`` between neighbouring pixels across patch borders, over
+    the same between neighbours inside patches. Content edges cancel (they are in both images); 1 means
+    no seams, a codec that codes patches independently scores above 1 (colour shifts between patches)."""
+    e = np.asarray(reconstruction, np.float64) - np.asarray(item, np.float64)
+    border, inside = [], []
+    for axis, p in enumerate(period):
+        d = np.abs(np.diff(e, axis=axis))  # d[i] compares pixels i and i + 1 along the axis
+        cross = (np.arange(d.shape[axis]) + 1) % p == 0
+        border.append(np.compress(cross, d, axis).ravel())
+        inside.append(np.compress(~cross, d, axis).ravel())
+    b, i = np.concatenate(border), np.concatenate(inside)
+    if not len(b) or not len(i):
+        return float("nan")
+    return float(b.mean() / max(i.mean(), 1e-12))
 
 
 def image_coordinates(height: int, width: int, convention: Literal["centres", "corners"] = "centres") -> Tensor:
@@ -106,11 +124,16 @@ class ImageModality(ModalityBase):
         return {"psnr_quantised": -10 * torch.log10(mse.clamp_min(1e-20))}
 
     def compare(self, reconstruction: np.ndarray, item: np.ndarray) -> dict[str, float]:
-        """PSNR in dB of the two images after rounding both to integer levels (what files store)."""
+        """PSNR in dB of the two images after rounding both to integer levels (what files store), and,
+        for images larger than this modality's grid (a codec's patch), ``seam_ratio``
+        (:func:`seam_ratio` over the patch grid)."""
         x = np.clip(np.round(np.asarray(reconstruction, np.float64)), 0, self.max_value) / self.max_value
         y = np.clip(np.round(np.asarray(item, np.float64)), 0, self.max_value) / self.max_value
         mse = float(np.mean((x - y) ** 2))
-        return {"psnr_db": float("inf") if mse == 0 else -10.0 * float(np.log10(mse))}
+        out = {"psnr_db": float("inf") if mse == 0 else -10.0 * float(np.log10(mse))}
+        if x.shape[0] > self.height or x.shape[1] > self.width:
+            out["seam_ratio"] = seam_ratio(x, y, (self.height, self.width))
+        return out
 
     def make_augmentation(self, kinds: tuple[str, ...], seed: int = 0, pad: int = 4) -> ImageAugmentation:
         return ImageAugmentation(tuple(kinds), pad=pad, seed=seed)
