@@ -435,6 +435,10 @@ def _run(args: argparse.Namespace) -> int:
 
         for name in ("manifest.json", "config.json"):
             if (args.path / name).is_file():
+                if name == "manifest.json":  # a functaset: every chunk is checked before it is described
+                    from .functaset import Functaset
+
+                    Functaset(args.path).check()
                 info = read_json_object(args.path / name)
                 info.pop("chunks", None)
                 if isinstance(info.get("modality"), dict):

@@ -43,6 +43,9 @@ def _training_latents(model: Path, data: str | Path | None, functaset: str | Pat
     if functaset is not None:
         fs = Functaset(functaset)
         fs.check_base_network(cfg["sha256"])
+        if tuple(fs.latent_shape) != tuple(field.latent_shape):
+            raise ArtefactError(f"{functaset}: latents of shape {fs.latent_shape}, but the base network's are "
+                                f"{tuple(field.latent_shape)}")
         latents = fs.take(np.arange(len(fs) if limit is None else min(limit, len(fs))))["latents"]
         return latents, {"functaset": str(functaset), "count": int(latents.shape[0])}
     if data is None:

@@ -144,6 +144,8 @@ def load_latents(path: str | Path, sha256: str | None = None) -> tuple[dict[str,
                             "finish it with 'functa encode' first")
     if sha256 is not None:
         fs.check_base_network(sha256)
+    if not len(fs):
+        raise ArtefactError(f"{path}: the functaset holds no items")
     arrays = fs.arrays()
     # the vector tasks (classifier, flow, DDPM) see every latent flat: (M, prod(latent_shape)), e.g. the
     # (P, D) latents of items encoded patch by patch

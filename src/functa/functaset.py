@@ -249,8 +249,17 @@ class Functaset(Dataset):
             # the file may have been replaced since it was opened
             self._match(f, self._expected[c], {k: (tuple(v.shape), _DTYPE_NAMES.get(v.dtype, str(v.dtype)))
                                                 for k, v in data.items()})
+            if not bool(torch.isfinite(data["latents"]).all()):  # a hash forged along with the values
+                raise ArtefactError(f"{f}: non-finite latents (NaN or inf)")
             self._cache = (c, data)
         return self._cache[1]
+
+    def check(self) -> None:
+        """Read every chunk once (hash, declared shapes, finite latents; one chunk in memory at a time) and
+        raise :class:`~functa.io.ArtefactError` naming the first bad file."""
+        for c in range(len(self._chunks)):
+            self._chunk(c)
+        self._cache = None
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         if not -len(self) <= i < len(self):

@@ -384,6 +384,8 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
     if functaset is not None:
         fs = Functaset(functaset)
         fs.check_base_network(cfg["sha256"])
+        if not len(fs):
+            raise ArtefactError(f"{functaset}: the functaset holds no items")
         idx = parse_indices(indices, len(fs))
         latents = fs.take(idx)["latents"]
         if "patches" in fs.header:  # one latent per patch of a whole item
