@@ -197,3 +197,27 @@ def test_non_finite_loss_raises():
     y = torch.full((4, 36, 1), float("nan"))
     with pytest.raises(FloatingPointError, match="outer_lr"):
         learner.train_step(Batch(grid(dtype=torch.float32), y))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_fitting_in_point_chunks_equals_one_pass(masked):
+    """``fit_latents(max_points=...)`` sums every step's gradient over point chunks, weighted by each chunk's
+    share of the item's (observed) points: the latents and losses of one pass, in bounded memory."""
+    from functa.fields import SpatialConfig, SpatialSiren
+    from functa.fitting import Batch, fit_latents
+    from functa.modalities.image import image_coordinates
+
+    torch.manual_seed(0)
+    f = SpatialSiren(SpatialConfig(width=16, depth=3, grid=3, channels=4, out_dim=3, interpolation="bilinear",
+                                   periodic_input=True)).double()
+    x = image_coordinates(12, 12)[None].double()
+    y = torch.rand(2, 144, 3, dtype=torch.float64)
+    mask = (torch.rand(2, 144, 1) > 0.3).double() if masked else None
+    batch = Batch(x, y, mask)
+    whole = fit_latents(f, batch, 3)
+    parts = fit_latents(f, batch, 3, max_points=50)  # 50 + 50 + 44 points
+    # equal up to rounding (the shared zero-latent first step, the order of the sums)
+    torch.testing.assert_close(parts.latents, whole.latents, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(parts.loss, whole.loss, rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(parts.outputs, whole.outputs, rtol=1e-6, atol=1e-8)
+    assert not torch.allclose(fit_latents(f, batch, 2).latents, whole.latents)

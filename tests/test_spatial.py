@@ -311,7 +311,18 @@ def test_canvas_of_whole_grids_equals_each_grid_on_its_own():
             tile = z[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
             expected = f(x_small, tile).reshape(2, 8, 8, 3)
             torch.testing.assert_close(out[:, 8 * i:8 * i + 8, 8 * j:8 * j + 8], expected, rtol=1e-10, atol=1e-12)
-            torch.testing.assert_close(rates[4 * i:4 * i + 4, 4 * j:4 * j + 4], f.inner_lrs())
+            torch.testing.assert_close(rates[4 * i:4 * i + 4, 4 * j:4 * j + 4], 6 * f.inner_lrs())  # 6 grids
+    # meta-SGD on the canvas (the item's mean loss over all six grids) is meta-SGD on each grid
+    from functa.fitting import fit_latents
+
+    target = torch.rand(1, 16 * 24, 3, dtype=torch.float64)
+    fitted = fit_latents(big, Batch(x_big, target), 3).latents
+    tiles = target.reshape(16, 24, 3)
+    for i in range(2):
+        for j in range(3):
+            tile = tiles[8 * i:8 * i + 8, 8 * j:8 * j + 8].reshape(1, 64, 3)
+            torch.testing.assert_close(fitted[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4],
+                                       fit_latents(f, Batch(x_small, tile), 3).latents, rtol=1e-9, atol=1e-12)
     zz = z.clone().requires_grad_(True)
     o, trace = big.forward_points(x_big, zz, keep_trace=True)
     g = torch.randn_like(o)

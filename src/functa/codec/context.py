@@ -45,19 +45,20 @@ UNIFORM_MIX = 2.0**-10
 
 @dataclass(frozen=True)
 class ContextConfig:
-    """Network and training settings of a :class:`ContextModel` (``batch_size`` in grids)."""
+    """Network and training settings of a :class:`ContextModel` (``batch_cells``: cells per training step,
+    as whole grids: at least one)."""
 
     hidden: tuple[int, ...] = (64, 64)
     components: int = 2
     steps: int = 2000
-    batch_size: int = 32
+    batch_cells: int = 4096
     lr: float = 3e-3
     seed: int = 0
 
     def __post_init__(self) -> None:
         try:
             check_fields(self, "context", hidden=IntSeq(1, 4096, min_len=1, max_len=8), components=Int(1, 16),
-                         steps=Int(0, 10**9), batch_size=Int(1, 2**20), lr=Real(0, 1e3, lo_open=True),
+                         steps=Int(0, 10**9), batch_cells=Int(1, 2**24), lr=Real(0, 1e3, lo_open=True),
                          seed=Int(0, 2**63 - 1))
         except ConfigError as e:
             raise ConfigError(f"invalid context model config: {e}") from None
@@ -155,10 +156,11 @@ class ContextModel(nn.Module):
         opt = torch.optim.Adam(self.net.parameters(), lr=c.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(c.steps, 1))
         per_grid = math.prod(grids.shape[1:])
+        batch = min(grids.shape[0], max(1, c.batch_cells // math.prod(grids.shape[1:-1])))
         history = []
         self.train()
         for step in tqdm(range(c.steps), desc="context model", disable=not progress):
-            idx = torch.randint(0, grids.shape[0], (min(c.batch_size, grids.shape[0]),), generator=g)
+            idx = torch.randint(0, grids.shape[0], (batch,), generator=g)
             loss = -self.log2_prob(grids[idx]).mean() / per_grid
             opt.zero_grad(set_to_none=True)
             loss.backward()

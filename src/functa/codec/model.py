@@ -42,7 +42,7 @@ from ..atomic import atomic_copy
 from ..device import resolve_device
 from ..errors import CodecError
 from ..fields import field_device
-from ..fitting import Batch, auto_batch_size, fit_latents, get_loss, predict
+from ..fitting import Batch, auto_batch_size, fit_latents, get_loss, max_points_per_pass, point_chunks, predict
 from ..errors import ConfigError
 from ..io import (CONFIG_FILE, MODEL_FILE, ArtefactError, load_base_network, load_tensors, read_json_object, save_tensors,
                   write_json)
@@ -322,27 +322,39 @@ class FunctaCodec:
         step = self.quantizer.step().float().to(z.device)
         lengths = self._code_lengths().to(z.device) if s.rate_weight > 0 else None
         per_point = s.rate_weight / x.shape[1]
+        # large items (a canvas over a photo) are evaluated in point chunks: memory of one chunk
+        limit = max_points_per_pass(field) if b == 1 else x.shape[1]
+        chunks = point_chunks(Batch(x, y), limit)
         delta = torch.zeros_like(rows, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=s.refine_lr)
         best_z, best = rows.reshape(b, -1).clone(), torch.full((b,), float("inf"), device=z.device)
         for i in range(s.refine_steps + 1):
+            last = i == s.refine_steps
             cur = rows + delta * step
             q = self.quantizer.quantize(cur.detach().cpu()).to(z.device)
             zq = self.quantizer.dequantize(q.cpu()).to(z.device)
-            zq = cur + (zq - cur).detach()  # straight-through
-            loss = self.loss.per_item(field(x, zq.reshape(shape)), y)
-            objective = loss.detach()
+            zq = (cur + (zq - cur).detach()).reshape(shape)  # straight-through
+            leaf = zq.detach().requires_grad_(not last)
+            objective = torch.zeros(b, device=z.device)
+            for sub, w in chunks:  # the loss and its gradient with respect to the quantised latents
+                with torch.set_grad_enabled(not last):
+                    part = self.loss.per_item(field(sub.x, leaf), sub.y) * w
+                    if not last:
+                        part.sum().backward()
+                objective = objective + part.detach()
             if lengths is not None:
                 exact = lengths.gather(1, q.t()).t().sum(1).reshape(b, -1).sum(1)  # bits of the symbols coded
                 objective = objective + per_point * exact
-                loss = loss + per_point * self._soft_bits(cur, lengths).reshape(b, -1).sum(1)
             better = objective < best
             best = torch.where(better, objective, best)
             best_z[better] = cur.detach().reshape(b, -1)[better]
-            if i == s.refine_steps:
+            if last:
                 break
             opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
+            surrogate = (zq * leaf.grad).sum()  # backpropagates the chunks' gradient through the quantiser
+            if lengths is not None:
+                surrogate = surrogate + per_point * self._soft_bits(cur, lengths).sum()
+            surrogate.backward()
             opt.step()
         return best_z.reshape(shape)
 
@@ -496,4 +508,5 @@ def fit_canvas(field: nn.Module, modality: Modality, items: np.ndarray, steps: i
     x = modality.coordinates(grid.padded)[None].to(dev)
     y = modality.with_shape(grid.padded).to_features(np.stack([pad_to_grid(it, grid) for it in items])).to(dev)
     batch = Batch(x, y)
-    return canvas, batch, fit_latents(canvas, batch, steps, loss=loss or get_loss("mse")).latents
+    return canvas, batch, fit_latents(canvas, batch, steps, loss=loss or get_loss("mse"),
+                                      max_points=max_points_per_pass(field)).latents

@@ -205,12 +205,16 @@ class SpatialSiren(nn.Module):
         return list(self.inner_lrs_per_cell.parameters())
 
     def inner_lrs(self) -> Tensor:
-        """Per-cell rates ``(*cells, 1)``, broadcast over the channels; a canvas tiles the learned
-        ``(s, ..., s)`` rates periodically (cell ``j`` takes the rate of cell ``j mod s``)."""
+        """Per-cell rates ``(*cells, 1)``, broadcast over the channels. A canvas tiles the learned
+        ``(s, ..., s)`` rates periodically (cell ``j`` takes the rate of cell ``j mod s``) and scales them
+        by its size in training grids, ``prod(cells) / s^k``: the inner loss is the *mean* over the item's
+        points, so a cell's gradient on a canvas is that much smaller than in a training grid (with this,
+        meta-SGD on a canvas of whole grids is meta-SGD on each grid)."""
         s = self.config.grid
         r = self.inner_lrs_per_cell().reshape((s,) * self.config.in_dim)
         if self.cells != r.shape:
             r = r.repeat(*(-(-g // s) for g in self.cells))[tuple(slice(0, g) for g in self.cells)]
+            r = r * (math.prod(self.cells) / s ** self.config.in_dim)
         return r[..., None]
 
     def canvas(self, cells: tuple[int, ...]) -> "SpatialSiren":

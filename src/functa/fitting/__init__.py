@@ -1,6 +1,6 @@
 """Fitting: losses, batches, the inner loop, meta-learning of the base network and encoding of latents."""
 
-from .encode import Encoding, auto_batch_size, fit_latents, predict
+from .encode import Encoding, auto_batch_size, fit_latents, max_points_per_pass, point_chunks, predict
 from .inner import InnerLoop, field_outputs, inner_step, latent_grad, uses_fast_path
 from .losses import AnalyticOutputGrad, BCEWithLogitsLoss, Loss, MSELoss, available_losses, get_loss
 from .meta import MetaLearner, MetaLearningConfig, evaluate_reconstruction
@@ -31,6 +31,8 @@ __all__ = [
     "evaluate_reconstruction",
     "field_outputs",
     "fit_latents",
+    "max_points_per_pass",
+    "point_chunks",
     "get_loss",
     "inner_step",
     "latent_grad",

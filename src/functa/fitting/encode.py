@@ -8,11 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from ..fields import field_device
-from .inner import InnerLoop, field_outputs
+from .inner import InnerLoop, field_outputs, latent_grad
 from .losses import Loss, MSELoss
 from .source import Batch
 
-__all__ = ["Encoding", "auto_batch_size", "fit_latents", "predict"]
+__all__ = ["Encoding", "auto_batch_size", "fit_latents", "max_points_per_pass", "point_chunks", "predict"]
 
 ACTIVATION_BUDGET_BYTES = 24 * 2**20
 
@@ -41,9 +41,47 @@ class Encoding:
     history: list[Tensor] | None = None
 
 
+def point_chunks(batch: Batch, max_points: int) -> list[tuple[Batch, Tensor]]:
+    """The batch as sub-batches of at most ``max_points`` points, each with the per-item weight ``(B,)``
+    of its points in the item's mean loss (observed points over all observed points), so that
+    ``sum_c w_c * loss.per_item(chunk c)`` is the item's loss and the same sum of gradients its gradient."""
+    n = batch.x.shape[1]
+    if batch.mask is None:
+        total = torch.full((len(batch),), float(n), device=batch.y.device)
+    else:
+        total = batch.mask.sum((1, 2)).expand(len(batch)).clamp_min(1.0)
+    out = []
+    for start in range(0, n, max_points):
+        sub = batch.points(torch.arange(start, min(start + max_points, n), device=batch.x.device))
+        count = (torch.full_like(total, float(sub.x.shape[1])) if sub.mask is None
+                 else sub.mask.sum((1, 2)).expand(len(batch)))
+        out.append((sub, count / total))
+    return out
+
+
+def _fit_in_chunks(field: nn.Module, inner: InnerLoop, batch: Batch, max_points: int, fast: bool) -> Encoding:
+    """:func:`fit_latents` with every step's gradient summed over point chunks (first order, exact):
+    memory is that of ``max_points`` points whatever the item's size."""
+    chunks = point_chunks(batch, max_points)
+    lrs = field.inner_lrs()
+    latents = field.zero_latents(len(batch))
+
+    def weighted(value: Tensor, w: Tensor) -> Tensor:
+        return value * w.reshape(-1, *([1] * (value.ndim - 1)))
+
+    for _ in range(inner.steps):
+        grad = sum(weighted(latent_grad(field, inner.loss, sub, latents, create_graph=False, fast=fast), w)
+                   for sub, w in chunks)
+        latents = latents - lrs * grad
+    outs = [field_outputs(field, sub, latents) for sub, _ in chunks]
+    item_loss = sum(weighted(inner.loss.per_item(o, sub.y, sub.mask), w) for o, (sub, w) in zip(outs, chunks))
+    return Encoding(latents, item_loss, torch.cat(outs, 1))
+
+
 @torch.no_grad()
 def fit_latents(field: nn.Module, batch: Batch, steps: int = 3, *, loss: Loss = MSELoss(),
-                track_steps: bool = False, shared_first_step: bool = True, compile: bool = False) -> Encoding:
+                track_steps: bool = False, shared_first_step: bool = True, compile: bool = False,
+                max_points: int | None = None) -> Encoding:
     """Fit latents to a batch with ``steps`` meta-SGD steps from zero, using the learned rates.
 
     Args:
@@ -54,9 +92,13 @@ def fit_latents(field: nn.Module, batch: Batch, steps: int = 3, *, loss: Loss = 
         shared_first_step: evaluate the zero-latent first step once per batch (same results).
         compile: run through ``torch.compile`` (fuses the elementwise work; compiles once per
             input shape, tens of seconds). Batches with a renderer run eagerly.
+        max_points: fit items with more points chunk by chunk (:func:`point_chunks`: the same latents
+            up to float rounding, memory bounded by ``max_points``); e.g. a whole photo on one canvas.
     """
     batch = batch.to(field_device(field))
     inner = InnerLoop(steps, loss, first_order=True, shared_first_step=shared_first_step)
+    if max_points is not None and batch.x.shape[1] > max_points and batch.renderer is None and not track_steps:
+        return _fit_in_chunks(field, inner, batch, max_points, inner.is_fast(field, batch))
     if track_steps:
         hist = inner.history(field, batch)
         out = field_outputs(field, batch, hist[-1])
@@ -90,6 +132,11 @@ def _compiled_encode():
     return _COMPILED
 
 
+def max_points_per_pass(field: nn.Module) -> int:
+    """Points of one item whose ``(N, width)`` activations fit the ~24 MiB budget of :func:`auto_batch_size`."""
+    return max(1, ACTIVATION_BUDGET_BYTES // (4 * field.activation_floats_per_point()))
+
+
 @torch.no_grad()
 def predict(field: nn.Module, x: Tensor, latents: Tensor, *, loss: Loss = MSELoss()) -> Tensor:
     """Predicted features ``(B, N, C)`` (``loss.predict`` of the outputs) of latents ``(B, *latent_shape)``
@@ -98,7 +145,7 @@ def predict(field: nn.Module, x: Tensor, latents: Tensor, *, loss: Loss = MSELos
     dev = field_device(field)
     n = x.shape[1]
     items = auto_batch_size(field, n)
-    points = n if items > 1 else max(1, ACTIVATION_BUDGET_BYTES // (4 * field.activation_floats_per_point()))
+    points = n if items > 1 else max_points_per_pass(field)
     parts = []
     for s in range(0, latents.shape[0], items):
         z = latents[s:s + items].to(dev)
