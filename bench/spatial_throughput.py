@@ -35,6 +35,10 @@ def configs(width: int, depth: int) -> dict[str, dict]:
         "spatial 8x8x4 (1-NN)": {**base, "name": "spatial", "grid": 8, "channels": 4},
         "spatial 4x4x16 (bilinear)": {**base, "name": "spatial", "grid": 4, "channels": 16,
                                       "interpolation": "bilinear", "binary_bits": 5},
+        "spatial 4x4x16 (bilinear, periodic input)": {**base, "name": "spatial", "grid": 4, "channels": 16,
+                                                      "interpolation": "bilinear", "periodic_input": True},
+        "vector 1024": {**base, "name": "latent_modulated_siren", "latent_dim": 1024},
+        "spatial 8x8x16 (1-NN)": {**base, "name": "spatial", "grid": 8, "channels": 16},
     }
 
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .codec import (MAX_OUTPUT_POINTS, AutoregressiveConfig, CodecConfig, ContextConfig, EncodeSettings, FunctaCodec,
                     QuantizerConfig, to_patches)
 from .codec.container import MAX_POINTS
-from .codec.model import canvas_layout, fit_canvas
+from .codec.canvas import canvas_layout, cell_grid, fit_canvas
 from .atomic import output_lock
 from .errors import CodecError
 from .fitting import Batch, auto_batch_size, fit_latents
@@ -68,11 +68,12 @@ def _training_latents(model: Path, data: str | Path | None, functaset: str | Pat
 
 
 def _training_canvases(field, modality, cfg: dict, ds, steps: int, progress: bool) -> torch.Tensor:
-    """One canvas per item of ``ds`` (same-shape items, batched within the activation budget)."""
+    """One canvas per item of ``ds`` (same-shape items, batched within the activation budget):
+    latents ``(N, *cells, C)``."""
     if not len(ds):
         raise ValueError("no training items")
     first = ds.take(np.arange(1))[0]
-    points = int(np.prod([-(-n // p) * p for n, p in zip(first.shape, modality.shape)]))
+    points = int(np.prod(cell_grid(field, modality, first.shape[:len(modality.shape)]).padded))
     batch = max(1, auto_batch_size(field, points))
     out = []
     for start in tqdm(range(0, len(ds), batch), desc="encoding training canvases", disable=not progress):
@@ -212,8 +213,11 @@ def codec_bench(data: str | Path, codecs: list[str | Path], out: str | Path, spl
     results: dict[str, list[dict]] = {}
     for path, codec in tqdm(loaded, desc="functa codecs", disable=not progress):
         q = codec.config.quantizer
-        curve = f"functa ({'per-dim' if q.per_dimension else 'global'} quantiser, {codec.config.entropy_model} entropy)"
-        label = f"{Path(path).name}: latent {codec.latent_dim}, {q.bits} bits"
+        curve = (f"functa ({'per-dim' if q.per_dimension else 'global'} quantiser, {codec.config.entropy_model} entropy"
+                 f"{', canvas' if codec.canvas else ''})")
+        latent = (f"canvas of {'x'.join(map(str, codec.cell_shape))} cells x {codec.latent_dim}" if codec.canvas
+                  else f"latent {codec.latent_dim}")
+        label = f"{Path(path).name}: {latent}, {q.bits} bits"
         settings = encode_settings(codec, inner_steps=inner_steps, refine_steps=refine_steps, rate_weight=rate_weight)
         results.setdefault(curve, []).append(functa_point(codec, items, label, settings).to_dict())
     if baselines_from is not None:

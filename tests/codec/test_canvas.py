@@ -145,7 +145,7 @@ def test_canvas_layout_errors_and_hostile_headers(parts):
     from dataclasses import replace
 
     wide = pack(replace(header, shape=(4, 4 * 2000)), payload)  # 2000 cells along an axis
-    with pytest.raises(CodecError, match="latent cells"):
+    with pytest.raises(CodecError, match="too large for one latent canvas"):
         codec.decompress(wide, max_output_points=2**30)
     huge = pack(replace(header, shape=(4000, 4000)), payload)
     with pytest.raises(CodecError, match="cannot hold|limit"):
@@ -199,3 +199,29 @@ def test_command_line_canvas_codec_from_whole_training_items(tmp_path, capsys):
     assert "latent cell(s)" in capsys.readouterr().out  # 4 x 8 cells of 4 x 4 pixels
     assert main(["--quiet", "decompress", str(tmp_path / "big.fta"), "-m", str(codec), "-o", str(tmp_path / "out.png")]) == 0
     assert np.asarray(Image.open(tmp_path / "out.png")).shape == (13, 30, 3)
+
+
+def test_layout_auto_needs_centred_points_and_old_codecs_stay_patch_codecs(parts, tmp_path):
+    """A modality whose points are not cell-aligned centres (corners) cannot make a canvas, so auto codes
+    patches; a codec.json written before the canvas layout existed (no ``layout`` key) loads as patches."""
+    import json
+
+    field, _, latents = parts
+    corners = get_modality("image")(height=8, width=8, channels=3, coordinates_convention="corners")
+    base_config = {"sha256": "cd" * 32, "modality": corners.to_config()}
+    assert not FunctaCodec.build(field, corners, base_config, latents, CodecConfig()).canvas
+    with pytest.raises(ConfigError, match="cell-aligned centres"):
+        FunctaCodec.build(field, corners, base_config, latents, CodecConfig(layout="canvas"))
+    modality = parts[1]
+    base = tmp_path / "base"
+    save_base_network(base, field, modality=modality.to_config(), run={"train": {"inner_steps": 3}})
+    from functa.io import load_base_network
+
+    loaded, cfg = load_base_network(base)
+    old = FunctaCodec.build(loaded, modality, cfg, latents, CodecConfig(layout="patches"))
+    old.save(tmp_path / "old", base)
+    meta = json.loads((tmp_path / "old" / "codec.json").read_text())
+    del meta["config"]["layout"], meta["config"]["context"]
+    (tmp_path / "old" / "codec.json").write_text(json.dumps(meta))
+    again = FunctaCodec.load(tmp_path / "old")
+    assert not again.canvas and again.codec_id == old.codec_id

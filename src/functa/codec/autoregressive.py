@@ -37,7 +37,12 @@ from ..errors import ConfigError
 from ..validation import MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
 from .entropy import PayloadDecoder, _coder, chunk_rows, code_length_bound, words_to_bytes
 
-__all__ = ["AutoregressiveConfig", "AutoregressiveModel", "logistic_bin_probs"]
+__all__ = ["AutoregressiveConfig", "AutoregressiveModel", "logistic_bin_probs", "symbols_to_unit"]
+
+
+def symbols_to_unit(symbols: Tensor, num_symbols: int) -> Tensor:
+    """Symbols in ``[0, S)`` as network inputs in ``[-1, 1]`` (float32, same shape)."""
+    return symbols.float() * (2.0 / (num_symbols - 1)) - 1.0
 
 
 def logistic_bin_probs(logits: Tensor, means: Tensor, log_scales: Tensor, edges: Tensor) -> Tensor:
@@ -93,7 +98,7 @@ class AutoregressiveModel(nn.Module):
 
     # ------------------------------------------------------------------ densities
     def _inputs(self, symbols: Tensor) -> Tensor:
-        return symbols.float() * (2.0 / (self.num_symbols - 1)) - 1.0
+        return symbols_to_unit(symbols, self.num_symbols)
 
     def _mixture(self, symbols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mixture logits, means and log-scales in level units, each ``(B, D, K)``."""

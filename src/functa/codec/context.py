@@ -20,7 +20,8 @@ cells of one *wavefront* ``t = sum_a w_a j_a`` depend only on earlier wavefronts
 decoder evaluate the network once per wavefront, on the same rows in the same order, and so compute
 bit-identical tables on the same machine and library build (decoding on another CPU or BLAS may in
 rare cases compute a different table and fail, as with any learned entropy model; the factorised
-models have no such caveat). A ``40 x 60`` grid takes 139 wavefronts.
+models have no such caveat; the tables are computed on the calling thread's settings, so decode with the
+torch thread count and build you encoded with). A ``40 x 60`` grid takes 138 wavefronts.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..validation import MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
-from .autoregressive import logistic_bin_probs
+from .autoregressive import logistic_bin_probs, symbols_to_unit
 from .entropy import PayloadDecoder, _coder, code_length_bound, words_to_bytes
 
 __all__ = ["ContextConfig", "ContextModel", "causal_offsets"]
@@ -118,12 +119,12 @@ class ContextModel(nn.Module):
         k = self.config.components
         h = self.net(context).reshape(*context.shape[:-1], self.dim, 3, k)
         centre = (self.num_symbols - 1) / 2
-        probs = logistic_bin_probs(h[..., 0, :], centre + h[..., 1, :] * centre,
-                                   h[..., 2, :].clamp(-7.0, 7.0) + math.log(self.num_symbols / 4), self.edges)
+        log_scales = (h[..., 2, :] + math.log(self.num_symbols / 4)).clamp(-7.0, math.log(self.num_symbols))
+        probs = logistic_bin_probs(h[..., 0, :], centre + h[..., 1, :] * centre, log_scales, self.edges)
         return (1 - UNIFORM_MIX) * probs + UNIFORM_MIX / self.num_symbols
 
     def _values(self, symbols: Tensor) -> Tensor:
-        return symbols.float() * (2.0 / (self.num_symbols - 1)) - 1.0
+        return symbols_to_unit(symbols, self.num_symbols)
 
     @staticmethod
     def _coords(cells: tuple[int, ...]) -> Tensor:
@@ -137,10 +138,12 @@ class ContextModel(nn.Module):
         return torch.log2(probs.gather(-1, sym[..., None])[..., 0]).sum((1, 2))
 
     def bits(self, grids: Tensor) -> float:
-        """Ideal code length in bits of symbol grids ``(*cells, C)`` or ``(B, *cells, C)``."""
+        """Ideal code length in bits of symbol grids ``(*cells, C)`` or ``(B, *cells, C)`` (in chunks of
+        grids of about ``batch_cells`` cells: memory does not grow with the number of grids)."""
         g = grids if grids.ndim == self.axes + 2 else grids[None]
+        per = max(1, self.config.batch_cells // max(1, math.prod(g.shape[1:-1])))
         with torch.no_grad():
-            return float(-self.log2_prob(g).sum())
+            return float(sum(-self.log2_prob(g[i:i + per]).sum() for i in range(0, len(g), per)))
 
     # ------------------------------------------------------------------ training
     def fit(self, grids: Tensor, progress: bool = False) -> list[float]:
@@ -181,6 +184,8 @@ class ContextModel(nn.Module):
         return coords, [f for f in torch.split(order, counts.tolist()) if len(f)]
 
     def _front_table(self, values: Tensor, coords: Tensor, front: Tensor, cells: tuple[int, ...]) -> np.ndarray:
+        """Probabilities ``(n * C, S)`` float64 of the ``n`` cells ``front`` (flat indices) from the decoded
+        values ``(P, C)``; the same rows in the same call on the encoder and the decoder side."""
         with torch.no_grad():
             probs = self._probs(self._context(values[None], coords[front], cells))[0]  # (n, C, S)
         return probs.reshape(-1, self.num_symbols).double().numpy()

@@ -48,16 +48,15 @@ from ..io import (CONFIG_FILE, MODEL_FILE, ArtefactError, load_base_network, loa
                   write_json)
 from ..validation import Choice, Int, Real, check_fields, in_file
 from ..modalities import Modality, modality_from_config
+from .canvas import canvas_layout, cell_grid, cell_shape, coded_dim, fit_canvas
 from .container import MAX_OUTPUT_POINTS, Header, pack, unpack
-from ..fields.spatial import MAX_GRID
 from .autoregressive import AutoregressiveConfig
 from .context import ContextConfig
 from .entropy import ENTROPY_MODELS, FACTORIZED, entropy_from_state, fit_entropy_model
-from .patches import PatchGrid, from_patches, pad_to_grid, to_patches
+from .patches import PatchGrid, from_patches, to_patches
 from .quantize import Quantizer, QuantizerConfig
 
-__all__ = ["CodecConfig", "CodecError", "EncodeSettings", "FunctaCodec", "CODEC_FILE", "CODEC_TENSORS", "canvas_layout",
-           "fit_canvas"]
+__all__ = ["CodecConfig", "CodecError", "EncodeSettings", "FunctaCodec", "CODEC_FILE", "CODEC_TENSORS"]
 
 CODEC_FILE = "codec.json"
 CODEC_TENSORS = "codec.safetensors"
@@ -158,15 +157,15 @@ class FunctaCodec:
             raise ValueError(f"training latents must be (N, {', '.join(map(str, field.latent_shape))}), "
                              f"got {tuple(train_latents.shape)}")
         quantizer = Quantizer.fit(train_latents.reshape(-1, dim), config.quantizer)
-        symbols = quantizer.quantize(train_latents.reshape(*train_latents.shape[:-1], -1)
-                                     if config.entropy_model == "context" else train_latents.reshape(-1, dim))
+        symbols = quantizer.quantize(train_latents if config.entropy_model == "context"
+                                     else train_latents.reshape(-1, dim))
         entropy = fit_entropy_model(config.entropy_model, symbols, config.quantizer.levels, config.autoregressive,
                                     progress, config.context)
         return cls(field, modality, base_config, quantizer, entropy, config)
 
     def ideal_bits(self, latents: Tensor) -> tuple[float, int]:
         """The entropy model's ideal code length of latents ``(N, *latent_shape)`` and their number of values."""
-        if getattr(self.entropy, "needs_grid", False):
+        if self.codes_grids:
             sym = self.quantizer.quantize(latents)
         else:
             sym = self.quantizer.quantize(latents.reshape(-1, self.latent_dim))
@@ -221,7 +220,8 @@ class FunctaCodec:
             version = Int(0, 2**31)(meta.get("format_version", 0), "format_version")
             if not isinstance(meta.get("config"), dict):
                 raise ConfigError(f"config = {str(meta.get('config'))[:40]!r} is not a section")
-            config = CodecConfig(**meta["config"])
+            # codecs written before the canvas layout existed code patches (their config has no "layout")
+            config = CodecConfig(**{"layout": "patches", **meta["config"]})
         except ConfigError as e:
             raise in_file(directory / CODEC_FILE, e) from None
         except TypeError as e:  # unknown top-level keys
@@ -336,11 +336,12 @@ class FunctaCodec:
             zq = (cur + (zq - cur).detach()).reshape(shape)  # straight-through
             leaf = zq.detach().requires_grad_(not last)
             objective = torch.zeros(b, device=z.device)
-            for sub, w in chunks:  # the loss and its gradient with respect to the quantised latents
+            grad = torch.zeros_like(leaf) if not last else None
+            for sub, w in chunks:  # the loss and its gradient with respect to the quantised latents only
                 with torch.set_grad_enabled(not last):
                     part = self.loss.per_item(field(sub.x, leaf), sub.y) * w
                     if not last:
-                        part.sum().backward()
+                        grad += torch.autograd.grad(part.sum(), leaf)[0]
                 objective = objective + part.detach()
             if lengths is not None:
                 exact = lengths.gather(1, q.t()).t().sum(1).reshape(b, -1).sum(1)  # bits of the symbols coded
@@ -351,7 +352,7 @@ class FunctaCodec:
             if last:
                 break
             opt.zero_grad(set_to_none=True)
-            surrogate = (zq * leaf.grad).sum()  # backpropagates the chunks' gradient through the quantiser
+            surrogate = (zq * grad).sum()  # backpropagates the chunks' gradient through the quantiser
             if lengths is not None:
                 surrogate = surrogate + per_point * self._soft_bits(cur, lengths).sum()
             surrogate.backward()
@@ -371,11 +372,16 @@ class FunctaCodec:
     @property
     def cell_shape(self) -> tuple[int, ...]:
         """Canvas layout: the points per cell along each axis (the training patch over the grid)."""
-        return tuple(p // g for p, g in zip(self.patch_shape, self.field.latent_shape[:-1]))
+        return cell_shape(self.field, self.modality)
+
+    @property
+    def codes_grids(self) -> bool:
+        """Whether the entropy model codes whole grids ``(*cells, D)`` (the context model), not rows."""
+        return bool(getattr(self.entropy, "needs_grid", False))
 
     def _payload(self, symbols: Tensor) -> bytes:
         """Range-code the symbols of one item: ``(P, D)`` rows, or a canvas grid ``(*cells, D)``."""
-        if getattr(self.entropy, "needs_grid", False):
+        if self.codes_grids:
             return self.entropy.encode(symbols)
         return self.entropy.encode(symbols.reshape(-1, self.latent_dim))
 
@@ -419,15 +425,14 @@ class FunctaCodec:
         if len(header.shape) != len(self.patch_shape):
             raise CodecError(f"file holds a {len(header.shape)}-axis item, the codec's patches have {len(self.patch_shape)}")
         grid = PatchGrid(header.shape, self.cell_shape if self.canvas else self.patch_shape)
-        points = math.prod(grid.padded)
+        points = math.prod(grid.padded)  # checked first: the canvas is built only for a bounded item
         if points > max_output_points:
             raise CodecError(f"the file declares a {'x'.join(map(str, header.shape))} item ({points} points padded to "
                              f"whole {'cells' if self.canvas else 'patches'}), more than the limit of "
                              f"{max_output_points}; raise max_output_points (--max-output-points) if it is genuine")
-        if self.canvas and max(grid.counts) > MAX_GRID:
-            raise CodecError(f"the file declares a {'x'.join(map(str, header.shape))} item, more than {MAX_GRID} "
-                             f"latent cells along an axis")
-        if getattr(self.entropy, "needs_grid", False):
+        if self.canvas:
+            grid = cell_grid(self.field, self.modality, header.shape)  # CodecError beyond the largest canvas
+        if self.codes_grids:
             return self.entropy.decode(payload, grid.counts), grid
         return self.entropy.decode(payload, grid.num_patches, self.latent_dim), grid
 
@@ -469,44 +474,3 @@ class FunctaCodec:
         x = self.modality.coordinates()[None]
         return self.modality.from_features(predict(self.field, x, self._shaped(latents), loss=self.loss))
 
-
-def canvas_layout(field: nn.Module, modality: Modality, layout: str, entropy_model: str = "per_dimension") -> bool:
-    """Whether a codec of ``field`` codes whole items on one latent canvas (``layout`` ``"auto"``: where the
-    field extends to any grid (:meth:`functa.fields.SpatialSiren.canvas`) and its cells tile the patch).
-    The ``context`` entropy model needs one."""
-    if layout == "patches":
-        if entropy_model == "context":
-            raise ConfigError("entropy model 'context' codes latent grids over whole items: it needs the canvas "
-                              "layout (a spatial-functa base network with 1-NN or periodic-input bilinear cells)")
-        return False
-    cfg = getattr(field, "config", None)
-    extends = callable(getattr(field, "canvas", None)) and bool(getattr(cfg, "translation_equivariant", False))
-    cells = tuple(getattr(field, "latent_shape", ())[:-1])
-    shape = tuple(modality.shape)
-    tiles = extends and len(cells) == len(shape) and all(p % g == 0 for p, g in zip(shape, cells))
-    if (layout == "canvas" or entropy_model == "context") and not tiles:
-        raise ConfigError("layout 'canvas' needs a spatial-functa base network whose cells treat every position "
-                          "alike (1-NN, or bilinear with field.periodic_input) and tile its training patch")
-    return tiles
-
-
-def coded_dim(field: nn.Module, canvas: bool) -> int:
-    """Values per coded row: the channels of a cell on a canvas, else a whole (flat) latent."""
-    return int(field.latent_shape[-1]) if canvas else math.prod(field.latent_shape)
-
-
-def fit_canvas(field: nn.Module, modality: Modality, items: np.ndarray, steps: int, loss=None):
-    """Fit one latent canvas per item of a same-shape stack ``items (B, *shape[, C])``, reflect-padded to
-    whole cells of ``patch / grid`` points, with ``steps`` meta-SGD steps (the learned per-cell rates
-    tiled over the canvas). Returns the canvas field, the batch ``(x (1, N, k), y (B, N, C))`` and the
-    latents ``(B, *cells, C)`` on the field's device."""
-    k = len(modality.shape)
-    cell = tuple(p // g for p, g in zip(modality.shape, field.latent_shape[:-1]))
-    grid = PatchGrid(items.shape[1:1 + k], cell)
-    canvas = field.canvas(grid.counts)
-    dev = field_device(field)
-    x = modality.coordinates(grid.padded)[None].to(dev)
-    y = modality.with_shape(grid.padded).to_features(np.stack([pad_to_grid(it, grid) for it in items])).to(dev)
-    batch = Batch(x, y)
-    return canvas, batch, fit_latents(canvas, batch, steps, loss=loss or get_loss("mse"),
-                                      max_points=max_points_per_pass(field)).latents

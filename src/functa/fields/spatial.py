@@ -221,7 +221,9 @@ class SpatialSiren(nn.Module):
         """The same field over a latent grid of ``cells`` per axis (e.g. a whole photo, one cell per
         ``patch / s`` pixels), sharing every parameter: coordinates in ``[0, 1]^k`` then span all the
         cells. Needs a translation-equivariant field (:attr:`SpatialConfig.translation_equivariant`);
-        with 1-NN a canvas of whole training grids equals fitting each grid on its own."""
+        with 1-NN and the 1x1 map a canvas of whole training grids equals fitting each grid on its own (a 3x3
+        map also sees the neighbouring grids' cells). The view shares the parameters (and module state such as
+        ``training``) at the time it is made: make it where it is used."""
         c = self.config
         cells = tuple(int(g) for g in cells)
         if len(cells) != c.in_dim or min(cells) < 1 or max(cells) > MAX_GRID:
@@ -258,7 +260,7 @@ class SpatialSiren(nn.Module):
 
     # ------------------------------------------------------------------ modulations
     def modulation_grid(self, latents: Tensor) -> Tensor:
-        """Latent grids ``(B, s, ..., s, c)`` -> shift grids ``(B, s^k, depth - 1, W)`` (cells row-major)."""
+        """Latent grids ``(B, *cells, c)`` -> shift grids ``(B, prod(cells), depth - 1, W)`` (cells row-major)."""
         c = self.config
         b = latents.shape[0]
         if c.kernel == 1:
@@ -306,7 +308,7 @@ class SpatialSiren(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, latents: Tensor) -> Tensor:
         """Outputs ``(B, N, out_dim)`` at coordinates ``x (1|B, N, k)`` in ``[0, 1]^k`` of latent grids
-        ``latents (B, s, ..., s, c)``."""
+        ``latents (B, *cells, c)`` (``cells`` is ``(s, ..., s)``, or a canvas's)."""
         return self.forward_points(x, latents)[0]
 
     def forward_points(self, x: Tensor, latents: Tensor, keep_trace: bool = False) -> tuple[Tensor, "SpatialTrace | None"]:
@@ -471,5 +473,5 @@ class SpatialSiren(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"grid={c.grid}^{c.in_dim}x{c.channels}, width={c.width}, depth={c.depth}, w0={c.w0}, "
+        return (f"cells={'x'.join(map(str, self.cells))}x{c.channels}, width={c.width}, depth={c.depth}, w0={c.w0}, "
                 f"interpolation={c.interpolation}, kernel={c.kernel}")
