@@ -265,11 +265,12 @@ def test_diffusion_train_and_sample_a_conditional_unet_on_grids(functasets, caps
 
     def draw():
         u = sample(model, sched, 3, 1, method="ddim", steps=4, eta=1.0, guidance_scale=5.0,
-                   generator=torch.Generator().manual_seed(0))
+                   generator=torch.Generator().manual_seed(0), clip_x0=cfg["x0_bound"])  # the CLI's "auto"
         return std.inverse(u.reshape(3, -1)).reshape(3, 4, 4, 3)
 
     first = draw()
     assert torch.equal(first, draw())
+    assert cfg["x0_bound"] > 0 and res["clip_x0"] == cfg["x0_bound"]
     np.testing.assert_allclose(npz["latents"], first.numpy(), rtol=1e-5, atol=1e-5)
     r = diffusion_sample(out, tmp / "s2", n=3, method="ddim", steps=4, guidance_scale=5.0, label=1, scale=4,
                          neighbours=False, progress=False, seed=0)
@@ -312,3 +313,20 @@ def test_denoiser_choice_on_vectors_and_grids(functasets, capsys):
     assert main(["--quiet", "diffusion", "sample", str(tmp / "gmlp"), "-o", str(tmp / "gs"), "-n", "2", "--method",
                  "ddim", "--steps", "3", "--no-neighbours"]) == 0
     assert np.load(tmp / "gs" / "sample.npz")["values"].shape == (2, 8, 8, 3)  # flat samples rendered as grids
+
+
+def test_clipping_the_predicted_x0_bounds_samples_of_a_wrong_denoiser():
+    """A denoiser whose ε̂ is off (a constant): with the cosine schedule the first steps amplify the error by
+    1 / sqrt(ᾱ_t), and unclipped samples end far off; clipping the predicted x0 keeps them within the bound."""
+    from functa.tasks.diffusion import DDPMSchedule, sample
+
+    schedule = DDPMSchedule(schedule="cosine")
+    wrong = lambda x, t, labels: torch.full_like(x, 0.5)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    free = sample(wrong, schedule, 64, method="ddim", steps=50, eta=1.0, dim=(4, 4, 3), generator=g())
+    clipped = sample(wrong, schedule, 64, method="ddim", steps=50, eta=1.0, dim=(4, 4, 3), generator=g(), clip_x0=3.0)
+    assert free.abs().max() > 30
+    assert clipped.abs().max() <= 3.0 + 1e-4  # the last step returns the clipped x0 (no noise at t = 0)
+    exact = lambda x, t, labels: torch.zeros_like(x)  # noqa: E731  (x0 = x_t / sqrt(ᾱ))
+    with pytest.raises(ValueError, match="clip_x0"):
+        sample(exact, schedule, 2, dim=3, clip_x0=0.0)

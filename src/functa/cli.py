@@ -105,6 +105,8 @@ def _add_downstream(sub) -> None:
     p.add_argument("--eta", type=float, default=1.0,
                    help="DDIM stochasticity: 1 (default) = strided ancestral sampling, 0 = deterministic DDIM")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (conditional models)")
+    p.add_argument("--clip-x0", default="auto", help="clip each step's predicted x0 to [-C, C]: 'auto' (the largest "
+                   "standardised training value, recorded at training), a number, or 'none'")
 
     p = sub.add_parser("impute", help="fill in hidden parts of items by MAP fitting, with and without a flow prior")
     p.add_argument("data")
@@ -204,6 +206,16 @@ def _add_compression(sub) -> None:
                    help="refuse files whose item has more points, padded to whole patches (default 2^25: one 8K frame)")
 
 
+def _positive_float(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be 'auto', 'none' or a positive number, got {text[:40]!r}")
+    return value
+
+
 def _run_compression(args: argparse.Namespace, progress: bool) -> None:
     from . import compression as comp
     from .codec import AutoregressiveConfig, ContextConfig, EncodeSettings
@@ -269,8 +281,10 @@ def _run_downstream(args: argparse.Namespace, progress: bool) -> None:
         if cmd == "flow":
             r = ds.flow_sample(args.model_dir, args.out, temperature=args.temperature, **common)
         else:
+            clip = {"auto": "auto", "none": None}.get(args.clip_x0.lower()) if args.clip_x0.lower() in ("auto", "none") \
+                else _positive_float(args.clip_x0, "--clip-x0")
             r = ds.diffusion_sample(args.model_dir, args.out, method=args.method, steps=args.steps, eta=args.eta,
-                                    guidance_scale=args.guidance, progress=progress, **common)
+                                    guidance_scale=args.guidance, progress=progress, clip_x0=clip, **common)
         print(f"wrote {r['samples']['count']} samples to {r['samples']['grid']}")
         if "memorisation" in r:
             m = r["memorisation"]

@@ -448,7 +448,7 @@ def diffusion_train(train: str | Path, out: str | Path, overrides: list[str] | N
                "final_train_loss": trainer.history[-1]["train_loss"] if trainer.history else None}
     save_task_model(out, "unet-ddpm" if kind == "unet" else "ddpm", model, state=trainer.eval_state(),
                     extra_tensors=std.tensors(), train=s, schedule=schedule.to_dict(), timestep_ratio=ratio,
-                    functaset=_source(fs, train), history=trainer.history)
+                    x0_bound=float(u_tr.abs().max()), functaset=_source(fs, train), history=trainer.history)
     return metrics
 
 
@@ -538,8 +538,13 @@ def flow_sample(model_dir: str | Path, out: str | Path, n: int = 64, temperature
 def diffusion_sample(model_dir: str | Path, out: str | Path, n: int = 64, method: str = "ddpm",
                      steps: int | None = None, guidance_scale: float = 1.0, label: int | None = None,
                      scale: float = 1.0, model: str | Path | None = None, neighbours: bool = True,
-                     seed: int = 0, progress: bool = True, eta: float = 1.0) -> dict:
+                     seed: int = 0, progress: bool = True, eta: float = 1.0,
+                     clip_x0: float | str | None = "auto") -> dict:
     """Sample latents from a trained DDPM (ancestral or DDIM) and render them.
+
+    ``clip_x0`` (:func:`functa.tasks.diffusion.sample`): ``"auto"`` clips the predicted ``x_0`` to the
+    largest standardised training value (recorded at training; models trained before have none, and
+    are not clipped), a number to that bound, ``None`` not at all.
 
     ``eta`` (DDIM only) defaults to 1, the strided ancestral sampler: with the CPU-sized denoisers
     of ``docs/benchmarks.md`` the deterministic sampler (``eta=0``) drifts far off the data (sample
@@ -553,12 +558,15 @@ def diffusion_sample(model_dir: str | Path, out: str | Path, n: int = 64, method
     if method == "ddim" and steps is None:
         steps = 50
     ddim_eta = eta if method == "ddim" else 0.0
+    if clip_x0 == "auto":
+        clip_x0 = cfg.get("x0_bound")
     u = sample(den, DDPMSchedule.from_dict(cfg["schedule"]), n, labels, method=method, steps=steps, eta=ddim_eta,
-               guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed), progress=progress)
+               guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed), progress=progress,
+               clip_x0=None if clip_x0 is None else float(clip_x0))
     z = std.inverse(u.reshape(n, -1))  # UNet samples are grids; the statistics are kept flat
     return _sample_outputs(cfg["kind"], Path(model_dir), z, cfg, Path(out), scale, model, neighbours, std,
                            {"method": method, "steps": steps, "eta": ddim_eta if method == "ddim" else None,
-                            "guidance_scale": guidance_scale, "label": label})
+                            "guidance_scale": guidance_scale, "label": label, "clip_x0": clip_x0})
 
 
 # ---------------------------------------------------------------------------- inference

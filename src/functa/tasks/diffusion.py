@@ -558,7 +558,8 @@ def sample(model: Callable[..., Tensor], schedule: DDPMSchedule, n: int, labels:
            method: str = "ddpm", steps: int | None = None, eta: float = 0.0, guidance_scale: float = 1.0,
            generator: torch.Generator | None = None, progress: bool = False,
            dim: int | tuple[int, ...] | None = None,
-           x_init: Tensor | None = None, device: torch.device | str | None = None) -> Tensor:
+           x_init: Tensor | None = None, device: torch.device | str | None = None,
+           clip_x0: float | None = None) -> Tensor:
     """Draw ``n`` samples ``(n, *S)`` by running the reverse process from ``x_T ~ N(0, I)``.
 
     ``model(xt (n, *S), t (n,), labels (n,) | None) -> ε̂ (n, *S)`` is any callable; an
@@ -576,8 +577,14 @@ def sample(model: Callable[..., Tensor], schedule: DDPMSchedule, n: int, labels:
     guidance ``ε = ε_uncond + s (ε_cond - ε_uncond)``, where ``ε_uncond`` uses
     ``model.null_label`` (or ``labels=None`` for a callable without one); ``s = 1`` is the plain
     conditional prediction and costs one model call per step. ``generator`` draws all noise.
-    ``x_init`` ``(n, *S)`` replaces the initial noise.
+    ``x_init`` ``(n, *S)`` replaces the initial noise. ``clip_x0`` ``c`` clips every step's prediction
+    of ``x_0`` to ``[-c, c]`` and continues from the ``ε`` consistent with it (Ho et al.'s and Dhariwal &
+    Nichol's ``clip_denoised``, there ``c = 1`` for pixels): with the cosine schedule the first steps
+    divide by ``sqrt(ᾱ_t) ≈ 0.006``, so a slightly wrong ``ε̂`` there sends unclipped samples far off
+    the data.
     """
+    if clip_x0 is not None and not clip_x0 > 0:
+        raise ValueError(f"clip_x0 must be > 0, got {clip_x0}")
     if method not in ("ddpm", "ddim"):
         raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
     if n < 1:
@@ -626,6 +633,10 @@ def sample(model: Callable[..., Tensor], schedule: DDPMSchedule, n: int, labels:
         if guidance_scale != 1.0:
             eps_u = model(x, tt, uncond_labels)
             eps = eps_u + guidance_scale * (eps - eps_u)
+        if clip_x0 is not None:
+            a = float(schedule.alphas_cumprod[t])
+            x0 = ((x - math.sqrt(1.0 - a) * eps) / math.sqrt(a)).clamp(-clip_x0, clip_x0)
+            eps = (x - math.sqrt(a) * x0) / math.sqrt(1.0 - a)
         return eps
 
     was_training = model.training if isinstance(model, nn.Module) else None
