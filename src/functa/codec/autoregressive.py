@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from ..validation import MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
 from .entropy import PayloadDecoder, _coder, chunk_rows, code_length_bound, words_to_bytes
 
-__all__ = ["AutoregressiveConfig", "AutoregressiveModel", "logistic_bin_probs", "symbols_to_unit"]
+__all__ = ["AutoregressiveConfig", "AutoregressiveModel", "fit_likelihood", "logistic_bin_probs", "symbols_to_unit"]
 
 
 def symbols_to_unit(symbols: Tensor, num_symbols: int) -> Tensor:
@@ -54,6 +54,34 @@ def logistic_bin_probs(logits: Tensor, means: Tensor, log_scales: Tensor, edges:
     cdf = (w * torch.sigmoid(z)).sum(-1)  # (..., S-1)
     zeros, ones = torch.zeros_like(cdf[..., :1]), torch.ones_like(cdf[..., :1])
     return torch.diff(torch.cat([zeros, cdf, ones], -1), dim=-1).clamp_min(1e-12)
+
+
+def fit_likelihood(model: nn.Module, data: Tensor, batch: int, per_item: int, desc: str,
+                   progress: bool = False) -> list[float]:
+    """Train an entropy model by maximum likelihood: Adam at ``model.config.lr`` with cosine decay over
+    ``model.config.steps`` steps on random batches of ``batch`` items of ``data`` (seeded by
+    ``model.config.seed``), minimising ``-model.log2_prob(items).mean() / per_item`` (bits per symbol);
+    returns that every 100 steps and at the last. The model is left in eval mode."""
+    from tqdm.auto import tqdm
+
+    c = model.config
+    g = torch.Generator().manual_seed(c.seed)
+    torch.manual_seed(c.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=c.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(c.steps, 1))
+    history = []
+    model.train()
+    for step in tqdm(range(c.steps), desc=desc, disable=not progress):
+        idx = torch.randint(0, data.shape[0], (batch,), generator=g)
+        loss = -model.log2_prob(data[idx]).mean() / per_item
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == c.steps - 1:
+            history.append(float(loss.detach()))
+    model.eval()
+    return history
 
 
 @dataclass(frozen=True)
@@ -123,26 +151,8 @@ class AutoregressiveModel(nn.Module):
     # ------------------------------------------------------------------ training
     def fit(self, symbols: Tensor, progress: bool = False) -> list[float]:
         """Maximum likelihood on training symbols ``(N, D)`` (Adam, cosine decay); returns bits/dim."""
-        from tqdm.auto import tqdm
-
-        c = self.config
-        g = torch.Generator().manual_seed(c.seed)
-        torch.manual_seed(c.seed)
-        opt = torch.optim.Adam(self.parameters(), lr=c.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(c.steps, 1))
-        history = []
-        self.train()
-        for step in tqdm(range(c.steps), desc="entropy model", disable=not progress):
-            idx = torch.randint(0, symbols.shape[0], (min(c.batch_size, symbols.shape[0]),), generator=g)
-            loss = -self.log2_prob(symbols[idx]).mean() / self.dim
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % 100 == 0 or step == c.steps - 1:
-                history.append(float(loss.detach()))
-        self.eval()
-        return history
+        batch = min(self.config.batch_size, symbols.shape[0])
+        return fit_likelihood(self, symbols, batch, self.dim, "entropy model", progress)
 
     # ------------------------------------------------------------------ coding
     def _tables(self, symbols: Tensor, d: int) -> np.ndarray:

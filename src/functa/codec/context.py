@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..validation import MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
-from .autoregressive import logistic_bin_probs, symbols_to_unit
+from .autoregressive import fit_likelihood, logistic_bin_probs, symbols_to_unit
 from .entropy import PayloadDecoder, _coder, code_length_bound, words_to_bytes
 
 __all__ = ["ContextConfig", "ContextModel", "causal_offsets"]
@@ -149,30 +149,11 @@ class ContextModel(nn.Module):
     def fit(self, grids: Tensor, progress: bool = False) -> list[float]:
         """Maximum likelihood on training symbol grids ``(N, *cells, C)`` (Adam, cosine decay); returns
         bits per symbol every 100 steps."""
-        from tqdm.auto import tqdm
-
         c = self.config
         if grids.ndim != self.axes + 2 or grids.shape[-1] != self.dim:
             raise ValueError(f"training grids must be (N, {self.axes} axes, {self.dim}), got {tuple(grids.shape)}")
-        g = torch.Generator().manual_seed(c.seed)
-        torch.manual_seed(c.seed)
-        opt = torch.optim.Adam(self.net.parameters(), lr=c.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(c.steps, 1))
-        per_grid = math.prod(grids.shape[1:])
         batch = min(grids.shape[0], max(1, c.batch_cells // math.prod(grids.shape[1:-1])))
-        history = []
-        self.train()
-        for step in tqdm(range(c.steps), desc="context model", disable=not progress):
-            idx = torch.randint(0, grids.shape[0], (batch,), generator=g)
-            loss = -self.log2_prob(grids[idx]).mean() / per_grid
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % 100 == 0 or step == c.steps - 1:
-                history.append(float(loss.detach()))
-        self.eval()
-        return history
+        return fit_likelihood(self, grids, batch, math.prod(grids.shape[1:]), "context model", progress)
 
     # ------------------------------------------------------------------ coding
     def _wavefronts(self, cells: tuple[int, ...]) -> tuple[Tensor, list[Tensor]]:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..validation import MAX_PARAMETERS, Int, Real, check_fields, check_total
 
-__all__ = ["DDPMSchedule", "DenoiserConfig", "ResidualMLPDenoiser", "diffusion_loss", "diffusion_loss_fn",
+__all__ = ["ConditionalDenoiser", "DDPMSchedule", "DenoiserConfig", "ResidualMLPDenoiser", "diffusion_loss", "diffusion_loss_fn",
            "cosine_alphas_cumprod", "ddim_timesteps", "sample", "sample_timesteps", "timestep_embedding", "timestep_probabilities"]
 
 Variance = Literal["beta", "posterior"]
@@ -363,7 +363,41 @@ class ResidualMLPBlock(nn.Module):
         return x + h
 
 
-class ResidualMLPDenoiser(nn.Module):
+class ConditionalDenoiser(nn.Module):
+    """What the denoisers share: a ``config`` with ``num_classes`` and ``cond_drop``, and a
+    ``label_embed`` (``nn.Embedding(num_classes + 1, E)``, the last row the null label) or ``None``."""
+
+    config: "DenoiserConfig"
+    label_embed: nn.Embedding | None
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def null_label(self) -> int | None:
+        """The label index meaning "no label" (``num_classes``), ``None`` if unconditional."""
+        return self.config.num_classes if self.config.num_classes > 0 else None
+
+    @property
+    def cond_drop(self) -> float:
+        return self.config.cond_drop
+
+    def with_labels(self, emb: Tensor, labels: Tensor | None) -> Tensor:
+        """The embedding ``emb (B, E)`` plus that of ``labels (B,)`` (checked against the model's classes)."""
+        n = self.config.num_classes
+        if self.label_embed is None:
+            if labels is not None:
+                raise ValueError("this denoiser is unconditional (num_classes=0) but labels were given")
+            return emb
+        if labels is None:
+            raise ValueError(f"this denoiser is class-conditional: pass labels (B,) in [0, {n}] "
+                             f"({n} = null label, unconditional)")
+        _check_labels(labels, emb.shape[0], n, allow_null=True)
+        return emb + self.label_embed(labels)
+
+
+class ResidualMLPDenoiser(ConditionalDenoiser):
     """ε-predictor ``(x_t (B, D), t (B,), labels (B,) | None) → ε̂ (B, D)`` (functa Fig. 14).
 
     Sinusoidal timestep embedding → Linear, SiLU, Linear (time embedding, plus a label embedding
@@ -391,18 +425,6 @@ class ResidualMLPDenoiser(nn.Module):
     def dim(self) -> int:
         return self.config.dim
 
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def null_label(self) -> int | None:
-        """The label index meaning "no label" (``num_classes``), ``None`` if unconditional."""
-        return self.config.num_classes if self.config.num_classes > 0 else None
-
-    @property
-    def cond_drop(self) -> float:
-        return self.config.cond_drop
 
     def forward(self, xt: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         cfg = self.config
@@ -411,15 +433,7 @@ class ResidualMLPDenoiser(nn.Module):
         if t.shape != (xt.shape[0],):
             raise ValueError(f"expected timesteps of shape ({xt.shape[0]},), got {tuple(t.shape)}")
         temb = self.time_mlp(timestep_embedding(t, cfg.time_embed_dim).to(xt.dtype))
-        if self.label_embed is None:
-            if labels is not None:
-                raise ValueError("this denoiser is unconditional (num_classes=0) but labels were given")
-        else:
-            if labels is None:
-                raise ValueError(f"this denoiser is class-conditional: pass labels (B,) in [0, {cfg.num_classes}] "
-                                 f"({cfg.num_classes} = null label, unconditional)")
-            _check_labels(labels, xt.shape[0], cfg.num_classes, allow_null=True)
-            temb = temb + self.label_embed(labels)
+        temb = self.with_labels(temb, labels)
         h = self.input(xt)
         for block in self.blocks:
             h = block(h, temb)

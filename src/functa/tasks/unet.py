@@ -25,7 +25,7 @@ channels-last ``(B, *grid, C)`` as functasets store them, the network runs chann
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import torch
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..validation import MAX_GRID_POINTS, MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
-from .diffusion import _check_labels, timestep_embedding
+from .diffusion import ConditionalDenoiser, _from_dict, timestep_embedding
 
 __all__ = ["UNetConfig", "UNetDenoiser"]
 
@@ -154,11 +154,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown UNetConfig settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return _from_dict(cls, d)
 
 
 def _conv(dims: int, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, zero: bool = False) -> nn.Module:
@@ -244,7 +240,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
-class UNetDenoiser(nn.Module):
+class UNetDenoiser(ConditionalDenoiser):
     """ε-predictor on latent grids ``(x_t (B, *grid, C), t (B,), labels (B,) | None) → ε̂ (B, *grid, C)``.
 
     Same interface and label semantics as :class:`functa.tasks.diffusion.ResidualMLPDenoiser`: an
@@ -286,18 +282,6 @@ class UNetDenoiser(nn.Module):
         """Shape of one latent grid, channels last: ``(*grid_shape, in_channels)``."""
         return (*self.config.grid_shape, self.config.in_channels)
 
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def null_label(self) -> int | None:
-        """The label index meaning "no label" (``num_classes``), ``None`` if unconditional."""
-        return self.config.num_classes if self.config.num_classes > 0 else None
-
-    @property
-    def cond_drop(self) -> float:
-        return self.config.cond_drop
 
     def forward(self, xt: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         cfg = self.config
@@ -307,15 +291,7 @@ class UNetDenoiser(nn.Module):
         if t.shape != (xt.shape[0],):
             raise ValueError(f"expected timesteps of shape ({xt.shape[0]},), got {tuple(t.shape)}")
         emb = self.time_mlp(timestep_embedding(t, cfg.channels).to(xt.dtype))
-        if self.label_embed is None:
-            if labels is not None:
-                raise ValueError("this denoiser is unconditional (num_classes=0) but labels were given")
-        else:
-            if labels is None:
-                raise ValueError(f"this denoiser is class-conditional: pass labels (B,) in [0, {cfg.num_classes}] "
-                                 f"({cfg.num_classes} = null label, unconditional)")
-            _check_labels(labels, xt.shape[0], cfg.num_classes, allow_null=True)
-            emb = emb + self.label_embed(labels)
+        emb = self.with_labels(emb, labels)
         h = self.input(xt.movedim(-1, 1))  # channels-first (B, C, *grid)
         skips = [h]
         for layer in self.down:
