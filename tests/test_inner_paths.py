@@ -248,7 +248,7 @@ class WeightedSum:
     (a stand-in for volume rendering: nonlinear in the outputs, ``(B, N*P, 2) -> (B, N, 1)``)."""
 
     def __init__(self, samples: int) -> None:
-        self.samples = samples
+        self.samples = self.samples_per_target = samples
 
     def __call__(self, outputs, batch):
         b, m, _ = outputs.shape
@@ -265,7 +265,7 @@ def test_renderer_is_differentiated_to_second_order():
     y = torch.rand(3, rays, 1, generator=g, dtype=torch.float64)
     batch = Batch(x, y, renderer=WeightedSum(samples), aux={"sharpness": torch.tensor(2.0, dtype=torch.float64)})
     inner = InnerLoop(3)
-    assert not inner.is_fast(f, batch)  # a renderer always takes the autograd path
+    assert inner.is_fast(f, batch)  # the field's explicit gradient, autograd through the renderer alone
     # an independent reference: the inner loop written out with create_graph=True
     z = torch.zeros(3, 5, dtype=torch.float64, requires_grad=True)
     lrs = f.inner_lrs()
@@ -281,11 +281,25 @@ def test_renderer_is_differentiated_to_second_order():
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-13)
     _finite_difference_check(f, inner, batch, [(f.layers[1].weight, (2, 2)), (f.inner_lrs.raw, (0,))])
-    # encoding with a renderer works without a graph, and points cannot be subsampled here
+    # the all-autograd path gives the same loss and meta-gradient
+    slow = InnerLoop(3, fast_path=False)
+    assert not slow.is_fast(f, batch)
+    r_slow, grads_slow = outer_grads(f, slow, batch)
+    torch.testing.assert_close(r_slow.loss, ref, rtol=1e-12, atol=0)
+    for a, b in zip(grads_slow, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-13)
+    # encoding with a renderer works without a graph; subsets of rays take their P points each
     enc = fit_latents(f, batch, 3)
     torch.testing.assert_close(enc.latents, r.latents.detach(), rtol=1e-9, atol=1e-12)
-    with pytest.raises(ValueError, match="rays"):
-        batch.points(torch.arange(3))
+    sub = batch.points(torch.tensor([1, 4]))
+    assert sub.x.shape == (3, 2 * samples, 2) and sub.aux["sharpness"].ndim == 0
+    with torch.no_grad():
+        full = WeightedSum(samples)(f(x, r.latents), batch)
+        torch.testing.assert_close(WeightedSum(samples)(f(sub.x, r.latents), sub), full[:, [1, 4]])
+    # chunked fitting of rays (as encoding does for whole scenes) gives the same latents
+    chunked = fit_latents(f, batch, 3, max_points=2 * samples)
+    torch.testing.assert_close(chunked.latents, enc.latents, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(chunked.outputs, enc.outputs, rtol=1e-9, atol=1e-12)
 
 
 def test_batch_validates_its_shapes():

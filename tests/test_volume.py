@@ -267,14 +267,16 @@ def test_per_volume_normalisation_from_the_command_line(tmp_path, monkeypatch, c
         u = (v - v.min()) / (v.max() - v.min())
         _nii(data / f"scan{i:02d}.nii.gz", lo + u * (hi - lo))
     seen = []
-    sources = pipeline._sources
+    from functa.modalities import VolumeModality
 
-    def spy(train_ds, val_ds, modality, patches, seed):
-        out = sources(train_ds, val_ds, modality, patches, seed)
+    sources = VolumeModality.sources
+
+    def spy(self, train_ds, val_ds, *, patches, seed):
+        out = sources(self, train_ds, val_ds, patches=patches, seed=seed)
         seen.append(out[0].features(np.arange(len(train_ds))))
         return out
 
-    monkeypatch.setattr(pipeline, "_sources", spy)
+    monkeypatch.setattr(VolumeModality, "sources", spy)
     run = tmp_path / "run"
     cfg = load_config(overrides=["train.steps=2", "data.normalisation=item", *FAST[1::2]])
     pipeline.fit(data, run, cfg, progress=False)

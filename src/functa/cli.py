@@ -39,7 +39,7 @@ def _field_names() -> list[str]:
 
 def _add_common_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML or JSON config file (sections: modality, field, train, data)")
-    p.add_argument("--preset", default="cpu", help="starting settings: 'cpu' (best PSNR per CPU minute, default), 'shapes-cpu' (3-D occupancy grids on a CPU), "
+    p.add_argument("--preset", default="cpu", help="starting settings: 'cpu' (best PSNR per CPU minute, default), 'shapes-cpu' (3-D occupancy grids on a CPU), 'scenes-cpu' (NeRF scenes on a CPU), "
                    "'paper' (functa) or 'coinpp' (COIN++ CIFAR-10 compression)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=500 --set field.latent_dim=64 (repeatable)")
@@ -122,6 +122,25 @@ def _add_downstream(sub) -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-2)
 
+    text = ("novel view synthesis: infer scenes from one (or a partial) view by MAP fitting, with and without a flow "
+            "prior, render the novel views and score them (functa paper 6.3, Figure 11)")
+    p = sub.add_parser("nvs", help=text, description=text)
+    p.add_argument("data", help="scenes (Blender or SRN layout, or a scene npz)")
+    p.add_argument("-m", "--model", required=True, type=Path, help="base network meta-learned on scenes")
+    p.add_argument("-o", "--out", required=True, type=Path)
+    p.add_argument("--prior", type=Path, help="flow directory (unconditional) trained on this base network's latents")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--indices", help="scenes, e.g. '0:8' (default: first 16)")
+    p.add_argument("--context", default="0", help="context view(s), e.g. '0' or '0,25' (default 0)")
+    p.add_argument("--novel", help="views to synthesise and score, e.g. '10,20,30,40' (default: four views spread "
+                   "over the others)")
+    p.add_argument("--mask", default="full", help="what of the context views is observed: full (default), "
+                   "left-half, right-half, top-half, bottom-half, random, centre-box")
+    p.add_argument("--prior-weight", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--seed", type=int, default=0, help="seed of a random mask")
+
     p = sub.add_parser("fid", help="Fréchet Inception Distance of rendered samples against a dataset split")
     p.add_argument("samples", type=Path, help="sample.npz / renders.npz written by a sample or render command")
     p.add_argument("--reference", required=True, help="image dataset (the real images)")
@@ -138,6 +157,8 @@ def _add_downstream(sub) -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--flow", type=Path, help="also interpolate in this flow's base space")
     p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--turntable", type=int, metavar="FRAMES", help="scenes: FRAMES frames, the camera moving round "
+                   "the scene as the latent moves from A to B (an animated GIF; paper Figure 10)")
 
 
 def _add_compression(sub) -> None:
@@ -304,6 +325,12 @@ def _run_downstream(args: argparse.Namespace, progress: bool) -> None:
         r = ds.fid_score(args.weights, args.reference, args.samples, split=args.split, limit=args.limit,
                          progress=progress)
         print(f"FID {r['fid']:.2f} ({r['sample_count']} samples vs {r['reference_count']} reference images)")
+    elif cmd == "interpolate" and args.turntable is not None:
+        from .scenes import interpolation_turntable
+
+        r = interpolation_turntable(args.model, args.functaset, args.out, *args.pair, frames=args.turntable,
+                                    scale=args.scale)
+        print(f"wrote {r['gif']} ({r['frames']} frames)")
     elif cmd == "interpolate":
         r = ds.interpolate_items(args.model, args.functaset, args.out, *args.pair, steps=args.steps, flow=args.flow,
                                  scale=args.scale)
@@ -371,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--indices", help="e.g. '0:16' or '3,7,9' (default: first 16)")
     p.add_argument("--scale", type=float, default=1.0, help="resolution multiplier, e.g. 4 for 4x super-resolution")
     p.add_argument("--shape", type=int, nargs="+", help="explicit output grid, e.g. --shape 256 512")
+    p.add_argument("--turntable", type=int, metavar="FRAMES", help="scenes: render FRAMES views around each scene "
+                   "(PNG frames, an animated GIF and depth maps in OUT/item<index>/)")
+    p.add_argument("--elevation", type=float, default=30.0, help="scenes: camera elevation of the turntable in degrees")
+    p.add_argument("--no-depth", action="store_true", help="scenes: skip the depth maps of a turntable")
+    p.add_argument("--fps", type=float, default=12.0, help="scenes: frames per second of the turntable GIF")
 
     p = sub.add_parser("eval", help="PSNR table (per inner step, both conventions) and modality metrics")
     p.add_argument("data")
@@ -382,6 +414,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_downstream(sub)
     _add_compression(sub)
+
+    sc = sub.add_parser("scenes", help="scene datasets: build posed views of voxel shapes")
+    ss = sc.add_subparsers(dest="scenes_command", required=True, metavar="COMMAND")
+    text = ("render posed views of voxel shapes (e.g. ../shared/data/modelnet10_vox32) into NeRF Blender scene "
+            "folders OUT/train|test/<class>_<index>/ (exact ray/voxel hits, Lambertian shading, white background); "
+            "resumable: complete scenes are skipped")
+    p = ss.add_parser("build-modelnet", help=text, description=text)
+    p.add_argument("source", help="voxel data: a voxel npz (voxels, label, class_names), binvox files, ...")
+    p.add_argument("-o", "--out", required=True, type=Path)
+    p.add_argument("--views", type=int, default=50, help="views per scene (default 50)")
+    p.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
+    p.add_argument("--limit", type=int, help="only the first N shapes (after --classes)")
+    p.add_argument("--classes", help="only these classes, e.g. 'chair' or 'chair,monitor'")
+    p.add_argument("--radius", type=float, default=1.7, help="camera distance from the shape's centre (default 1.7)")
+    p.add_argument("--camera-angle-x", type=float, default=0.75, help="horizontal field of view in radians")
+    p.add_argument("--near", type=float, default=0.8)
+    p.add_argument("--far", type=float, default=2.6)
+    p.add_argument("--hemisphere", action="store_true", help="cameras on the upper hemisphere only")
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("info", help="describe a run directory or functaset")
     p.add_argument("path", type=Path)
@@ -412,7 +464,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides = list(args.overrides)
         if args.steps is not None:
             overrides.append(f"train.steps={args.steps}")
-        if args.modality:
+        if args.modality:  # the name of a [modality] table too (config.apply_overrides)
             overrides.append(f"modality={json.dumps(args.modality)}")
         if args.loss:
             overrides.append(f"loss={json.dumps(args.loss)}")
@@ -432,6 +484,16 @@ def _run(args: argparse.Namespace) -> int:
                              copies=args.copies, augment_seed=args.seed, augment_options=options, device=args.device)
         print(f"wrote {len(fs)} latents of shape {tuple(fs.latent_shape)} to {args.out}: "
               f"{_describe(fs.header['base_network']['modality'], fs.manifest['summary'])}")
+    elif args.command == "render" and args.turntable is not None:
+        from .scenes import turntable
+
+        if args.shape:
+            raise ValueError("render --turntable takes --scale, not --shape")
+        res = turntable(args.model, args.out, functaset=args.functaset, data=args.data, split=args.split,
+                        indices=args.indices, frames=args.turntable, elevation=args.elevation, scale=args.scale,
+                        depth=not args.no_depth, fps=args.fps, device=args.device)
+        print(f"rendered {res['count']} turntable(s) of {res['frames']} frames at {'x'.join(map(str, res['shape']))} "
+              f"to {args.out} (first frames: {res['grid']})")
     elif args.command == "render":
         res = pipeline.render(args.model, args.out, functaset=args.functaset, data=args.data, split=args.split,
                               indices=args.indices, scale=args.scale, shape=args.shape, device=args.device)
@@ -466,10 +528,32 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"{args.path}: neither a run directory nor a functaset", file=sys.stderr)
             return 2
+    elif args.command == "nvs":
+        from .scenes import novel_view_synthesis
+
+        ints = lambda text: tuple(int(v) for v in text.split(",")) if text else None  # noqa: E731
+        r = novel_view_synthesis(args.model, args.data, args.out, prior=args.prior, split=args.split,
+                                 indices=args.indices, context=ints(args.context), novel=ints(args.novel),
+                                 mask=args.mask, prior_weight=args.prior_weight, steps=args.steps, lr=args.lr,
+                                 seed=args.seed, progress=progress, device=args.device)
+        for name in r["rows"][:-1]:
+            print(f"{name:>8}: novel views PSNR {r[name]['novel_views']['psnr_of_mean_mse']:.2f} dB, observed context "
+                  f"{r[name]['observed_context']['psnr_of_mean_mse']:.2f} dB")
+        print(f"grid: {r['grid']}")
     elif args.command in ("classify", "flow", "diffusion", "impute", "interpolate", "fid"):
         _run_downstream(args, progress)
     elif args.command in ("codec", "compress", "decompress", "codec-bench"):
         _run_compression(args, progress)
+    elif args.command == "scenes":
+        from .data.scene_builder import build_modelnet_scenes
+
+        r = build_modelnet_scenes(args.source, args.out, views=args.views, size=args.size, limit=args.limit,
+                                  classes=args.classes.split(",") if args.classes else None,
+                                  test_fraction=args.test_fraction, seed=args.seed, radius=args.radius,
+                                  camera_angle_x=args.camera_angle_x, near=args.near, far=args.far,
+                                  hemisphere=args.hemisphere, progress=progress)
+        print(f"{r['rendered']} scene(s) rendered, {r['skipped']} already complete, in {r['seconds']:.0f} s: "
+              f"{args.out} holds {json.dumps(r['counts_on_disk'])}")
     elif args.command == "demo":
         from .demo import run_demo
 

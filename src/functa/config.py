@@ -3,6 +3,8 @@
 A config file has two top-level keys and three sections, e.g. ``fit.toml``::
 
     modality = "image"          # a registered modality; omitted: inferred from the data
+                                # (or a table: [modality] name = "scene", points_per_ray = 32, ...: the
+                                # modality's own settings, e.g. functa.modalities.SceneModality)
     loss = "mse"                # "mse" or "bce"; omitted: the modality's default
     [field]                     # name = a registered field (default "latent_modulated_siren") and
                                 # its settings, functa.fields.SirenConfig (in_dim/out_dim come from the
@@ -49,13 +51,17 @@ class DataConfig:
     audio_pad: bool = False  # audio: pad clips shorter than audio_length with silence (else they are refused)
     audio_sample_rate: int | None = None  # audio: resample every clip to this rate (soxr); default: never resample
     normalisation: str = "dataset"  # "dataset" (the modality's fixed map / window) or "item" (each item by itself)
+    camera_convention: str | None = None  # scenes: "opengl" or "opencv" where the data does not say
+    near: float | None = None  # scenes: ray bounds, replacing those stored with the data
+    far: float | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "data", variable=Text(max_len=256, optional=True), test_fraction=Real(0, 1),
                      limit=Int(1, 2**40, optional=True), audio_length=Int(16, 2**40, optional=True),
                      audio_channel=Int(0, 1024, optional=True), audio_pad=Bool(),
                      audio_sample_rate=Int(1, 10**7, optional=True),
-                     normalisation=Choice("dataset", "item"),
+                     normalisation=Choice("dataset", "item"), camera_convention=Choice("opengl", "opencv", optional=True),
+                     near=Real(0, 1e9, optional=True), far=Real(0, 1e9, lo_open=True, optional=True),
                      patch=IntSeq(1, 65536, min_len=1, max_len=4, optional=True, as_list=True))
         if self.patch is not None:
             check_total("data.patch", math.prod(self.patch), MAX_GRID_POINTS, f"a patch of {self.patch}", "points")
@@ -63,22 +69,29 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A whole ``fit`` configuration. ``modality_settings`` are settings of the modality class beyond
+    what it reads from the data (a ``[modality]`` table; checked when the modality is built)."""
+
     modality: str | None = None
     loss: str | None = None
     field: dict[str, Any] = dc_field(default_factory=dict)
     train: MetaLearningConfig = dc_field(default_factory=MetaLearningConfig)
     data: DataConfig = dc_field(default_factory=DataConfig)
+    modality_settings: dict[str, Any] = dc_field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # the modality name is checked where it is looked up (functa.modalities.get_modality)
         check_fields(self, "", modality=Text(max_len=64, optional=True), loss=Choice(*available_losses(), optional=True))
+        if not isinstance(self.modality_settings, dict):
+            raise ConfigError(f"modality settings {str(self.modality_settings)[:60]} are not a table")
         if not isinstance(self.field, dict):
             raise ConfigError(f"field = {self.field!r} is not a section (allowed: a table of field settings)")
         if not isinstance(self.train, MetaLearningConfig) or not isinstance(self.data, DataConfig):
             raise ConfigError("train and data must be MetaLearningConfig and DataConfig objects")
 
     def to_dict(self) -> dict:
-        return {"modality": self.modality, "loss": self.loss, "field": dict(self.field), "train": asdict(self.train),
+        modality = {"name": self.modality, **self.modality_settings} if self.modality_settings else self.modality
+        return {"modality": modality, "loss": self.loss, "field": dict(self.field), "train": asdict(self.train),
                 "data": asdict(self.data)}
 
 
@@ -89,6 +102,9 @@ class RunConfig:
 # ``cpu``: settings measured to give the best PSNR per CPU minute (docs/benchmarks.md).
 # ``shapes-cpu``: 3-D occupancy grids on a CPU (docs/benchmarks.md, 3-D shapes): a small SIREN, 1,024 random
 #   voxels per item and step, constant Adam 3e-4 (for runs stopped by --time-limit).
+# ``scenes-cpu``: NeRF scenes on a CPU (docs/benchmarks.md, scenes): a small SIREN (w0 5, the scene
+#   modality's default), 4 scenes x 4 views x 128 pixels x 24 points per step instead of the paper's
+#   1 x 16 x 512 x 32, and encoding on 8 views x 512 pixels instead of 32 x 2048.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"field": {"width": 256, "depth": 10, "latent_dim": 128}, "train": {"outer_lr": 3e-6, "batch_size": 32}},
     "coinpp": {"field": {"width": 512, "depth": 10, "latent_dim": 128, "w0": 50.0, "meta_sgd": False,
@@ -99,6 +115,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "shapes-cpu": {"field": {"width": 64, "depth": 4, "latent_dim": 256},
                    "train": {"outer_lr": 3e-4, "schedule": "constant", "warmup_steps": 50, "grad_clip": 1.0,
                              "batch_size": 8, "points_per_step": 1024, "eval_every": 1000, "save_every": 1000}},
+    "scenes-cpu": {"modality": {"points_per_ray": 24, "views_per_step": 4, "pixels_per_view": 128,
+                                "encode_views": 8, "encode_pixels": 512},
+                   "field": {"width": 128, "depth": 5, "latent_dim": 128},
+                   "train": {"outer_lr": 3e-4, "schedule": "constant", "warmup_steps": 50, "grad_clip": 1.0,
+                             "batch_size": 4, "eval_every": 250, "eval_items": 16, "save_every": 250}},
 }
 
 
@@ -122,7 +143,8 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``section.key=value`` strings (values parsed as JSON when possible)."""
+    """Apply ``section.key=value`` strings (values parsed as JSON when possible). A string given for a
+    table (``modality=scene`` where a preset has a ``[modality]`` table) names it: the table's ``name``."""
     raw = json.loads(json.dumps(raw))
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:
@@ -136,7 +158,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {'.'.join(path[:i + 1])} is a value ({node!r}), not a section")
-        node[last] = _parse_value(value.strip())
+        parsed = _parse_value(value.strip())
+        if isinstance(node.get(last), dict) and isinstance(parsed, str):
+            node[last]["name"] = parsed
+        else:
+            node[last] = parsed
     return raw
 
 
@@ -162,10 +188,14 @@ def _build(raw: dict) -> RunConfig:
             raise ConfigError(f"unknown [{section}] keys {sorted(bad)}; valid: {sorted(names)}")
         return cls(**d)
 
-    if isinstance(raw.get("modality"), dict):  # e.g. --set modality.normalisation=volume
-        raise ConfigError(f"modality = {str(raw['modality'])[:60]} is not a modality name: modality is a name "
-                          "(--set modality=volume); settings of the modality chosen at fit time are [data] keys "
-                          "(e.g. data.normalisation=item, data.audio_sample_rate=16000)")
+    modality, settings = raw.get("modality"), {}
+    if isinstance(modality, dict):  # [modality] name = "scene", points_per_ray = 16, ...
+        settings = dict(modality)
+        modality = settings.pop("name", None)
+        misplaced = sorted(set(settings) & {f.name for f in fields(DataConfig)})
+        if misplaced:
+            raise ConfigError(f"modality.{misplaced[0]} is not a modality setting but a [data] key (e.g. "
+                              "data.normalisation=item, data.audio_sample_rate=16000)")
     from .fields import DEFAULT_FIELD, available_fields, get_field
 
     field = _section(raw, "field")
@@ -182,7 +212,8 @@ def _build(raw: dict) -> RunConfig:
                            **{k: 1 for k in ("in_dim", "out_dim") if k in all_names})
     train = make(MetaLearningConfig, _section(raw, "train"), "train")
     data = make(DataConfig, _section(raw, "data"), "data")
-    return RunConfig(modality=raw.get("modality"), loss=raw.get("loss"), field=dict(field), train=train, data=data)
+    return RunConfig(modality=modality, loss=raw.get("loss"), field=dict(field), train=train, data=data,
+                     modality_settings=settings)
 
 
 def _read_config_file(path: Path) -> dict:

@@ -468,7 +468,7 @@ def render_latents(field, modality, loss: Loss, latents: Tensor, out: Path, pref
                    columns: int = 8) -> dict:
     """Render latents ``(B, *latent_shape)`` at ``scale`` × the native grid; one file per item and a grid PNG."""
     shape = tuple(int(round(d * scale)) for d in modality.shape)
-    values = modality.from_features(predict(field, modality.coordinates(shape)[None], latents, loss=loss), shape)
+    values = modality.render_values(field, latents, loss, shape)
     paths = modality.save(values, out / prefix, [f"{prefix}{i:04d}" for i in range(len(latents))])
     grid = contact_sheet(paths, out / f"{prefix}_grid.png", columns=columns)
     atomic_stream(out / f"{prefix}.npz", lambda f: np.savez(f, values=values.astype(np.float32), latents=latents.numpy()))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,13 @@ from .data import ArrayDataset, DataError, load_dataset
 from .device import resolve_device
 from .fields import DEFAULT_FIELD, field_from_config
 from .fitting import (Batch, Loss, MetaLearner, MetricMeter, auto_batch_size, evaluate_reconstruction, fit_latents,
-                      get_loss, predict, HeapGuard)
+                      get_loss, max_points_per_pass, predict, HeapGuard)
 from .functaset import Functaset, FunctasetWriter
 from .io import ArtefactError, load_base_network, read_json, read_json_object, save_base_network
 from .errors import ConfigError
 from .validation import in_file
-from .modalities import FieldDataset, Modality, PatchDataset, detect_modality, get_modality, modality_from_config
+from .modalities import (FieldDataset, Modality, available_modalities, detect_modality, get_modality,
+                         modality_from_config)
 
 __all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "model_loss", "open_data",
            "parse_indices", "render"]
@@ -48,15 +49,19 @@ def open_data(path: str | Path, split: str, data_cfg: dict | None = None, progre
     ds = load_dataset(path, split, variable=d.get("variable"), test_fraction=d.get("test_fraction", 0.1),
                       limit=d.get("limit"), progress=progress, audio_length=d.get("audio_length"),
                       audio_channel=d.get("audio_channel"), audio_pad=bool(d.get("audio_pad", False)),
-                      audio_sample_rate=d.get("audio_sample_rate"))
+                      audio_sample_rate=d.get("audio_sample_rate"), camera_convention=d.get("camera_convention"),
+                      near=d.get("near"), far=d.get("far"))
     if d.get("normalisation", "dataset") == "item":
         ds = detect_modality(ds).normalise_items(ds)
     return ds
 
 
-def _infer_modality(ds: ArrayDataset, name: str | None) -> Modality:
+def _infer_modality(ds: ArrayDataset, name: str | None, settings: dict | None = None) -> Modality:
+    """The modality of ``ds`` (detected, or ``name``), built from the data, then with ``settings`` (a
+    ``[modality]`` table: e.g. ``points_per_ray`` of scenes) applied and checked."""
     cls = detect_modality(ds) if name is None else get_modality(name)
-    return cls.from_dataset(ds)  # an item-normalised dataset says so in its meta (normalise_items)
+    modality = cls.from_dataset(ds)  # an item-normalised dataset says so in its meta (normalise_items)
+    return modality_from_config({**modality.to_config(), **settings}) if settings else modality
 
 
 def model_loss(config: dict) -> Loss:
@@ -97,8 +102,24 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
     ``out`` is locked while the run writes it (:func:`functa.atomic.output_lock`: a second ``fit``
     into it raises :class:`~functa.errors.LockError`).
     """
+    _check_modality_settings(config)
     with output_lock(out):
         return _fit(data, Path(out), config, progress, time_limit_s, device)
+
+
+def _check_modality_settings(config: RunConfig) -> None:
+    """Refuse ``[modality]`` settings that the chosen modality (or, with none chosen, every modality) lacks,
+    before any data is read."""
+    if not config.modality_settings:
+        return
+    names = [config.modality] if config.modality else available_modalities()
+    valid = {n: {f.name for f in fields(get_modality(n)) if f.init} if is_dataclass(get_modality(n)) else set()
+             for n in names}
+    for key in config.modality_settings:
+        if not any(key in v for v in valid.values()):
+            where = f"the {names[0]} modality" if config.modality else "any modality"
+            allowed = sorted(valid[names[0]]) if config.modality else sorted(set().union(*valid.values()))
+            raise ConfigError(f"modality.{key} is not a setting of {where} (settings: {', '.join(allowed)})")
 
 
 def _fit(data: str | Path, out: Path, config: RunConfig, progress: bool, time_limit_s: float | None,
@@ -109,7 +130,7 @@ def _fit(data: str | Path, out: Path, config: RunConfig, progress: bool, time_li
         val_ds = open_data(data, "test", data_cfg, progress)
     except DataError:  # data without a test split: validate on the first training items
         val_ds = train_ds
-    modality = _infer_modality(train_ds, config.modality)
+    modality = _infer_modality(train_ds, config.modality, config.modality_settings)
     if config.data.patch:
         modality = modality.with_shape(tuple(config.data.patch))
     if (out / "config.json").exists():
@@ -117,13 +138,13 @@ def _fit(data: str | Path, out: Path, config: RunConfig, progress: bool, time_li
         if prev.get("modality"):
             modality = modality_from_config(prev["modality"])  # keep the normalisation of the run
     loss = get_loss(config.loss or modality.default_loss)
-    field_cfg = {"name": DEFAULT_FIELD, "output_offset": loss.output_offset, **config.field,
+    field_cfg = {"name": DEFAULT_FIELD, "output_offset": loss.output_offset, **modality.field_defaults, **config.field,
                  "in_dim": modality.in_dim, "out_dim": modality.out_channels}
     torch.manual_seed(config.train.seed)
     field = field_from_config(field_cfg).to(resolve_device(device))
     metrics = modality.reconstruction_metrics()
     learner = MetaLearner(field, config.train, loss, metrics)
-    train_src, val_src = _sources(train_ds, val_ds, modality, config.data.patch is not None, config.train.seed)
+    train_src, val_src = modality.sources(train_ds, val_ds, patches=config.data.patch is not None, seed=config.train.seed)
     t0 = time.perf_counter()
 
     def extra() -> dict[str, Any]:
@@ -143,13 +164,6 @@ def _fit(data: str | Path, out: Path, config: RunConfig, progress: bool, time_li
     info["training"].update(wall_s=time.perf_counter() - t0, final_eval=final)
     save_base_network(out, field, **info)
     return read_json(out / "config.json")
-
-
-def _sources(train_ds: ArrayDataset, val_ds: ArrayDataset, modality: Modality, patches: bool, seed: int):
-    """Batch sources: whole items, or random crops of the modality's grid (``data.patch``)."""
-    if not patches:
-        return FieldDataset(train_ds, modality), FieldDataset(val_ds, modality)
-    return PatchDataset(train_ds, modality, seed=seed), PatchDataset(val_ds, modality, crops_per_item=1, seed=seed + 1)
 
 
 def _small_meta(meta: dict) -> dict:
@@ -184,7 +198,7 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
     ds = open_data(data, split, cfg.get("data"), progress)
     item_grid = tuple(int(g) for g in ds.data.shape[1:1 + len(modality.shape)])
     grid = PatchGrid(item_grid, tuple(modality.shape)) if _patched(cfg, modality, item_grid) else None
-    src = FieldDataset(ds, modality if grid is None else modality.with_shape(item_grid))
+    src = FieldDataset(ds, modality.with_shape(item_grid)) if grid is not None else modality.encode_source(ds)
     if grid is not None and augment:
         raise ValueError("augmented copies are not supported for items encoded patch by patch")
     if copies < 0:
@@ -211,7 +225,6 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
     else:  # items per batch: the patches of a batch are fitted together
         batch_size = max(1, (batch_size or auto_batch_size(field, math.prod(grid.patch))) // grid.num_patches)
     writer = FunctasetWriter(out, header, total=total, chunk_size=chunk_size)
-    x = src.coords[None]
     bar = tqdm(total=total, initial=writer.count, desc=f"encoding {split}", disable=not progress, unit="item")
     t0 = time.perf_counter()
     row = writer.count
@@ -222,13 +235,14 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
         # batches never straddle a chunk boundary: a resumed run (it restarts at one) fits the same batches
         idx = np.arange(s, min(s + batch_size, m, s + writer.chunk_size - row % writer.chunk_size))
         if copy == 0:
-            y = src.features(idx)
+            batch = src.batch(idx)
         else:
             if params is None or params[0] != copy:
                 params = (copy, augmentation.parameters(m, copy))
-            y = modality.to_features(augmentation.apply(ds.take(idx), params[1][idx]))
+            batch = Batch(src.coords[None], modality.to_features(augmentation.apply(ds.take(idx), params[1][idx])))
+        y = batch.y
         if grid is None:
-            enc = fit_latents(field, Batch(x, y), steps, loss=loss)
+            enc = fit_latents(field, batch, steps, loss=loss, max_points=_max_points(field, batch))
             latents, item_loss, pred = enc.latents, enc.loss, loss.predict(enc.outputs)
         else:
             enc, _ = fit_patched(field, loss, modality, ds.take(idx), steps)
@@ -244,6 +258,11 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
     writer.flush()
     writer.close({**_summary(metrics, writer), "encode_s_last_session": time.perf_counter() - t0})
     return Functaset(out)
+
+
+def _max_points(field: nn.Module, batch: Batch) -> int | None:
+    """Field points per pass for fitting rendered batches (rays) in bounded memory; ``None`` for grids."""
+    return None if batch.renderer is None else max_points_per_pass(field) * 8
 
 
 def _patched(cfg: dict, modality: Modality, item_grid: tuple[int, ...]) -> bool:
@@ -276,8 +295,9 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: in
         res = evaluate_whole_items(field, loss, modality, ds, steps, limit=limit, batch_size=batch_size,
                                    progress=progress)
     else:
-        res = evaluate_reconstruction(field, FieldDataset(ds, modality), steps, loss=loss, metrics=metrics,
-                                      batch_size=batch_size, limit=limit, extra=modality.metrics, progress=progress)
+        _, src = modality.sources(ds, ds, patches=False, seed=int(cfg["run"]["train"].get("seed", 0)))
+        res = evaluate_reconstruction(field, src, steps, loss=loss, metrics=metrics, batch_size=batch_size,
+                                      limit=limit, extra=modality.metrics, progress=progress)
     return {"name": "functa-eval", "model": str(model), "data": str(data), "split": split,
             "base_network_sha256": cfg["sha256"], "loss": loss.name, "headline": metrics.headline, "results": res}
 
@@ -401,16 +421,14 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
             latents = enc.latents.reshape(len(idx), grid.num_patches, *field.latent_shape)
             originals = np.asarray(items)
         else:
-            src = FieldDataset(ds, modality)
-            y = src.features(idx)
-            latents = fit_latents(field, Batch(src.coords[None], y), steps, loss=loss).latents
-            originals = modality.from_features(y)
+            batch = modality.encode_source(ds).batch(idx)
+            latents = fit_latents(field, batch, steps, loss=loss, max_points=_max_points(field, batch)).latents
+            originals = modality.from_features(batch.y) if batch.renderer is None else None
     else:
         raise ValueError("render needs a functaset or data to encode")
     if grid is None:
         target_shape = tuple(shape) if shape else tuple(int(round(s * scale)) for s in modality.shape)
-        values = modality.from_features(predict(field, modality.coordinates(target_shape)[None], latents, loss=loss),
-                                        target_shape)
+        values = modality.render_values(field, latents, loss, target_shape)
     else:  # patches rendered at `scale` and stitched (whole patches only: an explicit shape must be a multiple)
         if shape:
             factors = {t / g for t, g in zip(shape, grid.shape)}

@@ -17,7 +17,13 @@ Supported formats (``meta["format"]``):
                     layout (``audio``, ``offsets``, ``sample_rate``); both ``(M, L)`` float32 amplitudes (:mod:`.audio`)
 * ``nifti``         one 3-D volume ``.nii`` / ``.nii.gz`` / ``.mgz`` (nibabel); ``nifti-folder``: a directory of them
 * ``volume-npz``    ``.npz`` with ``volumes`` ``(M, X, Y, Z)`` scalar intensities (MRI / CT), see :mod:`.nifti`
+* ``blender-scenes`` NeRF "Blender" scenes: directories with ``transforms[_train|_val|_test].json`` and images
+                    (the root, its children, or ``train/``/``test/`` children); ``srn-scenes``: SRN scene
+                    directories (``rgb/``, ``pose/``, ``intrinsics.txt``); ``scene-npz``: ``.npz`` with ``images``,
+                    ``poses`` and ``focal``. All three give a :class:`SceneDataset` ``(S, V, H, W, 3)`` uint8
+                    with OpenGL camera-to-world ``poses`` ``(S, V, 4, 4)`` and ``focal`` ``(S, V)`` (:mod:`.scenes`)
 
+Scene directories are recognised before image folders (a scene folder holds images).
 Images come back as ``(M, H, W, C)`` uint8 with ``C`` in {1, 3}; fields as ``(M, H, W)`` float32; voxels as
 ``(M, X, Y, Z)`` uint8 in {0, 1}; arrays ``(M, ...)`` in their own dtype. ``npy`` and ``npy-shards`` data stay
 on disk (:class:`ShardedArray`, positional file reads, no memory maps): items are read when indexed,
@@ -67,12 +73,16 @@ from .idx import find_idx_pair, is_idx_file, load_idx, read_idx
 from .nifti import (has_nifti, is_nifti_path, load_nifti, load_nifti_folder, load_volume_npz, nifti_split_files,
                     parse_time_index, read_nifti)
 from .safeio import DEFAULT_MAX_ARRAY_BYTES, array_limit, max_array_bytes
+from .scene_dataset import SceneDataset
+from .scenes import (has_blender_scenes, has_srn_scenes, is_scene_npz, load_blender_scenes, load_scene_npz,
+                     load_srn_scenes)
 from .shards import ShardedArray
 
 __all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "item_files",
            "load_dataset",
            "load_image_list", "read_array_file", "read_nifti", "read_binvox", "read_idx", "write_array_file", "write_binvox", "SUPPORTED_FORMATS", "sniff_format",
-           "DEFAULT_MAX_ARRAY_BYTES", "array_limit", "max_array_bytes"]
+           "DEFAULT_MAX_ARRAY_BYTES", "array_limit", "max_array_bytes",
+           "SceneDataset", "load_blender_scenes", "load_srn_scenes", "load_scene_npz"]
 
 SUPPORTED_FORMATS = (
     "idx (MNIST/Fashion-MNIST directory or idx[.gz] file), "
@@ -90,14 +100,20 @@ SUPPORTED_FORMATS = (
     "audio-folder (directory of .wav/.flac/.ogg, optional train/test sub-folders), "
     "audio-npz (.npz with audio, offsets and sample_rate, e.g. FSDD), "
     "nifti (.nii, .nii.gz or .mgz 3-D volume; nifti-folder: a directory of them), "
-    "volume-npz (.npz with volumes (M, X, Y, Z))"
+    "volume-npz (.npz with volumes (M, X, Y, Z)), "
+    "blender-scenes (NeRF Blender scenes: transforms*.json + images, optional train/test sub-folders), "
+    "srn-scenes (SRN scenes: rgb/, pose/, intrinsics.txt, optional train/test sub-folders), "
+    "scene-npz (.npz with images, poses and focal: posed views of one or many scenes)"
 )
 _SPLITS = ("train", "test", "all")
+_SCENE_LOADERS = {"blender-scenes": load_blender_scenes, "srn-scenes": load_srn_scenes, "scene-npz": load_scene_npz}
 _NETCDF_SUFFIXES = (".nc", ".nc3", ".nc4", ".cdf", ".netcdf")
 
 
 def _npz_kind(path: Path) -> str:
     keys = set(npz_keys(path))
+    if is_scene_npz(keys):
+        return "scene-npz"
     if LOSSLESS_KEYS <= keys or JPEG_KEYS <= keys:
         return "cifar-npz"
     if is_grid_npz(sorted(keys)):
@@ -133,6 +149,10 @@ def sniff_format(path: str | Path) -> str:
             return "cifar-python"
         if find_cifar_npz(p, "train") is not None or find_cifar_npz(p, "test") is not None:
             return "cifar-npz"
+        if has_blender_scenes(p):  # before image folders: a scene folder holds images
+            return "blender-scenes"
+        if has_srn_scenes(p):
+            return "srn-scenes"
         if has_images(p):
             return "image-folder"
         if is_npy_shard_dir(p):
@@ -184,6 +204,9 @@ def load_dataset(
     audio_channel: int | None = None,
     audio_pad: bool = False,
     audio_sample_rate: int | None = None,
+    camera_convention: str | None = None,
+    near: float | None = None,
+    far: float | None = None,
 ) -> ArrayDataset:
     """Load the dataset at ``path`` (format sniffed, see module docstring); ``npy`` / ``npy-shards`` lazily.
 
@@ -210,11 +233,19 @@ def load_dataset(
         audio_pad: audio: pad clips shorter than ``audio_length`` with silence instead of refusing them.
         audio_sample_rate: audio: resample every clip to this rate in Hz (``soxr``, an optional dependency);
             default: no resampling, and clips of different rates are refused.
+        camera_convention: scenes: the camera convention of the poses, ``"opengl"`` or ``"opencv"``, for data
+            that stores none (a convention stored with the data that differs is refused); default: Blender
+            scenes ``"opengl"``, SRN ``"opencv"``, a scene npz beside a ``transforms_*.json`` ``"opengl"``,
+            else a scene npz without a ``convention`` array is refused (:mod:`functa.data.scenes`).
+        near: scenes: the near ray bound, overriding the one stored with the data (default: stored, else
+            half the smallest camera distance from the origin).
+        far: scenes: the far ray bound, likewise (default: stored, else 1.5 times the largest distance).
 
     Returns:
         :class:`ArrayDataset` with ``data`` ``(M, H, W, C)`` uint8 (images), ``(M, H, W)`` float32 (fields),
         ``(M, X, Y, Z)`` uint8 in {0, 1} (voxels) or ``(M, ...)`` (arrays); a lazy
-        :class:`ShardedArray` for ``npy`` / ``npy-shards``.
+        :class:`ShardedArray` for ``npy`` / ``npy-shards``; a :class:`SceneDataset` ``(S, V, H, W, 3)`` uint8
+        with ``poses`` and ``focal`` for scenes (``blender-scenes``, ``srn-scenes``, ``scene-npz``).
     """
     p = Path(path).expanduser()
     single = split is None
@@ -229,6 +260,12 @@ def load_dataset(
             if sniff_format(p) in ("audio-folder", "audio-npz"):
                 return _load_audio(p, split, test_fraction, limit, audio_length, audio_channel, audio_pad,
                                    audio_sample_rate)
+            fmt = sniff_format(p)
+            if fmt in _SCENE_LOADERS:
+                if p.is_dir() and fmt == "scene-npz":
+                    p = _single_npz(p)  # type: ignore[assignment]
+                return _SCENE_LOADERS[fmt](p, split, test_fraction=test_fraction, limit=limit,
+                                           convention=camera_convention, near=near, far=far, progress=progress)
             return _load(p, split, single, variable, test_fraction, limit, progress)
         except MemoryError:
             raise DataError(f"{p}: out of memory while loading the dataset") from None

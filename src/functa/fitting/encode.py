@@ -12,7 +12,8 @@ from .inner import InnerLoop, field_outputs, latent_grad
 from .losses import Loss, MSELoss
 from .source import Batch
 
-__all__ = ["Encoding", "auto_batch_size", "fit_latents", "max_points_per_pass", "point_chunks", "predict"]
+__all__ = ["Encoding", "auto_batch_size", "chunked_outputs", "fit_latents", "max_points_per_pass", "point_chunks",
+           "predict"]
 
 ACTIVATION_BUDGET_BYTES = 24 * 2**20
 
@@ -45,15 +46,17 @@ def point_chunks(batch: Batch, max_points: int) -> list[tuple[Batch, Tensor]]:
     """The batch as sub-batches of at most ``max_points`` points, each with the per-item weight ``(B,)``
     of its points in the item's mean loss (observed points over all observed points), so that
     ``sum_c w_c * loss.per_item(chunk c)`` is the item's loss and the same sum of gradients its gradient."""
-    n = batch.x.shape[1]
+    n = batch.num_targets
+    if batch.renderer is not None:  # max_points counts field points: P per ray
+        max_points = max(1, max_points // batch.renderer.samples_per_target)
     if batch.mask is None:
-        total = torch.full((len(batch),), float(n), device=batch.y.device)
+        total = torch.full((len(batch),), float(n), device=batch.y.device, dtype=batch.y.dtype)
     else:
         total = batch.mask.sum((1, 2)).expand(len(batch)).clamp_min(1.0)
     out = []
     for start in range(0, n, max_points):
         sub = batch.points(torch.arange(start, min(start + max_points, n), device=batch.x.device))
-        count = (torch.full_like(total, float(sub.x.shape[1])) if sub.mask is None
+        count = (torch.full_like(total, float(sub.num_targets)) if sub.mask is None
                  else sub.mask.sum((1, 2)).expand(len(batch)))
         out.append((sub, count / total))
     return out
@@ -97,7 +100,7 @@ def fit_latents(field: nn.Module, batch: Batch, steps: int = 3, *, loss: Loss = 
     """
     batch = batch.to(field_device(field))
     inner = InnerLoop(steps, loss, first_order=True, shared_first_step=shared_first_step)
-    if max_points is not None and batch.x.shape[1] > max_points and batch.renderer is None and not track_steps:
+    if max_points is not None and batch.x.shape[1] > max_points and not track_steps:
         return _fit_in_chunks(field, inner, batch, max_points, inner.is_fast(field, batch))
     if track_steps:
         hist = inner.history(field, batch)
@@ -135,6 +138,18 @@ def _compiled_encode():
 def max_points_per_pass(field: nn.Module) -> int:
     """Points of one item whose ``(N, width)`` activations fit the ~24 MiB budget of :func:`auto_batch_size`."""
     return max(1, ACTIVATION_BUDGET_BYTES // (4 * field.activation_floats_per_point()))
+
+
+@torch.no_grad()
+def chunked_outputs(field: nn.Module, batch: Batch, latents: Tensor, max_points: int | None = None) -> Tensor:
+    """:func:`~functa.fitting.field_outputs` of ``latents (B, ...)`` on ``batch`` (moved to the field's device),
+    in chunks of at most ``max_points`` field points (default :func:`max_points_per_pass` per item), so whole
+    views render in bounded memory. ``(B, N, C)`` on the field's device."""
+    batch = batch.to(field_device(field))
+    max_points = max_points or max_points_per_pass(field)
+    if batch.x.shape[1] <= max_points:
+        return field_outputs(field, batch, latents)
+    return torch.cat([field_outputs(field, sub, latents) for sub, _ in point_chunks(batch, max_points)], 1)
 
 
 @torch.no_grad()

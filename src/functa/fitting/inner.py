@@ -7,12 +7,15 @@ the batch size (functa's ``vmap``). The latent gradient comes from one of two pl
 * **autograd** (any field, any loss, any renderer):
   ``torch.autograd.grad(loss, z, create_graph=not first_order)``;
 * **the fast path**, used when the field offers an explicit latent gradient
-  (:class:`functa.fields.LatentAdjoint`), the loss has an analytic output gradient and no renderer
-  is involved: ``field.backward_latents(trace, loss.output_grad(f, y))``. The whole loop is then
+  (:class:`functa.fields.LatentAdjoint`) and the loss has an analytic output gradient:
+  ``field.backward_latents(trace, loss.output_grad(f, y))``. The whole loop is then
   an ordinary first-order graph: backpropagating the outer loss through it gives the exact
   second-order MAML gradient at lower cost, and ``torch.compile`` can fuse it. From zero latents
   the first step's forward pass is the same for every item and is evaluated once per batch
-  (``shared_first_step``, same results).
+  (``shared_first_step``, same results). With a renderer between the field and the loss (volume
+  rendering of rays), the output gradient is autograd's through the renderer alone
+  (``create_graph`` keeps it differentiable, so the step stays exact at second order) and the
+  field's part is still the explicit one.
 
 Both paths compute the same numbers (``tests/test_inner_paths.py``).
 """
@@ -40,9 +43,21 @@ def field_outputs(field: nn.Module, batch: Batch, latents: Tensor) -> Tensor:
 
 
 def uses_fast_path(field: nn.Module, loss: Loss, batch: Batch) -> bool:
-    """Whether the explicit latent gradient applies: the field has one, the loss has an analytic
-    output gradient, and nothing is rendered between them."""
-    return batch.renderer is None and isinstance(field, LatentAdjoint) and isinstance(loss, AnalyticOutputGrad)
+    """Whether the explicit latent gradient applies: the field has one and the loss has an analytic
+    output gradient (a renderer between them is differentiated by autograd on its own)."""
+    return isinstance(field, LatentAdjoint) and isinstance(loss, AnalyticOutputGrad)
+
+
+def output_grad(loss: Loss, batch: Batch, outputs: Tensor, create_graph: bool) -> Tensor:
+    """``d sum_b loss_b / d outputs`` of the field's outputs ``(B, M, C)``: the loss's analytic gradient,
+    or with a renderer autograd's through the renderer and the loss (differentiable with ``create_graph``)."""
+    if batch.renderer is None:
+        return loss.output_grad(outputs, batch.y, batch.mask)
+    with torch.enable_grad():
+        o = outputs if outputs.requires_grad else outputs.detach().requires_grad_(True)
+        value = loss.per_item(batch.renderer(o, batch), batch.y, batch.mask).sum()
+        (g,) = torch.autograd.grad(value, o, create_graph=create_graph)
+    return g
 
 
 def latent_grad(field: nn.Module, loss: Loss, batch: Batch, latents: Tensor, *, create_graph: bool,
@@ -55,7 +70,7 @@ def latent_grad(field: nn.Module, loss: Loss, batch: Batch, latents: Tensor, *, 
     """
     if fast:
         out, trace = field.forward_points(batch.x, latents, keep_trace=True)
-        g = field.backward_latents(trace, loss.output_grad(out, batch.y, batch.mask))
+        g = field.backward_latents(trace, output_grad(loss, batch, out, create_graph))
         return g if create_graph else g.detach()
     with torch.enable_grad():
         z = latents if latents.requires_grad else latents.detach().requires_grad_(True)

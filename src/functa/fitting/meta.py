@@ -32,12 +32,12 @@ from ..io import (ArtefactError, load_tensors, read_train_state, save_tensors, s
                   write_json)
 from ..validation import MAX_GRID_POINTS, MAX_INNER_STEPS, Bool, Choice, Int, Real, check_fields
 from ..optim import load_optimizer_tensors, lr_at, optimizer_tensors
-from .encode import auto_batch_size, fit_latents
+from .encode import auto_batch_size, chunked_outputs, fit_latents
 from .inner import InnerLoop, field_outputs
 from .losses import Loss, MSELoss
 from .metrics import MetricMeter, Metrics, PsnrMetrics
 from .outer import OuterObjective
-from .source import Batch, BatchSource
+from .source import Batch, BatchSource, HeldOutSource, SampledSource
 
 __all__ = ["MetaLearningConfig", "MetaLearner", "evaluate_reconstruction"]
 
@@ -111,16 +111,18 @@ def evaluate_reconstruction(field: nn.Module, source: BatchSource, steps: int, *
     losses = [0.0] * (steps + 1)
     sums: dict[str, float] = {}
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
-        batch = source.batch(np.arange(start, min(start + batch_size, n))).to(field_device(field))
+        idx = np.arange(start, min(start + batch_size, n))
+        batch = source.batch(idx).to(field_device(field))
         enc = fit_latents(field, batch, steps, loss=loss, track_steps=True)
+        scored = source.heldout(idx).to(field_device(field)) if isinstance(source, HeldOutSource) else batch
         with torch.no_grad():
             for k, (meter, z) in enumerate(zip(meters, enc.history)):
-                out = field_outputs(field, batch, z)
-                losses[k] += float(loss.per_item(out, batch.y, batch.mask).double().sum())
+                out = field_outputs(field, scored, z) if scored.renderer is None else chunked_outputs(field, scored, z)
+                losses[k] += float(loss.per_item(out, scored.y, scored.mask).double().sum())
                 pred = loss.predict(out)
-                meter.update(pred, batch.y)
+                meter.update(pred, scored.y)
         if extra is not None:
-            for key, v in extra(pred, batch.y).items():
+            for key, v in extra(pred, scored.y).items():
                 sums[key] = sums.get(key, 0.0) + float(v.double().sum())
     out = {"per_step": [{"step": k, **m.as_dict(), "loss": losses[k] / max(n, 1)} for k, m in enumerate(meters)],
            "count": n}
@@ -252,9 +254,9 @@ class MetaLearner:
             while self.step_count < cfg.steps:
                 rng = np.random.default_rng([cfg.seed, self.step_count])
                 idx = rng.choice(len(train), size=cfg.batch_size, replace=False)
-                batch = train.batch(idx)
-                if cfg.points_per_step is not None and cfg.points_per_step < train.num_points:
-                    pts = np.sort(rng.choice(train.num_points, cfg.points_per_step, replace=False))
+                batch = train.sample(idx, rng) if isinstance(train, SampledSource) else train.batch(idx)
+                if cfg.points_per_step is not None and cfg.points_per_step < batch.num_targets:
+                    pts = np.sort(rng.choice(batch.num_targets, cfg.points_per_step, replace=False))
                     batch = batch.points(torch.from_numpy(pts))
                 stats = self.train_step(batch)
                 watch.train_loss(stats["loss"], self.step_count)

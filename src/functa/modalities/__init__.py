@@ -6,6 +6,7 @@ from .base import (Augmentation, FieldDataset, Modality, ModalityBase, PatchData
 from .audio import AudioMetrics, AudioModality, audio_coordinates
 from .image import ImageModality, image_coordinates
 from .masks import MASKS, grid_mask
+from .scene import SceneModality, SceneRays, SceneViews
 from .sphere import SphereModality, latitude_weights, sphere_coordinates
 from .voxel import OccupancyMetrics, VoxelModality, VoxelRescale, depth_scan_mask, voxel_coordinates
 from .volume import VolumeModality
@@ -21,6 +22,9 @@ __all__ = [
     "ModalityBase",
     "OccupancyMetrics",
     "PatchDataset",
+    "SceneModality",
+    "SceneRays",
+    "SceneViews",
     "SphereModality",
     "VolumeModality",
     "VoxelModality",

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..fitting import Batch, Metrics, PsnrMetrics
+from ..fitting import Batch, Metrics, PsnrMetrics, predict
 from .masks import grid_mask
 
 __all__ = ["Augmentation", "Modality", "ModalityBase", "FieldDataset", "PatchDataset", "register_modality",
@@ -136,6 +136,20 @@ class Modality(Protocol):
         Raises ``ValueError`` where items cannot be cut into patches."""
         ...
 
+    def render_values(self, field: Any, latents: Tensor, loss: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """What latents ``(B, *latent_shape)`` look like, in data units, as :meth:`save` writes them: the
+        field on the grid ``shape`` (default: the native grid); for scenes, views rendered from cameras."""
+        ...
+
+    def sources(self, train: Any, val: Any, *, patches: bool, seed: int) -> tuple[Any, Any]:
+        """The meta-learner's training and validation :class:`~functa.fitting.BatchSource` of two datasets
+        (``patches``: random crops of the modality's grid, ``data.patch``)."""
+        ...
+
+    def encode_source(self, dataset: Any, seed: int = 0) -> Any:
+        """The :class:`~functa.fitting.BatchSource` whose ``batch(indices)`` the encoder fits."""
+        ...
+
 
 class ModalityBase:
     """Defaults for the optional parts of :class:`Modality`: MSE and PSNR, no detection, no
@@ -145,6 +159,7 @@ class ModalityBase:
     unobserved_fill: ClassVar[float] = 0.5  # feature value that shows unobserved points in imputation panels
 
     dataset_kind: ClassVar[str | None] = None  # the loaders' ``meta["kind"]`` this modality claims
+    field_defaults: ClassVar[dict[str, Any]] = {}  # base network settings under the run's [field] (e.g. w0)
     rate_unit: ClassVar[str] = "bits per point"  # what :meth:`rate` returns
     rate_targets: ClassVar[tuple[float, ...]] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # codec-bench baselines
 
@@ -176,6 +191,20 @@ class ModalityBase:
 
     def observation_mask(self, kind: str, features: Tensor, fraction: float = 0.5, seed: int = 0) -> Tensor:
         return torch.from_numpy(grid_mask(tuple(self.shape), kind, fraction, seed))[None]
+
+    def render_values(self, field: Any, latents: Tensor, loss: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The field's predictions on ``shape`` (default: the native grid) as items in data units."""
+        shape = tuple(shape) if shape else tuple(self.shape)
+        return self.from_features(predict(field, self.coordinates(shape)[None], latents, loss=loss), shape)
+
+    def sources(self, train: Any, val: Any, *, patches: bool, seed: int) -> tuple[Any, Any]:
+        """Whole items on the modality's grid, or random crops of it (``data.patch``)."""
+        if not patches:
+            return FieldDataset(train, self), FieldDataset(val, self)
+        return PatchDataset(train, self, seed=seed), PatchDataset(val, self, crops_per_item=1, seed=seed + 1)
+
+    def encode_source(self, dataset: Any, seed: int = 0) -> Any:
+        return FieldDataset(dataset, self)
 
 
 _REGISTRY: dict[str, type] = {}

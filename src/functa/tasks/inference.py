@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from torch import nn
 
-from ..fitting import Loss, MSELoss, auto_batch_size
+from ..fitting import Batch, Loss, MSELoss, auto_batch_size, field_outputs
 from .latents import Standardizer
 
-__all__ = ["flow_log_prior", "map_fit"]
+__all__ = ["flow_log_prior", "map_fit", "map_fit_batch"]
 
 LogPrior = Callable[[Tensor], Tensor]
 
@@ -45,15 +45,25 @@ def map_fit(field: nn.Module, x: Tensor, y: Tensor, weight: Tensor, *, loss: Los
     latents (the meta-learned starting point); samples from the prior are another choice.
     The base network is not changed. Items are independent (per-item loss, element-wise Adam),
     so they are fitted in memory-bounded chunks of ``batch_size`` (default
-    :func:`functa.fitting.auto_batch_size`) with the same result.
+    :func:`functa.fitting.auto_batch_size`) with the same result. :func:`map_fit_batch` takes any
+    :class:`~functa.fitting.Batch` (rays of scenes through their renderer, too).
     """
     if weight.shape[-1] != 1 or weight.shape[-2] != y.shape[1]:
         raise ValueError(f"weight must be (B|1, N, 1) with N={y.shape[1]}, got {tuple(weight.shape)}")
+    return map_fit_batch(field, Batch(x, y, weight), loss=loss, log_prior=log_prior, prior_weight=prior_weight,
+                         steps=steps, lr=lr, init=init, progress=progress, batch_size=batch_size)
+
+
+def map_fit_batch(field: nn.Module, batch: Batch, *, loss: Loss = MSELoss(), log_prior: LogPrior | None = None,
+                  prior_weight: float = 1.0, steps: int = 300, lr: float = 1e-2, init: Tensor | None = None,
+                  progress: bool = False, batch_size: int | None = None) -> Tensor:
+    """:func:`map_fit` on the observations of a :class:`~functa.fitting.Batch` (its ``mask`` marks the
+    observed targets; a renderer maps the field's outputs to them)."""
     if log_prior is None and prior_weight:
         prior_weight = 0.0
-    b = y.shape[0]
+    b = len(batch)
     z0 = field.zero_latents(b) if init is None else init.detach().clone()
-    chunk = batch_size or auto_batch_size(field, y.shape[1])
+    chunk = batch_size or auto_batch_size(field, batch.x.shape[1])
     params = list(field.parameters())
     saved = [p.requires_grad for p in params]
     for p in params:
@@ -63,9 +73,7 @@ def map_fit(field: nn.Module, x: Tensor, y: Tensor, weight: Tensor, *, loss: Los
         bar = tqdm(total=steps * ((b + chunk - 1) // chunk), desc="MAP fitting", disable=not progress, leave=False)
         for s in range(0, b, chunk):
             sl = slice(s, s + chunk)
-            xs = x if x.shape[0] == 1 else x[sl]
-            ws = weight if weight.shape[0] == 1 else weight[sl]
-            out.append(_map_fit_chunk(field, loss, xs, y[sl], ws, z0[sl], log_prior, prior_weight, steps, lr, bar))
+            out.append(_map_fit_chunk(field, loss, batch.items(sl), z0[sl], log_prior, prior_weight, steps, lr, bar))
         bar.close()
     finally:
         for p, s in zip(params, saved):
@@ -73,12 +81,12 @@ def map_fit(field: nn.Module, x: Tensor, y: Tensor, weight: Tensor, *, loss: Los
     return torch.cat(out)
 
 
-def _map_fit_chunk(field, loss, x, y, weight, z0, log_prior, prior_weight, steps, lr, bar) -> Tensor:
+def _map_fit_chunk(field, loss, batch: Batch, z0, log_prior, prior_weight, steps, lr, bar) -> Tensor:
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     dim = z[0].numel()
     for _ in range(steps):
-        objective = loss.per_item(field(x, z), y, weight)
+        objective = loss.per_item(field_outputs(field, batch, z), batch.y, batch.mask)
         if prior_weight:
             objective = objective - prior_weight * log_prior(z) / dim
         opt.zero_grad(set_to_none=True)
