@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from functa.data.scene_dataset import SceneDataset
-from functa.errors import ConfigError
 from functa.fields import field_from_config
 from functa.fitting import (Batch, InnerLoop, MetaLearner, MetaLearningConfig, VolumeRenderer, outer_loss, ray_batch,
                             ray_depths, ray_points)
@@ -228,8 +227,14 @@ def test_evaluation_scores_novel_views_after_fitting_context_views():
     np.testing.assert_allclose(ctx.y[1].numpy(), ds.data[1, 2].reshape(-1, 3) / 255.0, atol=1e-7)
     held = val.heldout(np.array([1]))
     np.testing.assert_allclose(held.y[0].numpy(), ds.data[1, [0, 4, 6, 9]].reshape(-1, 3) / 255.0, atol=1e-7)
-    with pytest.raises(ConfigError, match="beyond the 10 views"):
-        _modality(ds, novel_views=(10,))
+    # views are checked against the split they are used on (SRN: 50 training views, 251 test views)
+    with pytest.raises(ValueError, match="beyond the 10 views"):
+        _modality(ds, novel_views=(10,)).sources(ds, ds, patches=False, seed=0)
+    more = _scenes(2, 14, 6)
+    _, val14 = _modality(ds, context_views=(12,), novel_views=(1, 13)).sources(ds, more, patches=False, seed=0)
+    held = val14.heldout(np.array([0]))
+    np.testing.assert_allclose(held.y[0].numpy(), more.data[0, [1, 13]].reshape(-1, 3) / 255.0, atol=1e-7)
+    assert m.default_novel_views(context=(0,)) == (1, 4, 6, 9)  # nvs --context 0: never the context view
 
 
 def test_meta_learning_on_scenes_improves_novel_view_psnr_and_resumes(tmp_path):
@@ -294,3 +299,38 @@ def test_ray_points_shapes():
     o, d = torch.zeros(2, 3, 3), torch.ones(2, 3, 3)
     t = ray_depths(0.0, 1.0, 4, (1, 3))
     assert ray_points(o, d, t).shape == (2, 12, 3)
+
+
+def test_shared_rays_with_per_item_targets_take_the_fast_path_exactly():
+    """All items seen through the same rays (x of batch 1): the shared first step broadcasts, and the
+    explicit path gives the autograd path's latents."""
+    ds = _scenes(3, 4, 6)
+    m = _modality(ds)
+    one = m.rays(torch.from_numpy(ds.poses[:1, :2]), torch.from_numpy(ds.focal[:1, :2]),
+                 torch.arange(20).expand(1, 2, 20))
+    y = torch.rand(3, 40, 3, dtype=torch.float64)
+    batch = Batch(one.x.double(), y, renderer=one.renderer, aux={k: v.double() for k, v in one.aux.items()})
+    f = _field(8, 3, 4, dtype=torch.float64)
+    from functa.fitting import fit_latents
+
+    fast = fit_latents(f, batch, 3)
+    slow = fit_latents(f, Batch(batch.x.expand(3, -1, -1), y, renderer=one.renderer, aux=batch.aux), 3,
+                       shared_first_step=False)
+    torch.testing.assert_close(fast.latents, slow.latents, rtol=1e-10, atol=1e-12)
+    with torch.enable_grad():
+        r = outer_loss(f, InnerLoop(2), batch)
+        r_slow = outer_loss(f, InnerLoop(2, fast_path=False), batch)
+    torch.testing.assert_close(r.loss, r_slow.loss, rtol=1e-12, atol=0)
+
+
+def test_stratified_jitter_is_for_training_draws_only():
+    ds = _scenes(2, 6, 6)
+    m = _modality(ds, stratified=True)
+    tr, val = m.sources(ds, ds, patches=False, seed=0)
+    grid = torch.linspace(m.near, m.far, m.points_per_ray)
+    a = tr.sample(np.array([0, 1]), np.random.default_rng(1)).aux["t"]
+    assert a.shape[0] == 2 and float((a - grid).abs().max()) > 1e-3  # training rays are jittered
+    torch.testing.assert_close(a, tr.sample(np.array([0, 1]), np.random.default_rng(1)).aux["t"])  # reproducibly
+    for batch in (tr.batch(np.array([0])), val.batch(np.array([0])), val.heldout(np.array([0]))):
+        torch.testing.assert_close(batch.aux["t"][0, 0], grid)  # encoding and evaluation are deterministic
+        assert batch.aux["t"].shape[0] == 1

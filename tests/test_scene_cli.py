@@ -92,12 +92,13 @@ def test_novel_view_synthesis_with_and_without_a_prior(scene_run, capsys):
                  "--set", "model.layers=1", "--set", "model.hidden=[8]", "--set", "train.batch_size=3"]) == 0
     out = tmp / "nvs"
     assert main(["--quiet", "nvs", str(data), "-m", str(run), "-o", str(out), "--prior", str(flow), "--steps", "3",
-                 "--context", "0", "--novel", "1,3", "--mask", "left-half"]) == 0
+                 "--context", "0", "--novel", "1,3", "--mask", "left-half", "--pixels", "20"]) == 0
     printed = capsys.readouterr().out
     assert "no_prior: novel views PSNR" in printed and "prior: novel views PSNR" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["novel"] == [1, 3] and metrics["rows"] == ["no_prior", "prior", "ground_truth"]
     assert metrics["no_prior"]["novel_views"]["count"] == 1
+    assert metrics["observed_pixels_per_view"] == 20  # of the 32 in the left half
     # one scene: 3 rows of (context + 2 novel views), 8 px each with 2 px gaps
     assert Image.open(out / "nvs_grid.png").size == (3 * 8 + 2 * 2, 3 * 8 + 2 * 2)
 

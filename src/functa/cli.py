@@ -136,10 +136,12 @@ def _add_downstream(sub) -> None:
                    "over the others)")
     p.add_argument("--mask", default="full", help="what of the context views is observed: full (default), "
                    "left-half, right-half, top-half, bottom-half, random, centre-box")
+    p.add_argument("--pixels", type=int, help="fit on this many of the observed pixels of each context view (a "
+                   "random draw; default: all)")
     p.add_argument("--prior-weight", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--seed", type=int, default=0, help="seed of a random mask")
+    p.add_argument("--seed", type=int, default=0, help="seed of a random mask and of --pixels")
 
     p = sub.add_parser("fid", help="Fréchet Inception Distance of rendered samples against a dataset split")
     p.add_argument("samples", type=Path, help="sample.npz / renders.npz written by a sample or render command")
@@ -327,6 +329,9 @@ def _run_downstream(args: argparse.Namespace, progress: bool) -> None:
         print(f"FID {r['fid']:.2f} ({r['sample_count']} samples vs {r['reference_count']} reference images)")
     elif cmd == "interpolate" and args.turntable is not None:
         from .scenes import interpolation_turntable
+
+        if args.flow is not None:
+            raise ValueError("interpolate --turntable interpolates latents; it does not take --flow")
 
         r = interpolation_turntable(args.model, args.functaset, args.out, *args.pair, frames=args.turntable,
                                     scale=args.scale)
@@ -534,7 +539,8 @@ def _run(args: argparse.Namespace) -> int:
         ints = lambda text: tuple(int(v) for v in text.split(",")) if text else None  # noqa: E731
         r = novel_view_synthesis(args.model, args.data, args.out, prior=args.prior, split=args.split,
                                  indices=args.indices, context=ints(args.context), novel=ints(args.novel),
-                                 mask=args.mask, prior_weight=args.prior_weight, steps=args.steps, lr=args.lr,
+                                 mask=args.mask, pixels=args.pixels, prior_weight=args.prior_weight, steps=args.steps,
+                                 lr=args.lr,
                                  seed=args.seed, progress=progress, device=args.device)
         for name in r["rows"][:-1]:
             print(f"{name:>8}: novel views PSNR {r[name]['novel_views']['psnr_of_mean_mse']:.2f} dB, observed context "

@@ -33,7 +33,7 @@ from .validation import in_file
 from .modalities import (FieldDataset, Modality, available_modalities, detect_modality, get_modality,
                          modality_from_config)
 
-__all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "model_loss", "open_data",
+__all__ = ["contact_sheet", "encode", "evaluate", "fit", "fit_points", "format_table", "load_model", "model_loss", "open_data",
            "parse_indices", "render"]
 
 HEAP_SLACK_MB = 256  # RSS growth that triggers a heap trim while encoding (bounded RSS on any number of items)
@@ -242,7 +242,7 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
             batch = Batch(src.coords[None], modality.to_features(augmentation.apply(ds.take(idx), params[1][idx])))
         y = batch.y
         if grid is None:
-            enc = fit_latents(field, batch, steps, loss=loss, max_points=_max_points(field, batch))
+            enc = fit_latents(field, batch, steps, loss=loss, max_points=fit_points(field, batch))
             latents, item_loss, pred = enc.latents, enc.loss, loss.predict(enc.outputs)
         else:
             enc, _ = fit_patched(field, loss, modality, ds.take(idx), steps)
@@ -260,9 +260,11 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
     return Functaset(out)
 
 
-def _max_points(field: nn.Module, batch: Batch) -> int | None:
-    """Field points per pass for fitting rendered batches (rays) in bounded memory; ``None`` for grids."""
-    return None if batch.renderer is None else max_points_per_pass(field) * 8
+def fit_points(field: nn.Module, batch: Batch) -> int | None:
+    """Field points per pass when encoding rendered batches (rays of scenes), so that a scene of any
+    number of rays fits in bounded memory (:func:`~functa.fitting.fit_latents` ``max_points``; the autograd
+    graph of the renderer holds a few floats per point); ``None`` for grids (fitted whole)."""
+    return None if batch.renderer is None else max_points_per_pass(field) * 4
 
 
 def _patched(cfg: dict, modality: Modality, item_grid: tuple[int, ...]) -> bool:
@@ -422,7 +424,7 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
             originals = np.asarray(items)
         else:
             batch = modality.encode_source(ds).batch(idx)
-            latents = fit_latents(field, batch, steps, loss=loss, max_points=_max_points(field, batch)).latents
+            latents = fit_latents(field, batch, steps, loss=loss, max_points=fit_points(field, batch)).latents
             originals = modality.from_features(batch.y) if batch.renderer is None else None
     else:
         raise ValueError("render needs a functaset or data to encode")

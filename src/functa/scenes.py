@@ -17,12 +17,13 @@ from PIL import Image
 from torch import Tensor
 
 from .atomic import atomic_stream, output_lock
+from .fields import field_device
 from .fitting import Batch, MetricMeter, fit_latents, max_points_per_pass
 from .functaset import Functaset
 from .io import ArtefactError, write_json
 from .modalities import SceneModality, SceneViews
 from .modalities.masks import MASKS, grid_mask
-from .pipeline import load_model, model_loss, open_data, parse_indices
+from .pipeline import fit_points, load_model, model_loss, open_data, parse_indices
 from .tasks.checkpoint import load_task_model
 from .tasks.inference import flow_log_prior, map_fit_batch
 from .tasks.latents import Standardizer
@@ -45,7 +46,7 @@ def fit_scenes(field: torch.nn.Module, modality: SceneModality, loss: Any, datas
     """Latents of the scenes ``indices`` of ``dataset``, fitted as the encoder does (``encode_views`` x
     ``encode_pixels`` rays each, in memory-bounded chunks of rays). ``(B, *latent_shape)``."""
     batch = modality.encode_source(dataset).batch(indices)
-    return fit_latents(field, batch, steps, loss=loss, max_points=2 * max_points_per_pass(field)).latents.cpu()
+    return fit_latents(field, batch, steps, loss=loss, max_points=fit_points(field, batch)).latents.cpu()
 
 
 def depth_image(depth: Tensor, opacity: Tensor, near: float, far: float) -> np.ndarray:
@@ -168,12 +169,14 @@ def _tile(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
 
 def novel_view_synthesis(model: str | Path, data: str | Path, out: str | Path, prior: str | Path | None = None,
                          split: str = "test", indices: str | None = None, context: tuple[int, ...] = (0,),
-                         novel: tuple[int, ...] | None = None, mask: str = "full", prior_weight: float = 1.0,
+                         novel: tuple[int, ...] | None = None, mask: str = "full", pixels: int | None = None,
+                         prior_weight: float = 1.0,
                          steps: int = 300, lr: float = 1e-2, seed: int = 0, progress: bool = True,
                          device: str | torch.device | None = "cpu") -> dict:
     """Infer scenes from ``context`` views (all their pixels, or the part ``mask`` observes, e.g.
     ``left-half``) by MAP fitting of the latent, with no prior and with the flow ``prior`` (paper §6.3),
-    then render the ``novel`` views (default: the modality's novel views) and score their PSNR.
+    then render the ``novel`` views (default: the modality's novel views) and score their PSNR. ``pixels``
+    fits on that many of the observed pixels of each context view (a fixed random draw; default all).
 
     Writes ``out/nvs_grid.png`` (per scene: a row per method -- no prior, prior -- and the ground truth,
     each the context view followed by the novel views) and ``out/metrics.json``."""
@@ -187,14 +190,16 @@ def novel_view_synthesis(model: str | Path, data: str | Path, out: str | Path, p
         bad = [v for v in views if not 0 <= v < ds.num_views]
         if bad:
             raise ValueError(f"{name} view {bad[0]} does not exist: the scenes have {ds.num_views} views")
-    novel = tuple(novel) if novel else modality.default_novel_views()
+    novel = tuple(novel) if novel else modality.default_novel_views(tuple(context))
+    if pixels is not None and pixels < 1:
+        raise ValueError(f"--pixels must be a positive number of pixels, got {pixels}")
     idx = parse_indices(indices, len(ds))
     m = modality
-    hw = m.height * m.width
-    observed = SceneViews(ds, m).view_rays(idx, tuple(context), np.broadcast_to(np.arange(hw), (len(idx), len(context), hw)))
     keep = np.ones(m.height * m.width, bool) if mask == "full" else grid_mask((m.height, m.width), mask, 0.5, seed)
-    weight = torch.from_numpy(np.tile(keep, len(context)).astype(np.float32))[None, :, None]
-    batch = Batch(observed.x, observed.y, weight, observed.renderer, observed.aux)
+    rays = np.flatnonzero(keep)  # only observed pixels are cast
+    if pixels is not None and pixels < len(rays):
+        rays = np.sort(np.random.default_rng(seed).choice(rays, pixels, replace=False))
+    batch = SceneViews(ds, m).view_rays(idx, tuple(context), np.broadcast_to(rays, (len(idx), len(context), len(rays))))
     fits = {"no_prior": map_fit_batch(field, batch, loss=loss, steps=steps, lr=lr, progress=progress,
                                       batch_size=_map_items(field, batch))}
     if prior is not None:
@@ -203,12 +208,14 @@ def novel_view_synthesis(model: str | Path, data: str | Path, out: str | Path, p
             raise ArtefactError(f"{prior}: the prior was trained on latents of another base network")
         if flow.config.num_classes:
             raise ValueError(f"{prior}: class-conditional priors need labels; use an unconditional flow")
+        flow.to(field_device(field))
         log_prior = flow_log_prior(flow, Standardizer.from_tensors(extra))
         fits["prior"] = map_fit_batch(field, batch, loss=loss, log_prior=log_prior, prior_weight=prior_weight,
                                       steps=steps, lr=lr, progress=progress, batch_size=_map_items(field, batch))
     truth = ds.take(idx)  # (B, V, H, W, 3)
     res: dict[str, Any] = {"count": len(idx), "context": list(context), "novel": list(novel), "mask": mask,
-                           "prior_weight": prior_weight, "steps": steps, "lr": lr}
+                           "observed_pixels_per_view": int(len(rays)), "prior_weight": prior_weight, "steps": steps,
+                           "lr": lr}
     shown = np.where(np.tile(keep, len(context)).reshape(len(context), m.height, m.width, 1), truth[:, list(context)],
                      128).astype(np.uint8)
     rows: dict[str, list] = {}

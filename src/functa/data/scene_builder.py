@@ -37,7 +37,8 @@ Conventions
   ``r_0.png ... r_{V-1}.png`` (RGBA, 8-bit) and ``transforms_train.json`` (``camera_angle_x``, ``near``,
   ``far``, ``camera_convention: "opengl"``, ``frames: [{"file_path": "./r_k", "transform_matrix": 4x4}]``).
   ``index`` is the shape's position in the source file. A scene is "test" iff the first 8 bytes of
-  ``sha256(name)`` read as a little-endian integer, modulo 1000, are ``< round(1000 * test_fraction)``.
+  ``sha256(name)`` read as a little-endian integer, modulo 1000, are ``< floor(1000 * test_fraction + 1/2)``
+  (the loaders' rule, :func:`functa.data.scenes.is_test_name`).
   Every file is written atomically and the json of a scene last, so a scene folder holding its json is
   complete; a re-run skips complete scenes. ``OUT/builder.json`` records the settings, the source's
   sha256 and the counts per split and class.
@@ -59,13 +60,13 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes, output_lock, remove_stale_tmp
+from .scenes import is_test_name
 
 __all__ = ["look_at_poses", "sphere_cameras", "ray_voxel_hits", "render_voxels", "build_modelnet_scenes",
            "scene_split", "DEFAULT_LIGHT"]
 
 DEFAULT_LIGHT = (0.3, 0.5, 1.0)
 _POLE_EPS = 1e-6
-_HASH_BUCKETS = 1000
 _RAY_CHUNK = 1 << 18
 _RENDER_RAYS = 1 << 22  # rays (before culling) rendered at a time
 _BUILDER_VERSION = 1
@@ -469,10 +470,9 @@ def _render_views(occ: torch.Tensor, p: torch.Tensor, focal: float, size: int, s
 
 
 def scene_split(name: str, test_fraction: float) -> str:
-    """``"test"`` iff ``int.from_bytes(sha256(name)[:8], "little") % 1000 < round(1000 * test_fraction)``."""
-    threshold = int(round(_HASH_BUCKETS * test_fraction))
-    bucket = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") % _HASH_BUCKETS
-    return "test" if bucket < threshold else "train"
+    """``"test"`` or ``"train"``: the loaders' hashed split of scene names (:func:`functa.data.scenes.is_test_name`),
+    so a folder without ``train/``/``test/`` sub-folders would split the same way."""
+    return "test" if is_test_name(name, test_fraction) else "train"
 
 
 def _scene_seed(seed: int, index: int) -> int:

@@ -76,7 +76,7 @@ from .safeio import Npz, check_nbytes, empty_array
 from .scene_dataset import ROTATION_ATOL, SceneDataset, default_near_far, opencv_to_opengl
 
 __all__ = ["CONVENTIONS", "JSON_MAX_BYTES", "TEXT_MAX_BYTES", "has_blender_scenes", "has_srn_scenes",
-           "is_scene_npz", "load_blender_scenes", "load_scene_npz", "load_srn_scenes"]  # fmt: skip
+           "is_scene_npz", "is_test_name", "load_blender_scenes", "load_scene_npz", "load_srn_scenes"]  # fmt: skip
 
 JSON_MAX_BYTES = 64 << 20  # a transforms json larger than this is refused unread
 TEXT_MAX_BYTES = 1 << 20  # SRN intrinsics / pose text files
@@ -136,7 +136,9 @@ def _check_args(root: Path, split: str, test_fraction: float, limit: int | None,
     return conv
 
 
-def _is_test(key: str, test_fraction: float) -> bool:
+def is_test_name(key: str, test_fraction: float) -> bool:
+    """The fixed hashed split of scenes: ``key`` (a scene name) is in "test" iff the first 8 bytes of its
+    SHA-256, read as a little-endian integer, modulo 1000, are below ``floor(1000 * test_fraction + 1/2)``."""
     threshold = math.floor(_HASH_BUCKETS * test_fraction + 0.5)
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") % _HASH_BUCKETS < threshold
@@ -266,7 +268,7 @@ def _find_scenes(root: Path, split: str, test_fraction: float, limit: int | None
         n_total = len(every)
         if split != "all" and every:
             _check_fraction(root, test_fraction)
-            scenes = [(n, d) for n, d in every if _is_test(n, test_fraction) == (split == "test")]
+            scenes = [(n, d) for n, d in every if is_test_name(n, test_fraction) == (split == "test")]
         else:
             scenes = every
     if not scenes:
@@ -658,7 +660,7 @@ def load_scene_npz(
                 idx = np.arange(s)
             else:
                 _check_fraction(path, test_fraction)
-                idx = np.array([i for i, k in enumerate(keys) if _is_test(k, test_fraction) == (split == "test")],
+                idx = np.array([i for i, k in enumerate(keys) if is_test_name(k, test_fraction) == (split == "test")],
                                dtype=np.int64)  # fmt: skip
             if not idx.size:
                 raise DataError(f"{path}: none of the {s} scenes falls in the {split!r} split (hashed, "

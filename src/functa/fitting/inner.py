@@ -55,6 +55,7 @@ def output_grad(loss: Loss, batch: Batch, outputs: Tensor, create_graph: bool) -
         return loss.output_grad(outputs, batch.y, batch.mask)
     with torch.enable_grad():
         o = outputs if outputs.requires_grad else outputs.detach().requires_grad_(True)
+        o = o.expand(len(batch), *o.shape[1:])  # the shared first step's outputs (1, M, C): a gradient per item
         value = loss.per_item(batch.renderer(o, batch), batch.y, batch.mask).sum()
         (g,) = torch.autograd.grad(value, o, create_graph=create_graph)
     return g

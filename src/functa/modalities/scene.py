@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..fields import field_device
-from ..fitting import Batch, VolumeRenderer, max_points_per_pass, point_chunks, ray_batch, ray_depths
+from ..fitting import Batch, VolumeRenderer, max_points_per_pass, ray_batch, ray_depths
 from ..validation import Bool, Choice, Int, IntSeq, Real, check_fields
 from .base import ModalityBase, register_modality
 from .cameras import orbit_poses, pixel_rays
@@ -101,11 +101,8 @@ class SceneModality(ModalityBase):
         if len(up) != 3 or not np.isfinite(up).all() or np.linalg.norm(up) == 0:
             raise ConfigError(f"modality.up = {self.up!r} must be a non-zero 3-vector")
         object.__setattr__(self, "up", up)
-        for key in ("context_views", "novel_views"):
+        for key in ("context_views", "novel_views"):  # checked against the split they are used on (for_dataset)
             views = getattr(self, key)
-            if views is not None and max(views) >= self.num_views:
-                raise ConfigError(f"modality.{key} = {list(views)} names a view beyond the {self.num_views} views "
-                                  "of each scene")
             if views is not None:
                 object.__setattr__(self, key, tuple(int(v) for v in views))
         object.__setattr__(self, "shape", (self.height, self.width))
@@ -122,14 +119,18 @@ class SceneModality(ModalityBase):
                    radius=radius, up=up, focal=float(np.median(dataset.focal)))
 
     def for_dataset(self, dataset) -> "SceneModality":
-        """This modality's settings on another split (its own cameras, the same image size)."""
+        """This modality on another split of scenes: its own number of views (SRN: 50 training views, 251
+        test views), the same image size; the context and novel views must exist there."""
+        where = dataset.meta.get("source", "scenes")
         if tuple(dataset.image_shape) != (self.height, self.width):
-            raise ValueError(f"{dataset.meta.get('source', 'scenes')}: views of {dataset.image_shape}, the base "
+            raise ValueError(f"{where}: views of {dataset.image_shape[0]}x{dataset.image_shape[1]}, the base "
                              f"network was meta-learned on {self.height}x{self.width}")
-        if dataset.num_views != self.num_views:
-            return replace(self, num_views=dataset.num_views, context_views=tuple(v for v in self.context_views
-                           if v < dataset.num_views) or (0,), novel_views=None)
-        return self
+        for key in ("context_views", "novel_views"):
+            views = getattr(self, key)
+            if views is not None and max(views) >= dataset.num_views:
+                raise ValueError(f"{where}: modality.{key} = {list(views)} names a view beyond the "
+                                 f"{dataset.num_views} views of each scene")
+        return self if dataset.num_views == self.num_views else replace(self, num_views=dataset.num_views)
 
     def to_config(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
@@ -147,23 +148,26 @@ class SceneModality(ModalityBase):
         """The views as images (features, files, PSNR)."""
         return ImageModality(height=self.height, width=self.width, channels=3)
 
-    def default_novel_views(self) -> tuple[int, ...]:
-        """``novel_views``, or four views spread over those that are not context views."""
+    def default_novel_views(self, context: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """``novel_views``, or four views spread over those that are not context views (``context``, by
+        default ``context_views``)."""
         if self.novel_views is not None:
             return self.novel_views
-        rest = [v for v in range(self.num_views) if v not in self.context_views] or list(range(self.num_views))
+        context = self.context_views if context is None else context
+        rest = [v for v in range(self.num_views) if v not in context] or list(range(self.num_views))
         pick = np.unique(np.linspace(0, len(rest) - 1, min(4, len(rest))).round().astype(int))
         return tuple(rest[i] for i in pick)
 
     def rays(self, poses: Tensor, focal: Tensor, pixels: Tensor, colours: Tensor | None = None, *,
-             generator: torch.Generator | None = None) -> Batch:
+             stratified: bool = False, generator: torch.Generator | None = None) -> Batch:
         """The batch of rays through ``pixels (B, k, m)`` (flat indices, row-major) of ``k`` views per item
         with cameras ``poses (B, k, 4, 4)`` and ``focal (B, k)``, observing ``colours (B, k*m, 3)`` (zeros
-        when only rendering). Stratified depths are drawn from ``generator``."""
+        when only rendering). Depths are ``linspace(near, far, P)``; with ``stratified`` (training draws
+        of a ``modality.stratified`` modality) jittered with ``generator``."""
         o, d = pixel_rays(poses, focal, self.height, self.width, pixels, pixel_centres=self.pixel_centres)
         o, d = o.reshape(o.shape[0], -1, 3), d.reshape(d.shape[0], -1, 3)
         b, n = o.shape[:2]
-        if self.stratified:
+        if stratified:
             t = ray_depths(self.near, self.far, self.points_per_ray, (b, n), stratified=True, generator=generator)
         else:
             t = ray_depths(self.near, self.far, self.points_per_ray, (1, n))
@@ -178,25 +182,27 @@ class SceneModality(ModalityBase):
     def render_views(self, field: torch.nn.Module, latents: Tensor, poses: np.ndarray, scale: float = 1.0,
                      focal: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Render every item ``latents (B, ...)`` from the cameras ``poses (K, 4, 4)`` at ``scale`` x the
-        data's view size: RGB ``(B, K, H', W', 3)`` in ``[0, 1]``, expected depth and opacity
-        ``(B, K, H', W')``, on the CPU. Rays are rendered in memory-bounded chunks."""
+        data's view size: RGB ``(B, K, H', W', 3)`` (unclamped: the renderer's white background can push it
+        just past 1), expected depth and opacity ``(B, K, H', W')``, on the CPU. Rays are made and rendered
+        chunk by chunk, so memory is bounded at any resolution and number of views."""
         h, w = max(1, round(self.height * scale)), max(1, round(self.width * scale))
         view = replace(self, height=h, width=w)
-        k = len(poses)
-        pose = torch.from_numpy(np.asarray(poses, np.float32))[None]
-        f = torch.full((1, k), float(focal or self.focal) * (w / self.width))
-        batch = view.rays(pose, f, torch.arange(h * w).expand(1, k, h * w))
+        k, b = len(poses), len(latents)
+        pose = torch.from_numpy(np.asarray(poses, np.float32))
+        f = torch.full((k,), float(focal or self.focal) * (w / self.width))
         dev = field_device(field)
-        per_pass = max(self.points_per_ray, max_points_per_pass(field) // max(1, len(latents)))
+        z = latents.to(dev)
+        rays = max(1, max_points_per_pass(field) // max(1, b) // self.points_per_ray)
         rgb, depth, acc = [], [], []
-        for sub, _ in point_chunks(batch, per_pass):
-            sub = sub.to(dev)
-            out = field(sub.x, latents.to(dev))
-            rgb.append(sub.renderer(out, sub).clamp(0, 1).cpu())
-            d, a = sub.renderer.depth(out, sub)
+        for start in range(0, k * h * w, rays):
+            flat = torch.arange(start, min(start + rays, k * h * w))
+            v, pix = torch.div(flat, h * w, rounding_mode="floor"), flat % (h * w)
+            batch = view.rays(pose[v][None], f[v][None], pix[None, :, None]).to(dev)  # one camera per ray
+            out = field(batch.x, z)
+            rgb.append(batch.renderer(out, batch).cpu())
+            d, a = batch.renderer.depth(out, batch)
             depth.append(d.cpu())
             acc.append(a.cpu())
-        b = len(latents)
         return (torch.cat(rgb, 1).reshape(b, k, h, w, 3), torch.cat(depth, 1).reshape(b, k, h, w),
                 torch.cat(acc, 1).reshape(b, k, h, w))
 
@@ -208,7 +214,7 @@ class SceneModality(ModalityBase):
         rgb, _, _ = self.render_views(field, latents, self.camera_path(self.preview_views, self.preview_elevation),
                                       scale)
         b, k, h, w, _ = rgb.shape
-        return (rgb.permute(0, 2, 1, 3, 4).reshape(b, h, k * w, 3) * 255.0).numpy()
+        return (rgb.clamp(0, 1).permute(0, 2, 1, 3, 4).reshape(b, h, k * w, 3) * 255.0).numpy()
 
     # ------------------------------------------------------------------ the Modality protocol
     def coordinates(self, shape: tuple[int, ...] | None = None) -> Tensor:
@@ -252,12 +258,11 @@ class SceneModality(ModalityBase):
 
 def _choose(rng: np.random.Generator, rows: int, population: int, k: int) -> np.ndarray:
     """``(rows, k)`` indices into ``range(population)``, without replacement within each row (all of
-    them, in random order, when ``k >= population``)."""
+    them, in random order, when ``k >= population``); memory ``O(rows * k)`` however large the population
+    (one draw per row: rows are views or scenes, never pixels)."""
     k = min(k, population)
-    keys = rng.random((rows, population))
-    if k < population:
-        return np.argpartition(keys, k - 1, axis=1)[:, :k]
-    return np.argsort(keys, axis=1)
+    return np.stack([rng.choice(population, k, replace=False) for _ in range(rows)]) if rows else \
+        np.zeros((0, k), np.int64)
 
 
 @dataclass
@@ -273,6 +278,10 @@ class SceneRays:
 
     def __post_init__(self) -> None:
         m = self.modality
+        if self.data.num_views != m.num_views or tuple(self.data.image_shape) != (m.height, m.width):
+            raise ValueError(f"{self.data.meta.get('source', 'scenes')}: scenes of {self.data.num_views} views of "
+                             f"{self.data.image_shape}, the modality expects {m.num_views} of {(m.height, m.width)} "
+                             "(SceneModality.for_dataset)")
         self.hw = m.height * m.width
         self.num_points = (min(m.encode_views, m.num_views) * min(m.encode_pixels, self.hw) * m.points_per_ray)
 
@@ -288,14 +297,14 @@ class SceneRays:
                 generator: torch.Generator | None = None) -> Batch:
         """Rays of scenes ``indices (B,)`` through ``pixels (B, k, m)`` of their ``views (B, k)``."""
         b, k, m = pixels.shape
-        images = self.data.take(indices)  # (B, V, H, W, 3)
-        flat = images.reshape(b, images.shape[1], self.hw, 3)
-        colours = flat[np.arange(b)[:, None, None], views[:, :, None], pixels]  # (B, k, m, 3)
+        images = self.data.data[np.asarray(indices)[:, None], views]  # (B, k, H, W, 3): only the views used
+        colours = images.reshape(b, k, self.hw, 3)[np.arange(b)[:, None, None], np.arange(k)[None, :, None], pixels]
         poses, focal = self.data.cameras(indices)
         pose = torch.from_numpy(np.ascontiguousarray(np.take_along_axis(poses, views[:, :, None, None], 1)))
         f = torch.from_numpy(np.ascontiguousarray(np.take_along_axis(focal, views, 1)))  # (B, k)
         y = torch.from_numpy(np.ascontiguousarray(colours.reshape(b, k * m, 3))).float().div_(255.0)
-        return self.modality.rays(pose, f, torch.from_numpy(np.array(pixels, np.int64)), y, generator=generator)
+        return self.modality.rays(pose, f, torch.from_numpy(np.array(pixels, np.int64)), y,
+                                  stratified=generator is not None, generator=generator)
 
     def sample(self, indices: np.ndarray, rng: np.random.Generator) -> Batch:
         """A training draw: ``views_per_step`` views and ``pixels_per_view`` pixels of each, per scene and

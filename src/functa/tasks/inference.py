@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from torch import nn
 
+from ..fields import field_device
 from ..fitting import Batch, Loss, MSELoss, auto_batch_size, field_outputs
 from .latents import Standardizer
 
@@ -61,6 +62,7 @@ def map_fit_batch(field: nn.Module, batch: Batch, *, loss: Loss = MSELoss(), log
     observed targets; a renderer maps the field's outputs to them)."""
     if log_prior is None and prior_weight:
         prior_weight = 0.0
+    batch = batch.to(field_device(field))
     b = len(batch)
     z0 = field.zero_latents(b) if init is None else init.detach().clone()
     chunk = batch_size or auto_batch_size(field, batch.x.shape[1])
