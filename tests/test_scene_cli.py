@@ -90,6 +90,11 @@ def test_novel_view_synthesis_with_and_without_a_prior(scene_run, capsys):
     flow = tmp / "flow"
     assert main(["--quiet", "flow", "train", str(fs), "-o", str(flow), "--set", "train.steps=5",
                  "--set", "model.layers=1", "--set", "model.hidden=[8]", "--set", "train.batch_size=3"]) == 0
+    # samples of the prior are scenes: each drawn from several viewpoints, side by side
+    samples = tmp / "samples"
+    assert main(["--quiet", "flow", "sample", str(flow), "-o", str(samples), "-n", "2", "--no-neighbours"]) == 0
+    grid = Image.open(samples / "sample_grid.png")
+    assert grid.size == (2 * (4 * 8 + 2), 8 + 2)  # two strips of 4 views of 8x8, 2 px gaps
     out = tmp / "nvs"
     assert main(["--quiet", "nvs", str(data), "-m", str(run), "-o", str(out), "--prior", str(flow), "--steps", "3",
                  "--context", "0", "--novel", "1,3", "--mask", "left-half", "--pixels", "20"]) == 0

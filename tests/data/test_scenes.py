@@ -485,3 +485,18 @@ def test_sniff_and_load_dataset_dispatch(tmp_path):
     np.testing.assert_array_equal(ds.poses[0, 0], rigid(0.0) @ FLIP)
     with pytest.raises(DataError, match="the camera convention cannot be determined"):
         load_dataset(npz)
+
+
+def test_a_scene_folder_without_its_images_points_at_the_npz_beside_it(tmp_path):
+    """The layout of ../shared/data/nerf_synthetic_lego: the original json kept, the images as npz files."""
+    from functa.data import load_dataset
+
+    pose = np.eye(4)
+    pose[2, 3] = 4.0
+    (tmp_path / "transforms_train.json").write_text(json.dumps(
+        {"camera_angle_x": 0.7, "frames": [{"file_path": "./train/r_0", "transform_matrix": pose.tolist()}]}))
+    np.savez(tmp_path / "views_8.npz", images=np.zeros((1, 8, 8, 4), np.uint8), poses=pose[None].astype(np.float32),
+             focal=np.float32(8.0))
+    with pytest.raises(DataError, match=r"missing frame.*also holds views_8.npz: pass one of them"):
+        load_dataset(tmp_path, "train")
+    assert load_dataset(tmp_path / "views_8.npz", "train").meta["convention"] == "opengl"  # the json beside it

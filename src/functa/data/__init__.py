@@ -74,8 +74,8 @@ from .nifti import (has_nifti, is_nifti_path, load_nifti, load_nifti_folder, loa
                     parse_time_index, read_nifti)
 from .safeio import DEFAULT_MAX_ARRAY_BYTES, array_limit, max_array_bytes
 from .scene_dataset import SceneDataset
-from .scenes import (has_blender_scenes, has_srn_scenes, is_scene_npz, load_blender_scenes, load_scene_npz,
-                     load_srn_scenes)
+from .scenes import (MissingFrameError, has_blender_scenes, has_srn_scenes, is_scene_npz, load_blender_scenes,
+                     load_scene_npz, load_srn_scenes)
 from .shards import ShardedArray
 
 __all__ = ["ArrayDataset", "DataError", "MixedSizesError", "ShardedArray", "hashed_test_mask", "item_files",
@@ -264,8 +264,14 @@ def load_dataset(
             if fmt in _SCENE_LOADERS:
                 if p.is_dir() and fmt == "scene-npz":
                     p = _single_npz(p)  # type: ignore[assignment]
-                return _SCENE_LOADERS[fmt](p, split, test_fraction=test_fraction, limit=limit,
-                                           convention=camera_convention, near=near, far=far, progress=progress)
+                try:
+                    return _SCENE_LOADERS[fmt](p, split, test_fraction=test_fraction, limit=limit,
+                                               convention=camera_convention, near=near, far=far, progress=progress)
+                except MissingFrameError as e:  # e.g. the NeRF lego folder here: the json kept, the images as npz
+                    npz = sorted(f.name for f in p.glob("*.npz")) if p.is_dir() else []
+                    if npz:
+                        raise DataError(f"{e}; {p} also holds {', '.join(npz[:4])}: pass one of them") from None
+                    raise
             return _load(p, split, single, variable, test_fraction, limit, progress)
         except MemoryError:
             raise DataError(f"{p}: out of memory while loading the dataset") from None

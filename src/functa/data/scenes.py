@@ -76,7 +76,13 @@ from .safeio import Npz, check_nbytes, empty_array
 from .scene_dataset import ROTATION_ATOL, SceneDataset, default_near_far, opencv_to_opengl
 
 __all__ = ["CONVENTIONS", "JSON_MAX_BYTES", "TEXT_MAX_BYTES", "has_blender_scenes", "has_srn_scenes",
-           "is_scene_npz", "is_test_name", "load_blender_scenes", "load_scene_npz", "load_srn_scenes"]  # fmt: skip
+           "is_scene_npz", "is_test_name", "MissingFrameError", "load_blender_scenes", "load_scene_npz", "load_srn_scenes"]  # fmt: skip
+
+
+
+class MissingFrameError(DataError):
+    """A frame named by a scene's cameras has no image (or an image has no camera)."""
+
 
 JSON_MAX_BYTES = 64 << 20  # a transforms json larger than this is refused unread
 TEXT_MAX_BYTES = 1 << 20  # SRN intrinsics / pose text files
@@ -306,7 +312,7 @@ def _frame_image(scene: Path, file_path: str, where: str) -> Path:
         if c.is_file():
             return c
     tried = "" if len(candidates) == 1 else f" (tried {', '.join(s for s in _FRAME_SUFFIXES)})"
-    raise DataError(f"{where}: missing frame {file_path!r}: no image file {candidates[0]}{tried}")
+    raise MissingFrameError(f"{where}: missing frame {file_path!r}: no image file {candidates[0]}{tried}")
 
 
 def _set_stored(scene: _Scene, key: str, value: Any, path: Path) -> None:
@@ -417,8 +423,8 @@ def _srn_scene(name: str, d: Path) -> _Scene:
     poses = _srn_files(d / "pose", (".txt",), d)
     for stem in sorted(set(rgb) ^ set(poses)):
         if stem in rgb:
-            raise DataError(f"{rgb[stem]}: missing frame {stem!r}: no pose file {d / 'pose' / (stem + '.txt')}")
-        raise DataError(f"{poses[stem]}: missing frame {stem!r}: no image file {d / 'rgb' / (stem + '.png')}")
+            raise MissingFrameError(f"{rgb[stem]}: missing frame {stem!r}: no pose file {d / 'pose' / (stem + '.txt')}")
+        raise MissingFrameError(f"{poses[stem]}: missing frame {stem!r}: no image file {d / 'rgb' / (stem + '.png')}")
     if not rgb:
         raise DataError(f"{d}: SRN scene {name!r} has no frames (rgb/*.png with pose/*.txt)")
     stems = sorted(rgb)
