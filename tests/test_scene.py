@@ -96,7 +96,7 @@ def test_renderer_limits_depth_and_metric_deltas():
     batch = ray_batch(o, d, t, torch.zeros(1, n, 3), r)
     pixels = r(out.reshape(1, -1, 4), batch)
     torch.testing.assert_close(pixels[0, 0], torch.ones(3), atol=1e-6, rtol=0)  # white background
-    depth, acc = r.depth(out.reshape(1, -1, 4), batch)
+    _, depth, acc = r.render(out.reshape(1, -1, 4), batch)
     wall_alpha = 1 - np.exp(-10.0 * 3.0 / 15)  # density 10 over one step of 0.2
     assert acc[0, 2] == pytest.approx(wall_alpha, rel=1e-5)
     assert depth[0, 2] == pytest.approx(wall_alpha * float(t[0, 0, 7]) + (1 - wall_alpha) * 4.0, rel=1e-5)
@@ -106,8 +106,8 @@ def test_renderer_limits_depth_and_metric_deltas():
     out2 = torch.zeros(1, n, p, 4)
     out2[..., 3] = 0.5
     rm = VolumeRenderer(p, metric_deltas=True)
-    acc_metric = rm.depth(out2.reshape(1, -1, 4), ray_batch(o, d, t, torch.zeros(1, n, 3), rm))[1]
-    acc_plain = r.depth(out2.reshape(1, -1, 4), batch)[1]
+    acc_metric = rm.render(out2.reshape(1, -1, 4), ray_batch(o, d, t, torch.zeros(1, n, 3), rm))[2]
+    acc_plain = r.render(out2.reshape(1, -1, 4), batch)[2]
     torch.testing.assert_close(acc_metric[0, 0], acc_plain[0, 0])
     assert float(acc_metric[0, 1]) > float(acc_plain[0, 1]) + 0.05
     with pytest.raises(ValueError, match="outputs"):

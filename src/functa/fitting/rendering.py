@@ -92,19 +92,20 @@ class VolumeRenderer:
         trans = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], -1)
         return rgb, alpha * torch.cumprod(trans, -1)
 
-    def __call__(self, outputs: Tensor, batch: Batch) -> Tensor:
-        rgb, w = self.weights(outputs, batch)
+    def _pixels(self, rgb: Tensor, w: Tensor) -> Tensor:
         pixels = (w[..., None] * rgb).sum(-2)
-        if self.white_background:
-            pixels = pixels + (1.0 - w.sum(-1, keepdim=True))
-        return pixels
+        return pixels + (1.0 - w.sum(-1, keepdim=True)) if self.white_background else pixels
 
-    def depth(self, outputs: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Expected depth ``sum w t + (1 - sum w) far`` ``(B, N)`` and opacity ``sum w`` ``(B, N)``."""
-        _, w = self.weights(outputs, batch)
+    def __call__(self, outputs: Tensor, batch: Batch) -> Tensor:
+        return self._pixels(*self.weights(outputs, batch))
+
+    def render(self, outputs: Tensor, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Pixels ``(B, N, 3)``, expected depth ``sum w t + (1 - sum w) t_last`` ``(B, N)`` (``t_last = far``
+        without jitter) and opacity ``sum w`` ``(B, N)``, from one compositing pass."""
+        rgb, w = self.weights(outputs, batch)
         t = batch.aux["t"]
         acc = w.sum(-1)
-        return (w * t).sum(-1) + (1.0 - acc) * t[..., -1], acc
+        return self._pixels(rgb, w), (w * t).sum(-1) + (1.0 - acc) * t[..., -1], acc
 
 
 def ray_batch(origins: Tensor, directions: Tensor, t: Tensor, target: Tensor, renderer: VolumeRenderer) -> Batch:

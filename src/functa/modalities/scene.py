@@ -198,9 +198,8 @@ class SceneModality(ModalityBase):
             flat = torch.arange(start, min(start + rays, k * h * w))
             v, pix = torch.div(flat, h * w, rounding_mode="floor"), flat % (h * w)
             batch = view.rays(pose[v][None], f[v][None], pix[None, :, None]).to(dev)  # one camera per ray
-            out = field(batch.x, z)
-            rgb.append(batch.renderer(out, batch).cpu())
-            d, a = batch.renderer.depth(out, batch)
+            pixels, d, a = batch.renderer.render(field(batch.x, z), batch)
+            rgb.append(pixels.cpu())
             depth.append(d.cpu())
             acc.append(a.cpu())
         return (torch.cat(rgb, 1).reshape(b, k, h, w, 3), torch.cat(depth, 1).reshape(b, k, h, w),
