@@ -64,6 +64,14 @@ def test_encode_eval_render_and_turntable(scene_run, capsys):
     assert info["count"] == 3 and info["header"]["latent_shape"] == [8]
     assert main(["--quiet", "eval", str(data), "-m", str(run), "--split", "test"]) == 0
     assert "psnr_of_mean_mse" in capsys.readouterr().out
+    # more context views for this evaluation only
+    js = tmp / "eval.json"
+    assert main(["--quiet", "eval", str(data), "-m", str(run), "--split", "test", "--json", str(js),
+                 "--set", "modality.context_views=[0,2]", "--set", "modality.context_pixels=null"]) == 0
+    ev = json.loads(js.read_text())
+    assert ev["modality_settings"] == {"context_views": [0, 2], "context_pixels": None}
+    assert main(["--quiet", "eval", str(data), "-m", str(run), "--set", "modality.views=[1]"]) == 2
+    assert "unknown scene modality settings ['views']" in capsys.readouterr().err
     out = tmp / "tt"
     assert main(["--quiet", "render", "-m", str(run), "--functaset", str(fs), "--indices", "0:1", "--turntable", "5",
                  "-o", str(out)]) == 0

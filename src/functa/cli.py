@@ -416,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="inner steps (default: as in meta-learning)")
     p.add_argument("--limit", type=int, help="evaluate the first N items only")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="modality.KEY=VALUE",
+                   help="change an evaluation setting of the modality, e.g. scenes: --set 'modality.context_views=[0,25]'"
+                        " --set modality.context_pixels=null")
 
     _add_downstream(sub)
     _add_compression(sub)
@@ -504,8 +507,13 @@ def _run(args: argparse.Namespace) -> int:
                               indices=args.indices, scale=args.scale, shape=args.shape, device=args.device)
         print(f"rendered {res['count']} items at {'x'.join(map(str, res['shape']))} to {args.out} (grid: {res['grid']})")
     elif args.command == "eval":
+        from .config import apply_overrides
+
+        settings = apply_overrides({}, args.overrides)
+        if set(settings) - {"modality"} or not isinstance(settings.get("modality", {}), dict):
+            raise ValueError(f"eval --set takes modality.KEY=VALUE settings, got {args.overrides}")
         res = pipeline.evaluate(args.model, args.data, split=args.split, steps=args.steps, limit=args.limit,
-                                progress=progress, device=args.device)
+                                progress=progress, device=args.device, modality_settings=settings.get("modality"))
         print(pipeline.format_table(res))
         if args.json:
             from .io import write_json

@@ -281,14 +281,17 @@ def _summary(metrics, writer: FunctasetWriter) -> dict[str, float]:
 
 def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: int | None = None,
              limit: int | None = None, batch_size: int | None = None, progress: bool = True,
-             device: str | torch.device | None = "cpu") -> dict:
+             device: str | torch.device | None = "cpu", modality_settings: dict | None = None) -> dict:
     """The modality's reconstruction metrics after each inner step (PSNR in both conventions for
     images and fields; voxel accuracy and IoU for shapes) and its other metrics on ``data[split]``.
 
     A base network meta-learned on patches (``data.patch``) is evaluated, as COIN++ reports it, on the
-    stitched, un-padded reconstruction of every whole item.
+    stitched, un-padded reconstruction of every whole item. ``modality_settings`` change the modality's
+    evaluation settings for this call (e.g. the context and novel views of scenes).
     """
     field, modality, cfg = load_model(model, device)
+    if modality_settings:
+        modality = modality_from_config({**modality.to_config(), **modality_settings})
     loss, metrics = model_loss(cfg), modality.reconstruction_metrics()
     steps = cfg["run"]["train"]["inner_steps"] if steps is None else steps
     ds = open_data(data, split, cfg.get("data"), progress)
@@ -301,7 +304,8 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", steps: in
         res = evaluate_reconstruction(field, src, steps, loss=loss, metrics=metrics, batch_size=batch_size,
                                       limit=limit, extra=modality.metrics, progress=progress)
     return {"name": "functa-eval", "model": str(model), "data": str(data), "split": split,
-            "base_network_sha256": cfg["sha256"], "loss": loss.name, "headline": metrics.headline, "results": res}
+            "base_network_sha256": cfg["sha256"], "loss": loss.name, "headline": metrics.headline,
+            "modality_settings": dict(modality_settings or {}), "results": res}
 
 
 def fit_patched(field: nn.Module, loss: Loss, modality: Modality, items: np.ndarray, steps: int,
