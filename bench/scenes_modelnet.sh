@@ -4,9 +4,10 @@
 #   bash bench/scenes_modelnet.sh fit L [MIN]     # meta-learn at latent L for MIN CPU-minutes (preset scenes-cpu),
 #                                                 # then PSNR of 4 novel views of 64 held-out scenes after 3 inner
 #                                                 # steps, fitted to 1 context view (PixelNeRF) and to 8
+#   bash bench/scenes_modelnet.sh eval L          # only the two evaluations of an existing run
 #   bash bench/scenes_modelnet.sh nvs L           # encode the training scenes, fit a flow prior, single-view novel
-#                                                 # view synthesis with and without it (full view and left half),
-#                                                 # and turntables of two held-out scenes
+#                                                 # view synthesis with and without it (full view and left half,
+#                                                 # prior weights 1 to 0.001), turntables of two held-out scenes
 # Run each pinned to one core: OMP_NUM_THREADS=1 taskset -c 1 bash bench/scenes_modelnet.sh fit 64
 set -euo pipefail
 SCENES=${SCENES:-/work/runs/scenes/modelnet64}
@@ -29,10 +30,12 @@ nvs)
   L=$2
   functa --quiet encode "$SCENES" -m "$RUNS/latent$L" -o "$RUNS/train$L.functaset" --split train
   functa --quiet flow train "$RUNS/train$L.functaset" -o "$RUNS/flow$L" --set train.steps=2000
-  for MASK in full left-half; do
+  for RUN in full:1 full:0.1 full:0.01 full:0.001 left-half:1 left-half:0.01; do
+    MASK=${RUN%%:*}; W=${RUN##*:}
     functa --quiet nvs "$SCENES" -m "$RUNS/latent$L" --prior "$RUNS/flow$L" --split test --indices 0:16 \
-      --context 0 --novel 1,17,33,49 --mask $MASK --pixels 1024 --steps 100 -o "$RUNS/nvs_$MASK"
-    cp "$RUNS/nvs_$MASK/metrics.json" "$OUT/scenes_nvs_latent${L}_$MASK.json"
+      --context 0 --novel 1,17,33,49 --mask "$MASK" --pixels 1024 --steps 100 --prior-weight "$W" \
+      -o "$RUNS/nvs_${MASK}_w$W"
+    cp "$RUNS/nvs_${MASK}_w$W/metrics.json" "$OUT/scenes_nvs_latent${L}_${MASK}_w$W.json"
   done
   functa --quiet encode "$SCENES" -m "$RUNS/latent$L" -o "$RUNS/test$L.functaset" --split test
   functa --quiet render -m "$RUNS/latent$L" --functaset "$RUNS/test$L.functaset" --indices 0:2 --turntable 36 \
