@@ -300,6 +300,11 @@ def test_renderer_is_differentiated_to_second_order():
     chunked = fit_latents(f, batch, 3, max_points=2 * samples)
     torch.testing.assert_close(chunked.latents, enc.latents, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(chunked.outputs, enc.outputs, rtol=1e-9, atol=1e-12)
+    tracked = fit_latents(f, batch, 3, max_points=2 * samples, track_steps=True)  # evaluation: every step, chunked
+    whole = fit_latents(f, batch, 3, track_steps=True)
+    assert len(tracked.history) == len(whole.history) == 4
+    for a, b in zip(tracked.history, whole.history):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_batch_validates_its_shapes():

@@ -25,7 +25,7 @@ from .data import ArrayDataset, DataError, load_dataset
 from .device import resolve_device
 from .fields import DEFAULT_FIELD, field_from_config
 from .fitting import (Batch, Loss, MetaLearner, MetricMeter, auto_batch_size, evaluate_reconstruction, fit_latents,
-                      get_loss, max_points_per_pass, predict, HeapGuard)
+                      get_loss, predict, rendered_fit_points, HeapGuard)
 from .functaset import Functaset, FunctasetWriter
 from .io import ArtefactError, load_base_network, read_json, read_json_object, save_base_network
 from .errors import ConfigError
@@ -33,7 +33,7 @@ from .validation import in_file
 from .modalities import (FieldDataset, Modality, available_modalities, detect_modality, get_modality,
                          modality_from_config)
 
-__all__ = ["contact_sheet", "encode", "evaluate", "fit", "fit_points", "format_table", "load_model", "model_loss", "open_data",
+__all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "model_loss", "open_data",
            "parse_indices", "render"]
 
 HEAP_SLACK_MB = 256  # RSS growth that triggers a heap trim while encoding (bounded RSS on any number of items)
@@ -242,7 +242,7 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
             batch = Batch(src.coords[None], modality.to_features(augmentation.apply(ds.take(idx), params[1][idx])))
         y = batch.y
         if grid is None:
-            enc = fit_latents(field, batch, steps, loss=loss, max_points=fit_points(field, batch))
+            enc = fit_latents(field, batch, steps, loss=loss, max_points=rendered_fit_points(field, batch))
             latents, item_loss, pred = enc.latents, enc.loss, loss.predict(enc.outputs)
         else:
             enc, _ = fit_patched(field, loss, modality, ds.take(idx), steps)
@@ -258,13 +258,6 @@ def _encode(model, data, out: Path, split, steps, batch_size, chunk_size, progre
     writer.flush()
     writer.close({**_summary(metrics, writer), "encode_s_last_session": time.perf_counter() - t0})
     return Functaset(out)
-
-
-def fit_points(field: nn.Module, batch: Batch) -> int | None:
-    """Field points per pass when encoding rendered batches (rays of scenes), so that a scene of any
-    number of rays fits in bounded memory (:func:`~functa.fitting.fit_latents` ``max_points``; the autograd
-    graph of the renderer holds a few floats per point); ``None`` for grids (fitted whole)."""
-    return None if batch.renderer is None else max_points_per_pass(field) * 4
 
 
 def _patched(cfg: dict, modality: Modality, item_grid: tuple[int, ...]) -> bool:
@@ -428,7 +421,7 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
             originals = np.asarray(items)
         else:
             batch = modality.encode_source(ds).batch(idx)
-            latents = fit_latents(field, batch, steps, loss=loss, max_points=fit_points(field, batch)).latents
+            latents = fit_latents(field, batch, steps, loss=loss, max_points=rendered_fit_points(field, batch)).latents
             originals = modality.from_features(batch.y) if batch.renderer is None else None
     else:
         raise ValueError("render needs a functaset or data to encode")

@@ -18,12 +18,12 @@ from torch import Tensor
 
 from .atomic import atomic_stream, output_lock
 from .fields import field_device
-from .fitting import Batch, MetricMeter, fit_latents, max_points_per_pass
+from .fitting import Batch, MetricMeter, fit_latents, max_points_per_pass, rendered_fit_points
 from .functaset import Functaset
 from .io import ArtefactError, write_json
 from .modalities import SceneModality, SceneViews
 from .modalities.masks import MASKS, grid_mask
-from .pipeline import fit_points, load_model, model_loss, open_data, parse_indices
+from .pipeline import load_model, model_loss, open_data, parse_indices
 from .tasks.checkpoint import load_task_model
 from .tasks.inference import flow_log_prior, map_fit_batch
 from .tasks.latents import Standardizer
@@ -46,7 +46,7 @@ def fit_scenes(field: torch.nn.Module, modality: SceneModality, loss: Any, datas
     """Latents of the scenes ``indices`` of ``dataset``, fitted as the encoder does (``encode_views`` x
     ``encode_pixels`` rays each, in memory-bounded chunks of rays). ``(B, *latent_shape)``."""
     batch = modality.encode_source(dataset).batch(indices)
-    return fit_latents(field, batch, steps, loss=loss, max_points=fit_points(field, batch)).latents.cpu()
+    return fit_latents(field, batch, steps, loss=loss, max_points=rendered_fit_points(field, batch)).latents.cpu()
 
 
 def depth_image(depth: Tensor, opacity: Tensor, near: float, far: float) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Fitting: losses, batches, the inner loop, meta-learning of the base network and encoding of latents."""
 
-from .encode import Encoding, auto_batch_size, chunked_outputs, fit_latents, max_points_per_pass, point_chunks, predict
+from .encode import (Encoding, auto_batch_size, chunked_outputs, fit_latents, max_points_per_pass, point_chunks, predict,
+                     rendered_fit_points)
 from .inner import InnerLoop, field_outputs, inner_step, latent_grad, uses_fast_path
 from .losses import AnalyticOutputGrad, BCEWithLogitsLoss, Loss, MSELoss, available_losses, get_loss
 from .meta import MetaLearner, MetaLearningConfig, evaluate_reconstruction
@@ -47,6 +48,7 @@ __all__ = [
     "mse_per_item",
     "outer_loss",
     "predict",
+    "rendered_fit_points",
     "psnr",
     "HeapGuard",
     "release_free_memory",

@@ -13,7 +13,7 @@ from .losses import Loss, MSELoss
 from .source import Batch
 
 __all__ = ["Encoding", "auto_batch_size", "chunked_outputs", "fit_latents", "max_points_per_pass", "point_chunks",
-           "predict"]
+           "predict", "rendered_fit_points"]
 
 ACTIVATION_BUDGET_BYTES = 24 * 2**20
 
@@ -62,12 +62,14 @@ def point_chunks(batch: Batch, max_points: int) -> list[tuple[Batch, Tensor]]:
     return out
 
 
-def _fit_in_chunks(field: nn.Module, inner: InnerLoop, batch: Batch, max_points: int, fast: bool) -> Encoding:
+def _fit_in_chunks(field: nn.Module, inner: InnerLoop, batch: Batch, max_points: int, fast: bool,
+                   track_steps: bool = False) -> Encoding:
     """:func:`fit_latents` with every step's gradient summed over point chunks (first order, exact):
     memory is that of ``max_points`` points whatever the item's size."""
     chunks = point_chunks(batch, max_points)
     lrs = field.inner_lrs()
     latents = field.zero_latents(len(batch))
+    history = [latents] if track_steps else None
 
     def weighted(value: Tensor, w: Tensor) -> Tensor:
         return value * w.reshape(-1, *([1] * (value.ndim - 1)))
@@ -76,9 +78,18 @@ def _fit_in_chunks(field: nn.Module, inner: InnerLoop, batch: Batch, max_points:
         grad = sum(weighted(latent_grad(field, inner.loss, sub, latents, create_graph=False, fast=fast), w)
                    for sub, w in chunks)
         latents = latents - lrs * grad
+        if history is not None:
+            history.append(latents)
     outs = [field_outputs(field, sub, latents) for sub, _ in chunks]
     item_loss = sum(weighted(inner.loss.per_item(o, sub.y, sub.mask), w) for o, (sub, w) in zip(outs, chunks))
-    return Encoding(latents, item_loss, torch.cat(outs, 1))
+    return Encoding(latents, item_loss, torch.cat(outs, 1), history)
+
+
+def rendered_fit_points(field: nn.Module, batch: Batch) -> int | None:
+    """Field points per pass when fitting rendered batches (rays of scenes), so that a scene of any number
+    of rays fits in bounded memory (``fit_latents(max_points=)``; the autograd graph of the renderer holds
+    a few floats per point); ``None`` for batches without a renderer (fitted whole)."""
+    return None if batch.renderer is None else max_points_per_pass(field) * 4
 
 
 @torch.no_grad()
@@ -100,8 +111,8 @@ def fit_latents(field: nn.Module, batch: Batch, steps: int = 3, *, loss: Loss = 
     """
     batch = batch.to(field_device(field))
     inner = InnerLoop(steps, loss, first_order=True, shared_first_step=shared_first_step)
-    if max_points is not None and batch.x.shape[1] > max_points and not track_steps:
-        return _fit_in_chunks(field, inner, batch, max_points, inner.is_fast(field, batch))
+    if max_points is not None and batch.x.shape[1] > max_points:
+        return _fit_in_chunks(field, inner, batch, max_points, inner.is_fast(field, batch), track_steps)
     if track_steps:
         hist = inner.history(field, batch)
         out = field_outputs(field, batch, hist[-1])

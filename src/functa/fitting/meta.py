@@ -32,7 +32,7 @@ from ..io import (ArtefactError, load_tensors, read_train_state, save_tensors, s
                   write_json)
 from ..validation import MAX_GRID_POINTS, MAX_INNER_STEPS, Bool, Choice, Int, Real, check_fields
 from ..optim import load_optimizer_tensors, lr_at, optimizer_tensors
-from .encode import auto_batch_size, chunked_outputs, fit_latents
+from .encode import auto_batch_size, chunked_outputs, fit_latents, rendered_fit_points
 from .inner import InnerLoop, field_outputs
 from .losses import Loss, MSELoss
 from .metrics import MetricMeter, Metrics, PsnrMetrics
@@ -113,7 +113,7 @@ def evaluate_reconstruction(field: nn.Module, source: BatchSource, steps: int, *
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
         idx = np.arange(start, min(start + batch_size, n))
         batch = source.batch(idx).to(field_device(field))
-        enc = fit_latents(field, batch, steps, loss=loss, track_steps=True)
+        enc = fit_latents(field, batch, steps, loss=loss, track_steps=True, max_points=rendered_fit_points(field, batch))
         scored = source.heldout(idx).to(field_device(field)) if isinstance(source, HeldOutSource) else batch
         with torch.no_grad():
             for k, (meter, z) in enumerate(zip(meters, enc.history)):
