@@ -194,8 +194,10 @@ def _check_rigid(poses: np.ndarray, where: Callable[[int], str]) -> None:
         k = int(np.flatnonzero(~finite)[0])
         raise DataError(f"{where(k)}: the camera pose holds non-finite numbers")
     r = p[:, :3, :3]
-    err = np.abs(np.einsum("kij,kil->kjl", r, r) - np.eye(3)).max(axis=(1, 2))
-    det = np.linalg.det(r)
+    with np.errstate(all="ignore"):  # huge entries: inf products, refused below
+        err = np.abs(np.einsum("kij,kil->kjl", r, r) - np.eye(3)).max(axis=(1, 2))
+        det = np.linalg.det(r)
+    err, det = np.nan_to_num(err, nan=np.inf), np.nan_to_num(det, nan=np.inf)
     bottom = np.abs(p[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])).max(axis=1)
     bad = np.flatnonzero((err > ROTATION_ATOL) | (np.abs(det - 1) > ROTATION_ATOL) | (bottom > ROTATION_ATOL))
     if bad.size:
@@ -309,8 +311,11 @@ def _frame_image(scene: Path, file_path: str, where: str) -> Path:
     else:
         candidates = [base.with_name(base.name + s) for s in _FRAME_SUFFIXES] + [base]
     for c in candidates:
-        if c.is_file():
-            return c
+        try:
+            if c.is_file():
+                return c
+        except (OSError, ValueError) as e:  # a name too long for the file system, say
+            raise DataError(f"{where}: bad 'file_path' {file_path[:80]!r} ({getattr(e, 'strerror', None) or e})") from None
     tried = "" if len(candidates) == 1 else f" (tried {', '.join(s for s in _FRAME_SUFFIXES)})"
     raise MissingFrameError(f"{where}: missing frame {file_path!r}: no image file {candidates[0]}{tried}")
 

@@ -346,7 +346,9 @@ class SceneViews(SceneRays):
         super().__post_init__()
         m = self.modality
         per_view = self.hw if m.context_pixels is None else min(m.context_pixels, self.hw)
-        self.num_points = len(m.context_views) * per_view * m.points_per_ray
+        # what sizes evaluation batches: the larger of the context fit and the novel views' rays
+        rays = max(len(m.context_views) * per_view, len(m.default_novel_views()) * self.hw)
+        self.num_points = rays * m.points_per_ray
 
     def view_rays(self, indices: np.ndarray, views: tuple[int, ...], pixels: np.ndarray) -> Batch:
         """Rays through ``pixels (B, k, m)`` of the views ``views (k,)`` of scenes ``indices (B,)``."""
