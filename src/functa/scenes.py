@@ -76,7 +76,8 @@ def _as_uint8(rgb: Tensor) -> np.ndarray:
 
 def turntable(model: str | Path, out: str | Path, functaset: str | Path | None = None, data: str | Path | None = None,
               split: str = "test", indices: str | None = None, frames: int = 36, elevation: float = 30.0,
-              scale: float = 1.0, depth: bool = True, fps: float = 12.0, device: str | torch.device | None = "cpu") -> dict:
+              scale: float = 1.0, depth: bool = True, fps: float = 12.0,
+              device: str | torch.device | None = "cpu") -> dict:
     """Render scenes as turntables: ``frames`` views around each, as PNG frames, an animated GIF and
     (``depth``) depth maps and their GIF, under ``out/item<index>/``; ``out/grid.png`` holds the first
     frame of each scene. Latents come from a functaset, or are fitted to ``data[split]`` first."""
@@ -110,7 +111,8 @@ def _write_turntables(field, modality: SceneModality, latents: Tensor, idx: np.n
         d.mkdir(parents=True, exist_ok=True)
         views = [_as_uint8(v) for v in rgb[0]]
         paths = [_png(v, d / f"frame_{k:03d}.png") for k, v in enumerate(views)]
-        entry = {"index": int(i), "frames": [str(p) for p in paths], "gif": str(write_gif(views, d / "turntable.gif", fps))}
+        entry = {"index": int(i), "frames": [str(p) for p in paths],
+                 "gif": str(write_gif(views, d / "turntable.gif", fps))}
         if depth:
             maps = [depth_image(dep[0, k], acc[0, k], modality.near, modality.far) for k in range(len(poses))]
             entry["depth"] = [str(_png(m, d / f"depth_{k:03d}.png")) for k, m in enumerate(maps)]
@@ -228,9 +230,9 @@ def novel_view_synthesis(model: str | Path, data: str | Path, out: str | Path, p
         meter.update(rgb.reshape(len(idx), -1, 3), target.reshape(len(idx), -1, 3))
         ctx = _render_cameras(field, m, z, poses[:, list(context)], focal[:, list(context)])
         ctx_meter = MetricMeter(m.reconstruction_metrics())
-        w = torch.from_numpy(np.tile(keep, len(context)).astype(np.float32))[None, :, None]
-        ctx_meter.add(ctx_meter.metrics.per_item(ctx.reshape(len(idx), -1, 3),
-                                                torch.from_numpy(truth[:, list(context)]).float().reshape(len(idx), -1, 3) / 255.0, w))
+        w = torch.from_numpy(np.tile(keep, len(context)).astype(np.float32))[None, :, None]  # the observed pixels
+        ctx_truth = torch.from_numpy(truth[:, list(context)]).float().reshape(len(idx), -1, 3) / 255.0
+        ctx_meter.add(ctx_meter.metrics.per_item(ctx.reshape(len(idx), -1, 3), ctx_truth, w))
         res[name] = {"novel_views": meter.as_dict(), "observed_context": ctx_meter.as_dict()}
         rows[name] = [_as_uint8(v) for v in rgb]
     out = Path(out)

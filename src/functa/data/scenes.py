@@ -63,6 +63,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,11 @@ def is_test_name(key: str, test_fraction: float) -> bool:
     """The fixed hashed split of scenes: ``key`` (a scene name) is in "test" iff the first 8 bytes of its
     SHA-256, read as a little-endian integer, modulo 1000, are below ``floor(1000 * test_fraction + 1/2)``."""
     threshold = math.floor(_HASH_BUCKETS * test_fraction + 0.5)
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    try:
+        raw = key.encode("utf-8", "surrogateescape")  # a directory name of non-UTF-8 bytes: those bytes
+    except UnicodeEncodeError:
+        raw = key.encode("utf-8", "surrogatepass")  # a lone surrogate stored in an npz 'names' array
+    digest = hashlib.sha256(raw).digest()
     return int.from_bytes(digest[:8], "little") % _HASH_BUCKETS < threshold
 
 
@@ -658,6 +663,12 @@ def load_scene_npz(
     their names (or indices). ``progress`` is accepted for a uniform signature (nothing slow to show)."""
     path = Path(path).expanduser()
     conv_arg = _check_args(path, split, test_fraction, limit, convention, near, far)
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if not regular:  # a named pipe would block the zip reader forever, a device never end
+        raise DataError(f"{path}: not a regular file (a scene .npz must be a file)")
     with Npz(path) as z:
         s, v, h, w, c, single = _npz_layout(z, path)
         small = z.read_all(["poses", "focal", *(k for k in ("near", "far", "convention", "names") if k in z)])

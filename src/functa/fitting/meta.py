@@ -113,7 +113,8 @@ def evaluate_reconstruction(field: nn.Module, source: BatchSource, steps: int, *
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
         idx = np.arange(start, min(start + batch_size, n))
         batch = source.batch(idx).to(field_device(field))
-        enc = fit_latents(field, batch, steps, loss=loss, track_steps=True, max_points=rendered_fit_points(field, batch))
+        enc = fit_latents(field, batch, steps, loss=loss, track_steps=True,
+                          max_points=rendered_fit_points(field, batch))
         scored = source.heldout(idx).to(field_device(field)) if isinstance(source, HeldOutSource) else batch
         with torch.no_grad():
             for k, (meter, z) in enumerate(zip(meters, enc.history)):

@@ -27,8 +27,8 @@ __all__ = ["Batch", "BatchSource", "HeldOutSource", "Renderer", "SampledSource"]
 class Renderer(Protocol):
     """Maps field outputs ``(B, N*P, C)`` to observations ``(B, N, C')`` (differentiated by autograd,
     second order included). Per-batch inputs (ray sample depths, ...) come in ``batch.aux``: tensors
-    ``(1|B, N, ...)`` hold one entry per target (subsets of targets take theirs), others are constants. ``samples_per_target`` is ``P``: target ``n`` is rendered
-    from the field points ``n*P .. n*P + P - 1``."""
+    ``(1|B, N, ...)`` hold one entry per target (subsets of targets take theirs), others are constants.
+    ``samples_per_target`` is ``P``: target ``n`` is rendered from the field points ``n*P .. n*P + P - 1``."""
 
     samples_per_target: int
 
