@@ -334,3 +334,12 @@ def test_stratified_jitter_is_for_training_draws_only():
     for batch in (tr.batch(np.array([0])), val.batch(np.array([0])), val.heldout(np.array([0]))):
         torch.testing.assert_close(batch.aux["t"][0, 0], grid)  # encoding and evaluation are deterministic
         assert batch.aux["t"].shape[0] == 1
+
+
+def test_depth_images_map_near_to_white_and_empty_rays_to_white():
+    from functa.scenes import depth_image
+
+    depth = torch.tensor([[1.0, 2.0, 3.0, 2.5]])
+    opacity = torch.tensor([[1.0, 1.0, 1.0, 0.2]])
+    img = depth_image(depth, opacity, near=1.0, far=3.0)
+    assert img.dtype == np.uint8 and img.tolist() == [[255, 128, 0, 255]]  # near, middle, far, nothing hit

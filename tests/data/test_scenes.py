@@ -500,3 +500,36 @@ def test_a_scene_folder_without_its_images_points_at_the_npz_beside_it(tmp_path)
     with pytest.raises(DataError, match=r"missing frame.*also holds views_8.npz: pass one of them"):
         load_dataset(tmp_path, "train")
     assert load_dataset(tmp_path / "views_8.npz", "train").meta["convention"] == "opengl"  # the json beside it
+
+
+# ------------------------------------------------------------------------- fuzzer regressions (bench/fuzz_scenes.py)
+
+
+def test_fuzz_overlong_file_path_is_a_data_error(tmp_path):
+    # Path.is_file raised OSError (ENAMETOOLONG) for a file_path longer than the file system allows
+    _, poses = write_blender(tmp_path / "s")
+    doc = json.loads((tmp_path / "s" / "transforms_train.json").read_text())
+    doc["frames"][1]["file_path"] = "a" * 5000
+    (tmp_path / "s" / "transforms_train.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"transforms_train\.json: frame 1: bad 'file_path' 'aaaa.*File name too long"):
+        load_dataset(tmp_path / "s", "train", progress=False)
+
+
+def test_fuzz_npz_that_is_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "scenes.npz")  # opening it for reading blocked forever
+    with pytest.raises(DataError, match=r"scenes\.npz: not a regular file"):
+        load_scene_npz(tmp_path / "scenes.npz", "train")
+
+
+def test_fuzz_scene_names_that_are_not_utf8_hash(tmp_path):
+    # str.encode("utf-8") raised UnicodeEncodeError for a lone surrogate in an npz 'names' array
+    poses = np.stack([np.stack([rigid(0.2 * j + i) for j in range(2)]) for i in range(8)]).astype(np.float32)
+    names = np.array([f"s{i}\ud800" for i in range(8)])
+    p = write_npz(tmp_path / "m.npz", images=np.zeros((8, 2, 4, 4, 3), np.uint8), poses=poses,
+                  focal=np.float32(3), convention=np.array("opengl"), names=names)
+    train = load_scene_npz(p, "train", test_fraction=0.5, progress=False)
+    test = load_scene_npz(p, "test", test_fraction=0.5, progress=False)
+    assert sorted(train.meta["names"] + test.meta["names"]) == sorted(names.tolist())
+    assert scenes_mod.is_test_name("lego", 0.1) == is_test("lego", 0.1)  # valid names hash as before
