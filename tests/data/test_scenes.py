@@ -521,6 +521,9 @@ def test_fuzz_npz_that_is_a_named_pipe_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "scenes.npz")  # opening it for reading blocked forever
     with pytest.raises(DataError, match=r"scenes\.npz: not a regular file"):
         load_scene_npz(tmp_path / "scenes.npz", "train")
+    (tmp_path / "zero.npz").symlink_to("/dev/zero")  # zipfile read it without end
+    with pytest.raises(DataError, match=r"zero\.npz: not a regular file"):
+        load_scene_npz(tmp_path / "zero.npz", "train")
 
 
 def test_fuzz_scene_names_that_are_not_utf8_hash(tmp_path):
@@ -533,3 +536,70 @@ def test_fuzz_scene_names_that_are_not_utf8_hash(tmp_path):
     test = load_scene_npz(p, "test", test_fraction=0.5, progress=False)
     assert sorted(train.meta["names"] + test.meta["names"]) == sorted(names.tolist())
     assert scenes_mod.is_test_name("lego", 0.1) == is_test("lego", 0.1)  # valid names hash as before
+
+
+@pytest.mark.parametrize("file_path", ["/", "./train/", "./"])
+def test_fuzz_file_path_naming_a_directory(tmp_path, file_path):
+    # Path.with_name raised ValueError ("has an empty name") for a file_path of "/"
+    write_blender(tmp_path / "s")
+    doc = json.loads((tmp_path / "s" / "transforms_train.json").read_text())
+    doc["frames"][0]["file_path"] = file_path
+    (tmp_path / "s" / "transforms_train.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"transforms_train\.json: frame 0: 'file_path' .* names a directory, not an "
+                                        r"image file"):
+        load_dataset(tmp_path / "s", "train", progress=False)
+
+
+def _srn_scene_dir(tmp_path):
+    d = tmp_path / "srn"
+    write_srn(d, [rigid(0.2 * i) @ FLIP for i in range(2)])
+    return d
+
+
+def test_fuzz_srn_scene_without_intrinsics_is_not_an_image_folder(tmp_path):
+    # a scene with rgb/ and pose/ but its intrinsics.txt deleted was loaded as a plain image folder (no cameras)
+    d = _srn_scene_dir(tmp_path)
+    (d / "intrinsics.txt").unlink()
+    with pytest.raises(DataError, match=r"srn/intrinsics\.txt: cannot read \(No such file or directory\)"):
+        load_dataset(d, "train", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "directory"])
+def test_fuzz_camera_files_that_are_not_regular_files(tmp_path, kind):
+    # intrinsics.txt / transforms.json as a link to /dev/zero or a directory: the scene was not recognised
+    # (loaded as an image folder), or /dev/zero was read up to the size limit
+    d = _srn_scene_dir(tmp_path)
+    (d / "intrinsics.txt").unlink()
+    if kind == "dev-zero":
+        (d / "intrinsics.txt").symlink_to("/dev/zero")
+    else:
+        (d / "intrinsics.txt").mkdir()
+    with pytest.raises(DataError, match=r"srn/intrinsics\.txt: not a regular file \(a text file must be a file\)"):
+        load_dataset(d, "train", progress=False)
+    b = tmp_path / "blender"
+    write_blender(b, json_name="transforms.json")
+    (b / "transforms.json").unlink()
+    if kind == "dev-zero":
+        (b / "transforms.json").symlink_to("/dev/zero")
+    else:
+        (b / "transforms.json").mkdir()
+    with pytest.raises(DataError, match=r"blender/transforms\.json: not a regular file \(a JSON file must be a file\)"):
+        load_dataset(b, "train", progress=False)
+
+
+def test_special_files_at_the_load_path_are_refused_unopened(tmp_path):
+    """A named pipe would block and /dev/zero never ends: both are refused before anything is read."""
+    import os
+
+    from functa.data import load_dataset
+    from functa.data.safeio import Npz
+
+    pipe = tmp_path / "views.npz"
+    os.mkfifo(pipe)
+    zero = tmp_path / "zero.npz"
+    zero.symlink_to("/dev/zero")
+    for path in (pipe, zero):
+        with pytest.raises(DataError, match="not a regular file"):
+            load_dataset(path, "train")
+        with pytest.raises(DataError, match="not a regular file"):
+            Npz(path)

@@ -167,6 +167,8 @@ def sniff_format(path: str | Path) -> str:
         if single is not None:
             return _npz_kind(single)
         raise DataError(f"{p}: directory holds no recognised dataset; supported formats: {SUPPORTED_FORMATS}")
+    if not p.is_file():  # a device (/dev/zero never ends) or a named pipe (blocks): never opened
+        raise DataError(f"{p}: not a regular file or directory; supported formats: {SUPPORTED_FORMATS}")
     if is_nifti_path(p):
         return "nifti"
     if netcdf_kind(p) is not None:

@@ -29,6 +29,7 @@ import io
 import math
 import os
 import re
+import stat
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -234,7 +235,10 @@ class Npz:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
-            self._size = os.stat(self.path).st_size
+            st = os.stat(self.path)
+            if not stat.S_ISREG(st.st_mode):  # a device (/dev/zero never ends) or a pipe (blocks)
+                raise DataError(f"{self.path}: not a regular file (an .npz archive must be a file)")
+            self._size = st.st_size
             self._zf = zipfile.ZipFile(self.path)
         except MemoryError:
             raise DataError(f"{self.path}: cannot open as .npz archive (zip directory too large)") from None

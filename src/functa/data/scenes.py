@@ -163,7 +163,10 @@ def _check_fraction(root: Path, test_fraction: float) -> None:
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
     """The bytes of ``path``, refused (before reading) when it holds more than ``limit`` bytes."""
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a directory, a device (/dev/zero never ends), a pipe (blocks)
+            raise DataError(f"{path}: not a regular file (a {what} must be a file)")
+        size = st.st_size
         if size > limit:
             raise DataError(f"{path}: {what} of {size} bytes is larger than the limit of {limit} bytes")
         with open(path, "rb") as f:
@@ -229,11 +232,14 @@ def _subdirs(d: Path) -> list[Path]:
 
 
 def _is_blender_scene(d: Path) -> bool:
-    return any((d / n).is_file() for n in _BLENDER_FILES)
+    # any entry of the name (a broken file, a link, a directory): the scene's loader says what is wrong with it
+    return any(os.path.lexists(d / n) for n in _BLENDER_FILES)
 
 
 def _is_srn_scene(d: Path) -> bool:
-    return (d / "intrinsics.txt").is_file() and (d / "pose").is_dir()
+    # ``pose/`` beside ``intrinsics.txt`` (any entry of the name) or ``rgb/``: an SRN scene, even one missing
+    # its intrinsics, whose loader then says so (never a plain image folder without its cameras)
+    return (d / "pose").is_dir() and (os.path.lexists(d / "intrinsics.txt") or (d / "rgb").is_dir())
 
 
 def _has_scenes(path: Path, is_scene: Callable[[Path], bool]) -> bool:
@@ -311,6 +317,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _frame_image(scene: Path, file_path: str, where: str) -> Path:
     base = scene / file_path
+    if not base.name or file_path.endswith(("/", "\\")):
+        raise DataError(f"{where}: 'file_path' {file_path[:80]!r} names a directory, not an image file")
     if base.suffix.lower() in _FRAME_SUFFIXES:
         candidates = [base]
     else:
@@ -344,7 +352,7 @@ def _set_stored(scene: _Scene, key: str, value: Any, path: Path) -> None:
 
 
 def _blender_scene(name: str, d: Path) -> _Scene:
-    files = [d / n for n in _BLENDER_SPLIT_FILES if (d / n).is_file()] or [d / "transforms.json"]
+    files = [d / n for n in _BLENDER_SPLIT_FILES if os.path.lexists(d / n)] or [d / "transforms.json"]
     scene = _Scene(name, d, str(files[0]))
     for path in files:
         doc = _read_json(path)
