@@ -568,21 +568,17 @@ def test_fuzz_srn_scene_without_intrinsics_is_not_an_image_folder(tmp_path):
 def test_fuzz_camera_files_that_are_not_regular_files(tmp_path, kind):
     # intrinsics.txt / transforms.json as a link to /dev/zero or a directory: the scene was not recognised
     # (loaded as an image folder), or /dev/zero was read up to the size limit
+    def replace_with_special(path: Path) -> None:
+        path.unlink()
+        path.symlink_to("/dev/zero") if kind == "dev-zero" else path.mkdir()
+
     d = _srn_scene_dir(tmp_path)
-    (d / "intrinsics.txt").unlink()
-    if kind == "dev-zero":
-        (d / "intrinsics.txt").symlink_to("/dev/zero")
-    else:
-        (d / "intrinsics.txt").mkdir()
+    replace_with_special(d / "intrinsics.txt")
     with pytest.raises(DataError, match=r"srn/intrinsics\.txt: not a regular file \(a text file must be a file\)"):
         load_dataset(d, "train", progress=False)
     b = tmp_path / "blender"
     write_blender(b, json_name="transforms.json")
-    (b / "transforms.json").unlink()
-    if kind == "dev-zero":
-        (b / "transforms.json").symlink_to("/dev/zero")
-    else:
-        (b / "transforms.json").mkdir()
+    replace_with_special(b / "transforms.json")
     with pytest.raises(DataError, match=r"blender/transforms\.json: not a regular file \(a JSON file must be a file\)"):
         load_dataset(b, "train", progress=False)
 
