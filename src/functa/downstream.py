@@ -582,7 +582,7 @@ def impute(model: str | Path, data: str | Path, out: str | Path, prior: str | Pa
     points with and without the flow ``prior`` and reports the modality's metrics (PSNR, or voxel
     accuracy and IoU) on the hidden and on the observed points for both; writes side-by-side grids.
     """
-    from .tasks.inference import flow_log_prior, map_fit
+    from .tasks.inference import load_flow_prior, map_fit
 
     field, modality, base_cfg = load_model(model)
     loss, metrics = model_loss(base_cfg), modality.reconstruction_metrics()
@@ -593,12 +593,7 @@ def impute(model: str | Path, data: str | Path, out: str | Path, prior: str | Pa
     x = src.coords[None]
     fits = {"no_prior": map_fit(field, x, y, observed, loss=loss, steps=steps, lr=lr, progress=progress)}
     if prior is not None:
-        flow, extra, pcfg = load_task_model(prior, "flow")
-        if pcfg["functaset"]["base_network"] != base_cfg["sha256"]:
-            raise ArtefactError(f"{prior}: the prior was trained on latents of another base network")
-        if flow.config.num_classes:
-            raise ValueError(f"{prior}: class-conditional priors need labels; use an unconditional flow")
-        log_prior = flow_log_prior(flow, Standardizer.from_tensors(extra))
+        log_prior = load_flow_prior(prior, base_cfg["sha256"])
         fits["prior"] = map_fit(field, x, y, observed, loss=loss, log_prior=log_prior, prior_weight=prior_weight,
                                 steps=steps, lr=lr, progress=progress)
     out = Path(out)

@@ -34,7 +34,7 @@ from .modalities import (FieldDataset, Modality, available_modalities, detect_mo
                          modality_from_config)
 
 __all__ = ["contact_sheet", "encode", "evaluate", "fit", "format_table", "load_model", "model_loss", "open_data",
-           "parse_indices", "render"]
+           "parse_indices", "render", "stored_latents"]
 
 HEAP_SLACK_MB = 256  # RSS growth that triggers a heap trim while encoding (bounded RSS on any number of items)
 
@@ -387,6 +387,17 @@ def parse_indices(spec: str | None, n: int) -> np.ndarray:
     return idx
 
 
+def stored_latents(functaset: str | Path, cfg: dict, indices: str | None) -> tuple[Functaset, np.ndarray, Tensor]:
+    """The functaset, the item indices ``indices`` names (:func:`parse_indices`) and their latents, from a
+    functaset of the base network ``cfg`` describes (refused for another network, or when empty)."""
+    fs = Functaset(functaset)
+    fs.check_base_network(cfg["sha256"])
+    if not len(fs):
+        raise ArtefactError(f"{functaset}: the functaset holds no items")
+    idx = parse_indices(indices, len(fs))
+    return fs, idx, fs.take(idx)["latents"]
+
+
 def render(model: str | Path, out: str | Path, functaset: str | Path | None = None, data: str | Path | None = None,
            split: str = "test", indices: str | None = None, scale: float = 1.0,
            shape: tuple[int, ...] | None = None, device: str | torch.device | None = "cpu") -> dict:
@@ -401,12 +412,7 @@ def render(model: str | Path, out: str | Path, functaset: str | Path | None = No
     out = Path(out)
     originals, grid = None, None
     if functaset is not None:
-        fs = Functaset(functaset)
-        fs.check_base_network(cfg["sha256"])
-        if not len(fs):
-            raise ArtefactError(f"{functaset}: the functaset holds no items")
-        idx = parse_indices(indices, len(fs))
-        latents = fs.take(idx)["latents"]
+        fs, idx, latents = stored_latents(functaset, cfg, indices)
         if "patches" in fs.header:  # one latent per patch of a whole item
             grid = PatchGrid(tuple(fs.header["patches"]["item_grid"]), tuple(modality.shape))
     elif data is not None:

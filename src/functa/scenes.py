@@ -20,13 +20,11 @@ from .atomic import atomic_stream, output_lock
 from .fields import field_device
 from .fitting import Batch, MetricMeter, fit_latents, max_points_per_pass, rendered_fit_points
 from .functaset import Functaset
-from .io import ArtefactError, write_json
+from .io import write_json
 from .modalities import SceneModality, SceneViews
 from .modalities.masks import MASKS, grid_mask
-from .pipeline import load_model, model_loss, open_data, parse_indices
-from .tasks.checkpoint import load_task_model
-from .tasks.inference import flow_log_prior, map_fit_batch
-from .tasks.latents import Standardizer
+from .pipeline import load_model, model_loss, open_data, parse_indices, stored_latents
+from .tasks.inference import load_flow_prior, map_fit_batch
 
 __all__ = ["fit_scenes", "turntable", "interpolation_turntable", "novel_view_synthesis", "depth_image", "write_gif"]
 
@@ -84,12 +82,7 @@ def turntable(model: str | Path, out: str | Path, functaset: str | Path | None =
     field, modality, cfg = _scene_model(model, device)
     loss = model_loss(cfg)
     if functaset is not None:
-        fs = Functaset(functaset)
-        fs.check_base_network(cfg["sha256"])
-        if not len(fs):
-            raise ArtefactError(f"{functaset}: the functaset holds no items")
-        idx = parse_indices(indices, len(fs))
-        latents = fs.take(idx)["latents"]
+        _, idx, latents = stored_latents(functaset, cfg, indices)
     elif data is not None:
         ds = open_data(data, split, cfg.get("data"))
         idx = parse_indices(indices, len(ds))
@@ -206,13 +199,7 @@ def novel_view_synthesis(model: str | Path, data: str | Path, out: str | Path, p
     fits = {"no_prior": map_fit_batch(field, batch, loss=loss, steps=steps, lr=lr, progress=progress,
                                       batch_size=_map_items(field, batch))}
     if prior is not None:
-        flow, extra, pcfg = load_task_model(prior, "flow")
-        if pcfg["functaset"]["base_network"] != cfg["sha256"]:
-            raise ArtefactError(f"{prior}: the prior was trained on latents of another base network")
-        if flow.config.num_classes:
-            raise ValueError(f"{prior}: class-conditional priors need labels; use an unconditional flow")
-        flow.to(field_device(field))
-        log_prior = flow_log_prior(flow, Standardizer.from_tensors(extra))
+        log_prior = load_flow_prior(prior, cfg["sha256"], field_device(field))
         fits["prior"] = map_fit_batch(field, batch, loss=loss, log_prior=log_prior, prior_weight=prior_weight,
                                       steps=steps, lr=lr, progress=progress, batch_size=_map_items(field, batch))
     truth = ds.take(idx)  # (B, V, H, W, 3)

@@ -22,7 +22,7 @@ from ..fields import field_device
 from ..fitting import Batch, Loss, MSELoss, auto_batch_size, field_outputs
 from .latents import Standardizer
 
-__all__ = ["flow_log_prior", "map_fit", "map_fit_batch"]
+__all__ = ["flow_log_prior", "load_flow_prior", "map_fit", "map_fit_batch"]
 
 LogPrior = Callable[[Tensor], Tensor]
 
@@ -35,6 +35,20 @@ def flow_log_prior(flow, standardizer: Standardizer) -> LogPrior:
         return flow.log_prob(standardizer(z)) + const
 
     return log_prior
+
+
+def load_flow_prior(path, base_sha256: str, device: torch.device | str = "cpu") -> LogPrior:
+    """The log-prior of the unconditional flow in directory ``path``, on ``device``; refused when it was
+    trained on latents of another base network than ``base_sha256``, or is class-conditional."""
+    from ..io import ArtefactError
+    from .checkpoint import load_task_model
+
+    flow, extra, cfg = load_task_model(path, "flow")
+    if cfg["functaset"]["base_network"] != base_sha256:
+        raise ArtefactError(f"{path}: the prior was trained on latents of another base network")
+    if flow.config.num_classes:
+        raise ValueError(f"{path}: class-conditional priors need labels; use an unconditional flow")
+    return flow_log_prior(flow.to(device), Standardizer.from_tensors(extra))
 
 
 def map_fit(field: nn.Module, x: Tensor, y: Tensor, weight: Tensor, *, loss: Loss = MSELoss(),
