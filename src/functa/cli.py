@@ -444,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
 
+    _add_gasp(sub)
+
     p = sub.add_parser("info", help="describe a run directory or functaset")
     p.add_argument("path", type=Path)
 
@@ -452,6 +454,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="meta-learning steps (default: demo setting)")
     p.add_argument("--time-limit", type=float, default=180.0, help="cap on meta-learning seconds")
     return parser
+
+
+def _add_gasp(sub) -> None:
+    g = sub.add_parser("gasp", help="GASP: a GAN over functions (hypernetwork generator, point-cloud discriminator); "
+                                    "no meta-learning, no functaset")
+    gs = g.add_subparsers(dest="action", required=True, metavar="ACTION")
+    text = ("train GASP on the train split of a dataset (images, voxels, fields on the sphere, ...); running it "
+            "again resumes the run")
+    p = gs.add_parser("train", help=text, description=text)
+    p.add_argument("data", help="dataset path (any format 'functa fit' reads, except scenes)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="run directory")
+    p.add_argument("--time-limit", type=float, help="stop after this many seconds (a checkpoint is saved)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting, e.g. --set train.steps=2000 --set discriminator.channels=[32,64,128] "
+                        "(sections generator, discriminator, train, data; defaults in docs/tasks.md)")
+    text = "draw functions from a trained GASP run and render them at any resolution"
+    p = gs.add_parser("sample", help=text, description=text)
+    p.add_argument("run", type=Path, help="run directory written by 'functa gasp train'")
+    p.add_argument("-o", "--out", required=True, type=Path)
+    p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--shape", type=int, nargs="+", metavar="N", help="grid to render, e.g. --shape 112 112")
+    size.add_argument("--scale", type=float, help="render at this multiple of the native grid (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-neighbours", action="store_true", help="skip the nearest-training-item check")
+
+
+def _run_gasp(args: argparse.Namespace, progress: bool) -> None:
+    from .gasp import gasp_sample, gasp_train
+
+    if args.action == "train":
+        r = gasp_train(args.data, args.out, args.overrides, progress=progress, time_limit_s=args.time_limit)
+        last = r["last"] or {}
+        print(f"{r['steps']} steps in {r['train_seconds']:.0f} s; saved the generator to {args.out}"
+              + (f" (last interval: D(real) {last['d_real']:.3f}, D(fake) {last['d_fake']:.3f})" if last else ""))
+        for e in r["events"]:
+            print(f"warning: step {e['step']}: {e['event']}")
+    else:
+        r = gasp_sample(args.run, args.out, n=args.num, shape=args.shape, scale=args.scale, seed=args.seed,
+                        neighbours=not args.no_neighbours)
+        print(f"wrote {r['count']} samples on a {'x'.join(map(str, r['shape']))} grid to {r['grid']}")
+        m = r.get("memorisation", {})
+        if "sample_nn_distance_median" in m:
+            print(f"nearest training item: median distance {m['sample_nn_distance_median']:.3f} "
+                  f"(test items: {m['test_nn_distance_median']:.3f})")
 
 
 def _describe(modality_config: dict, summary: dict) -> str:
@@ -557,6 +604,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"grid: {r['grid']}")
     elif args.command in ("classify", "flow", "diffusion", "impute", "interpolate", "fid"):
         _run_downstream(args, progress)
+    elif args.command == "gasp":
+        _run_gasp(args, progress)
     elif args.command in ("codec", "compress", "decompress", "codec-bench"):
         _run_compression(args, progress)
     elif args.command == "scenes":

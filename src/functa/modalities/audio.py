@@ -189,6 +189,9 @@ class AudioModality(ModalityBase):
         (n,) = tuple(shape or self.shape)
         return audio_coordinates(int(n), self.coordinates_range, self.coordinates_convention)
 
+    def coordinate_box(self) -> tuple[float, float]:
+        return _RANGES[self.coordinates_range]
+
     def to_features(self, items: np.ndarray) -> Tensor:
         """Amplitudes ``(B, L)`` (or ``(B, L, 1)``) -> features ``(a / full_scale + 1) / 2``, ``(B, L, 1)``."""
         items = np.asarray(items)

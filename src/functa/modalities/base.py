@@ -80,6 +80,11 @@ class Modality(Protocol):
         """Coordinates of a grid, flattened: ``(N, in_dim)`` with ``N = prod(shape)``."""
         ...
 
+    def coordinate_box(self) -> tuple[float, float] | None:
+        """``(lo, hi)``: every coordinate of every grid lies in ``[lo, hi]`` along each axis (GASP maps
+        this box to ``[-1, 1]``); ``None`` where items are not point clouds (scenes: rays)."""
+        ...
+
     def to_features(self, items: np.ndarray) -> Tensor:
         """Data items ``(B, *shape[, C])`` in data units -> features ``(B, N, C)``."""
         ...
@@ -162,6 +167,9 @@ class ModalityBase:
     field_defaults: ClassVar[dict[str, Any]] = {}  # base network settings under the run's [field] (e.g. w0)
     rate_unit: ClassVar[str] = "bits per point"  # what :meth:`rate` returns
     rate_targets: ClassVar[tuple[float, ...]] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # codec-bench baselines
+
+    def coordinate_box(self) -> tuple[float, float] | None:
+        return (0.0, 1.0)  # the functa convention: coordinates in [0, 1]
 
     @classmethod
     def detect(cls, dataset: Any) -> bool:

@@ -220,6 +220,9 @@ class SceneModality(ModalityBase):
         raise ValueError("scenes are observed through rays of posed views, not on a coordinate grid; "
                          "use SceneModality.rays")
 
+    def coordinate_box(self) -> None:
+        return None  # no point-cloud view of a scene (rays through posed views)
+
     def to_features(self, items: np.ndarray) -> Tensor:
         """Views ``(B, H, W, 3)`` uint8 -> pixels ``(B, H*W, 3)`` in ``[0, 1]``."""
         return self.views.to_features(items)

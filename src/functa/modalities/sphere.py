@@ -119,6 +119,9 @@ class SphereModality(ModalityBase):
     def coordinates(self, shape: tuple[int, ...] | None = None) -> Tensor:
         return sphere_coordinates(*self.grid(shape))
 
+    def coordinate_box(self) -> tuple[float, float]:
+        return (-1.0, 1.0)  # points on the unit sphere
+
     def to_features(self, items: np.ndarray) -> Tensor:
         items = np.asarray(items)
         if items.shape[1:] != self.shape:

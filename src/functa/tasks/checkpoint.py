@@ -36,6 +36,7 @@ def _kinds() -> dict[str, tuple[type, type]]:
         from .diffusion import DenoiserConfig, ResidualMLPDenoiser
         from .unet import UNetConfig, UNetDenoiser
         from .flow import FlowConfig, LatentFlow
+        from .gasp import GeneratorConfig, HyperGenerator
 
         register_kind("mlp-classifier", MLPConfig, MLPClassifier)
         register_kind("conv-classifier", ConvConfig, ConvClassifier)
@@ -43,6 +44,7 @@ def _kinds() -> dict[str, tuple[type, type]]:
         register_kind("flow", FlowConfig, LatentFlow)
         register_kind("ddpm", DenoiserConfig, ResidualMLPDenoiser)
         register_kind("unet-ddpm", UNetConfig, UNetDenoiser)
+        register_kind("gasp", GeneratorConfig, HyperGenerator)
     return _KINDS
 
 

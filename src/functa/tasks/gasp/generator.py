@@ -2,7 +2,8 @@
 network, which maps coordinates to features (thesis ch. 2, Figure 2.3; reference-study §1.13).
 
 * **Function network** ``f_theta``: random Fourier features ``gamma(x) = (cos 2pi Bx, sin 2pi Bx)`` with a
-  fixed ``B (m, d)`` drawn from ``N(0, sigma^2)``, then an MLP (thesis: 3 hidden layers of 128, LeakyReLU
+  fixed ``B (m, d)`` drawn from ``N(0, sigma^2)`` (``m = 0``: the raw coordinates, as the thesis' voxel
+  model), then an MLP (thesis: 3 hidden layers of 128, LeakyReLU
   0.1) and ``tanh``: features in ``[-1, 1]``, coordinates in ``[-1, 1]^d``.
 * **Hypernetwork** ``g_phi``: an MLP (thesis: hidden 256, 512, LeakyReLU 0.1) from the latent (64-d) to the
   flat parameter vector ``theta (P,)`` of ``f_theta``. Each generated weight matrix is scaled by
@@ -38,14 +39,14 @@ class GeneratorConfig:
     function_hidden: tuple[int, ...] = (128, 128, 128)
     hyper_hidden: tuple[int, ...] = (256, 512)
     fourier_features: int = 128
-    fourier_scale: float = 2.0  # sigma of B (thesis: 2 for CelebA-HQ 64, 1 for 3-D shapes, 3 for ERA5)
+    fourier_scale: float = 2.0  # sigma of B (thesis: 1 MNIST, 2 CelebA-HQ 64 and ERA5, 3 CelebA-HQ 128)
     negative_slope: float = 0.1
     seed: int = 0  # draws B
 
     def __post_init__(self) -> None:
         check_fields(self, "model", in_dim=Int(1, 16), out_dim=Int(1, 64), latent_dim=Int(1, 4096),
                      function_hidden=IntSeq(1, 4096, min_len=1, max_len=16),
-                     hyper_hidden=IntSeq(1, 16384, min_len=1, max_len=16), fourier_features=Int(1, 4096),
+                     hyper_hidden=IntSeq(1, 16384, min_len=1, max_len=16), fourier_features=Int(0, 4096),
                      fourier_scale=Real(0, 1e4, lo_open=True), negative_slope=Real(0, 1),
                      seed=Int(0, 2**63 - 1))
 
@@ -53,6 +54,14 @@ class GeneratorConfig:
         d = asdict(self)
         d["function_hidden"], d["hyper_hidden"] = list(self.function_hidden), list(self.hyper_hidden)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeneratorConfig":
+        d = dict(d)
+        for key in ("function_hidden", "hyper_hidden"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
+        return cls(**d)
 
 
 def fourier_features(x: Tensor, frequencies: Tensor) -> Tensor:
@@ -73,7 +82,7 @@ class FunctionNetwork(nn.Module):
         g = torch.Generator().manual_seed(config.seed)
         self.register_buffer("frequencies", torch.randn(config.fourier_features, config.in_dim, generator=g)
                              * config.fourier_scale)
-        widths = [2 * config.fourier_features, *config.function_hidden, config.out_dim]
+        widths = [2 * config.fourier_features or config.in_dim, *config.function_hidden, config.out_dim]
         self.layer_shapes = list(zip(widths[:-1], widths[1:]))
         self.num_parameters = sum(i * o + o for i, o in self.layer_shapes)
 
@@ -93,7 +102,8 @@ class FunctionNetwork(nn.Module):
     def forward(self, x: Tensor, theta: Tensor) -> Tensor:
         if x.ndim != 3 or x.shape[-1] != self.config.in_dim or x.shape[0] not in (1, theta.shape[0]):
             raise ValueError(f"expected coordinates (1|{theta.shape[0]}, N, {self.config.in_dim}), got {tuple(x.shape)}")
-        h = fourier_features(x, self.frequencies).expand(theta.shape[0], -1, -1)
+        h = fourier_features(x, self.frequencies) if self.config.fourier_features else x
+        h = h.expand(theta.shape[0], -1, -1)
         layers = self.unpack(theta)
         for k, (w, b) in enumerate(layers):
             h = torch.baddbmm(b, h, w)
