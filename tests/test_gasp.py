@@ -396,3 +396,22 @@ def test_gasp_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "--shape needs 2 sizes" in capsys.readouterr().err
     assert main(["--quiet", "gasp", "sample", str(tmp_path / "nothing"), "-o", str(tmp_path / "s")]) == 2
     assert "not a model directory" in capsys.readouterr().err
+
+
+def test_oversized_networks_are_refused_before_allocation():
+    with pytest.raises(ConfigError, match="generator: a hypernetwork"):
+        GeneratorConfig(function_hidden=(4096,) * 8)
+    with pytest.raises(ConfigError, match="discriminator: widths"):
+        DiscriminatorConfig(channels=(8192,) * 6, weight_hidden=(1024,))
+
+
+def test_sampling_a_run_whose_data_moved_skips_the_memorisation_check(tmp_path):
+    from functa.cli import main
+
+    data = _fashion_like(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["--quiet", "gasp", "train", str(data), "-o", str(run), *GASP_TINY, "--set", "train.steps=2"]) == 0
+    data.rename(tmp_path / "moved")
+    assert main(["--quiet", "gasp", "sample", str(run), "-o", str(tmp_path / "s"), "-n", "2"]) == 0
+    m = json.loads((tmp_path / "s" / "metrics.json").read_text())["memorisation"]
+    assert "is not there any more" in m["skipped"]

@@ -220,7 +220,10 @@ def gasp_sample(run: str | Path, out: str | Path, n: int = 64, shape: list[int] 
 
 def _memorisation(generator: HyperGenerator, modality: Any, z: torch.Tensor, cfg: dict, out: Path) -> dict:
     """Nearest training items of samples (at the native grid), against how close test items come."""
-    path = Path(cfg["data"]["path"])
+    source = cfg.get("data")
+    if not isinstance(source, dict) or not isinstance(source.get("path"), str):
+        return {"skipped": "the model does not say which data it was trained on"}
+    path = Path(source["path"])
     if not path.exists():
         return {"skipped": f"the training data {path} is not there any more"}
     data_cfg = cfg.get("data_settings") or {}

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...validation import Int, IntSeq, Real, check_fields
+from ...validation import MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
 from .pointconv import AvgPool, Level, PointConv, level
 
 __all__ = ["DiscriminatorConfig", "PointConvDiscriminator"]
@@ -48,6 +48,10 @@ class DiscriminatorConfig:
                      negative_slope=Real(0, 1), norm_order=Real(1, 1e3))
         if not isinstance(self.batchnorm, bool):
             raise ValueError(f"discriminator.batchnorm must be true or false, got {self.batchnorm!r}")
+        mid = self.weight_hidden[-1]
+        widths = [self.feature_dim, *self.channels, 1]
+        n = sum(a * mid * b for a, b in zip(widths[:-1], widths[1:]))  # the PointConv linear layers dominate
+        check_total("discriminator", n, MAX_PARAMETERS, f"widths {list(self.channels)} with {mid}-wide kernels")
 
     @property
     def neighbours(self) -> int:

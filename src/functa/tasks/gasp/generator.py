@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...validation import Int, IntSeq, Real, check_fields
+from ...validation import MAX_PARAMETERS, Int, IntSeq, Real, check_fields, check_total
 
 __all__ = ["GeneratorConfig", "FunctionNetwork", "HyperGenerator", "fourier_features"]
 
@@ -49,6 +49,11 @@ class GeneratorConfig:
                      hyper_hidden=IntSeq(1, 16384, min_len=1, max_len=16), fourier_features=Int(0, 4096),
                      fourier_scale=Real(0, 1e4, lo_open=True), negative_slope=Real(0, 1),
                      seed=Int(0, 2**63 - 1))
+        widths = [2 * self.fourier_features or self.in_dim, *self.function_hidden, self.out_dim]
+        function = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+        hyper = [self.latent_dim, *self.hyper_hidden]
+        n = sum(a * b + b for a, b in zip(hyper[:-1], hyper[1:])) + (hyper[-1] + 1) * function
+        check_total("generator", n, MAX_PARAMETERS, f"a hypernetwork {hyper} generating {function} function weights")
 
     def to_dict(self) -> dict:
         d = asdict(self)
