@@ -24,7 +24,7 @@ def _reference(function: FunctionNetwork, x: torch.Tensor, theta: torch.Tensor) 
                        torch.sin(2 * math.pi * xb @ function.frequencies.t())], -1)
         start = 0
         for k, (n_in, n_out) in enumerate(function.layer_shapes):
-            w = theta[b, start:start + n_in * n_out].reshape(n_in, n_out) / math.sqrt(n_in)
+            w = theta[b, start:start + n_in * n_out].reshape(n_in, n_out)
             start += n_in * n_out
             bias = theta[b, start:start + n_out]
             start += n_out
@@ -415,3 +415,12 @@ def test_sampling_a_run_whose_data_moved_skips_the_memorisation_check(tmp_path):
     assert main(["--quiet", "gasp", "sample", str(run), "-o", str(tmp_path / "s"), "-n", "2"]) == 0
     m = json.loads((tmp_path / "s" / "metrics.json").read_text())["memorisation"]
     assert "is not there any more" in m["skipped"]
+
+
+def test_generated_functions_vary_over_their_inputs_at_initialisation():
+    torch.manual_seed(0)
+    g = HyperGenerator(GeneratorConfig(fourier_scale=1.0))  # the thesis' sizes
+    x = torch.cartesian_prod(torch.linspace(-1, 1, 28), torch.linspace(-1, 1, 28))[None]
+    y = g(x, g.sample_latents(8))
+    assert y.std(1).mean() > 0.1  # not constant images (a 1/sqrt(n_in) scale of the weights gave 2e-5)
+    assert (y.abs() > 0.99).float().mean() < 0.05  # and mostly not saturated at the tanh

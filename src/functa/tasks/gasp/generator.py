@@ -6,9 +6,9 @@ network, which maps coordinates to features (thesis ch. 2, Figure 2.3; reference
   model), then an MLP (thesis: 3 hidden layers of 128, LeakyReLU
   0.1) and ``tanh``: features in ``[-1, 1]``, coordinates in ``[-1, 1]^d``.
 * **Hypernetwork** ``g_phi``: an MLP (thesis: hidden 256, 512, LeakyReLU 0.1) from the latent (64-d) to the
-  flat parameter vector ``theta (P,)`` of ``f_theta``. Each generated weight matrix is scaled by
-  ``1/sqrt(n_in)`` (a choice of this implementation, so a unit-scale hypernetwork output gives function
-  layers of the usual fan-in scale).
+  flat parameter vector ``theta (P,)`` of ``f_theta``, used as the weights and biases as it is, with
+  PyTorch's default initialisation of the hypernetwork (as the public code: at initialisation the
+  generated pre-activations have about unit scale and the functions vary over their inputs).
 
 The function networks of a batch are evaluated at once with batched matmuls (``torch.baddbmm``): one
 call per layer for all ``B`` items, with coordinates shared ``(1, N, d)`` or per item ``(B, N, d)``; no
@@ -92,12 +92,12 @@ class FunctionNetwork(nn.Module):
         self.num_parameters = sum(i * o + o for i, o in self.layer_shapes)
 
     def unpack(self, theta: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """``theta (B, P)`` -> per layer ``W (B, n_in, n_out)`` (scaled by ``1/sqrt(n_in)``) and ``b (B, 1, n_out)``."""
+        """``theta (B, P)`` -> per layer ``W (B, n_in, n_out)`` and ``b (B, 1, n_out)``."""
         if theta.ndim != 2 or theta.shape[1] != self.num_parameters:
             raise ValueError(f"expected theta (B, {self.num_parameters}), got {tuple(theta.shape)}")
         out, start = [], 0
         for n_in, n_out in self.layer_shapes:
-            w = theta[:, start:start + n_in * n_out].reshape(-1, n_in, n_out) / math.sqrt(n_in)
+            w = theta[:, start:start + n_in * n_out].reshape(-1, n_in, n_out)
             start += n_in * n_out
             b = theta[:, start:start + n_out].reshape(-1, 1, n_out)
             start += n_out
