@@ -274,6 +274,53 @@ def test_resumed_training_is_bit_identical(tmp_path):
         _trainer(seed=1).fit(_clouds(), tmp_path / "b", progress=False)
 
 
+def test_non_square_grids_keep_their_aspect():
+    from functa.modalities.image import ImageModality
+
+    c = PointClouds(_Items(np.zeros((2, 4, 8, 1), np.uint8)), ImageModality(height=4, width=8, channels=1))
+    rows, cols = c.coords[:, 0].unique(), c.coords[:, 1].unique()
+    assert cols.min() == pytest.approx(-7 / 8) and rows.min() == pytest.approx(-3 / 8)  # one spacing, 1/4
+    torch.testing.assert_close(rows.diff(), torch.full((3,), 0.25))
+    torch.testing.assert_close(cols.diff(), torch.full((7,), 0.25))
+
+
+def test_an_interrupt_mid_step_saves_a_whole_step_and_resumes_bit_identically(tmp_path):
+    import os
+    import signal
+
+    whole = _trainer(sample_every=4)
+    whole.fit(_clouds(), tmp_path / "a", progress=False)
+    cut = _trainer(sample_every=4)
+    loss = cut.generator_loss
+
+    def interrupting(coords, z):
+        if cut.step_count == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives between the D and the G update of step 3
+        return loss(coords, z)
+
+    cut.generator_loss = interrupting
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit(_clouds(), tmp_path / "b", progress=False)
+    assert json.loads((tmp_path / "b" / "train_state.json").read_text())["step"] == 3
+    resumed = _trainer(sample_every=4)
+    resumed.fit(_clouds(), tmp_path / "b", progress=False)
+    assert [{k: v for k, v in r.items() if k != "time_s"} for r in resumed.history] == \
+        [{k: v for k, v in r.items() if k != "time_s"} for r in whole.history]  # the row averages all 4 steps
+    for a, b in zip(whole.discriminator.state_dict().values(), resumed.discriminator.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("options", [{"max_num_points": 20}, {"r1_on": "logit"}])
+def test_resume_is_bit_identical_with_options(tmp_path, options):
+    whole = _trainer(**options)
+    whole.fit(_clouds(), tmp_path / "a", progress=False)
+    _trainer(**{**options, "steps": 2}).fit(_clouds(), tmp_path / "b", progress=False)
+    resumed = _trainer(**options)
+    resumed.fit(_clouds(), tmp_path / "b", progress=False)
+    for a, b in zip(whole.generator.state_dict().values(), resumed.generator.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_subsampled_points_train():
     t = _trainer(max_num_points=20)
     hist = t.fit(_clouds(), progress=False)
@@ -324,12 +371,26 @@ def test_defaults_follow_the_thesis():
     assert mnist["train"]["batch_size"] == 128
     celeb = defaults(_modality("image", (64, 64), 3))
     assert celeb["discriminator"]["channels"] == [64, 128, 256, 512] and celeb["generator"]["fourier_scale"] == 2.0
-    assert defaults(_modality("image", (128, 128), 3))["discriminator"]["channels"][-1] == 1024
+    celeb128 = defaults(_modality("image", (128, 128), 3))
+    assert celeb128["discriminator"]["channels"][-1] == 1024 and celeb128["generator"]["fourier_scale"] == 3.0
+    assert celeb128["train"]["batch_size"] == 22
     vox = defaults(_modality("voxel", (32, 32, 32)))
     assert vox["discriminator"]["channels"] == [64, 128, 256] and vox["generator"]["fourier_features"] == 0
     assert vox["train"] == {"batch_size": 24, "lr_generator": 2e-5, "lr_discriminator": 8e-5, "max_num_points": 4096}
     era5 = defaults(_modality("sphere", (46, 90)))
     assert era5["discriminator"]["channels"] == [64, 128, 256, 512] and era5["train"]["batch_size"] == 64
+
+
+def test_default_settings_are_valid_for_every_grid_modality():
+    from functa.gasp import settings
+
+    for name, shape in (("image", (28, 28)), ("image", (128, 128)), ("voxel", (32, 32, 32)), ("sphere", (64, 128)),
+                        ("audio", (16000,)), ("volume", (256, 256, 128))):
+        mod = SimpleNamespace(name=name, shape=shape, out_channels=1, in_dim=3 if name == "sphere" else len(shape))
+        s = settings(mod)  # builds and checks all three configs
+        assert s["discriminator"]["channels"][0] == 64
+    audio = settings(SimpleNamespace(name="audio", shape=(16000,), out_channels=1, in_dim=1))
+    assert max(audio["discriminator"]["channels"]) == 512 and audio["train"]["max_num_points"] == 4096
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -485,7 +485,8 @@ def _run_gasp(args: argparse.Namespace, progress: bool) -> None:
     from .gasp import gasp_sample, gasp_train
 
     if args.action == "train":
-        r = gasp_train(args.data, args.out, args.overrides, progress=progress, time_limit_s=args.time_limit)
+        r = gasp_train(args.data, args.out, args.overrides, progress=progress, time_limit_s=args.time_limit,
+                       device=args.device)
         last = r["last"] or {}
         print(f"{r['steps']} steps in {r['train_seconds']:.0f} s; saved the generator to {args.out}"
               + (f" (last interval: D(real) {last['d_real']:.3f}, D(fake) {last['d_fake']:.3f})" if last else ""))
@@ -493,7 +494,7 @@ def _run_gasp(args: argparse.Namespace, progress: bool) -> None:
             print(f"warning: step {e['step']}: {e['event']}")
     else:
         r = gasp_sample(args.run, args.out, n=args.num, shape=args.shape, scale=args.scale, seed=args.seed,
-                        neighbours=not args.no_neighbours)
+                        neighbours=not args.no_neighbours, device=args.device)
         print(f"wrote {r['count']} samples on a {'x'.join(map(str, r['shape']))} grid to {r['grid']}")
         m = r.get("memorisation", {})
         if "sample_nn_distance_median" in m:

@@ -23,6 +23,7 @@ import torch
 
 from .atomic import atomic_stream, output_lock
 from .config import DataConfig, apply_overrides
+from .device import resolve_device
 from .errors import ConfigError
 from .io import ArtefactError, read_json_object, write_json
 from .modalities import detect_modality, modality_from_config
@@ -49,24 +50,28 @@ def discriminator_depth(num_points: int, grid_dim: int) -> int:
 def defaults(modality: Any) -> dict:
     """The thesis' settings (App. 2.A.2) for data of ``modality`` on its native grid.
 
-    Images: Fourier scale 1 and batch 128 for single-channel images (MNIST), 2 and 64 otherwise
-    (CelebA-HQ 64); voxels: no Fourier features, discriminator widths from 32, 4096 points per step,
-    learning rates 2e-5 / 8e-5, batch 24; the sphere: scale 2, batch 64 (ERA5). Discriminator widths
-    double from 64 over :func:`discriminator_depth` stages (3-D: 64, 128, 256 on 4096 points, the thesis'
-    voxel widths without its first 32-wide convolution at full resolution)."""
+    Images: Fourier scale 1 and batch 128 for single-channel images (MNIST); 2 and batch 64 up to 64²
+    (CelebA-HQ 64); 3 and batch 22 above (CelebA-HQ 128). Voxels and volumes: no Fourier features,
+    4096 points per step, learning rates 2e-5 / 8e-5, batch 24. The sphere: scale 2, batch 64 (ERA5).
+    Discriminator widths double from 64 over :func:`discriminator_depth` stages (3-D: 64, 128, 256 on
+    4096 points, the thesis' voxel widths without its first 32-wide convolution at full resolution).
+    1-D data (audio; not in the thesis): 4096 points per step and widths capped at 512."""
     grid_dim = len(modality.shape)
     n = math.prod(modality.shape)
-    volumetric = grid_dim == 3
-    points = min(n, 4096) if volumetric else n
-    gray = getattr(modality, "out_channels", 1) == 1
+    subsampled = grid_dim != 2  # voxels, volumes and audio: thousands of points per item
+    points = min(n, 4096) if subsampled else n
+    image = modality.name == "image"
+    gray = getattr(modality, "out_channels", 1) == 1 and image
+    large = max(modality.shape) > 64
+    scale = 1.0 if gray else 3.0 if image and large else 2.0
+    cap = 512 if grid_dim == 1 else 2**20
     gen = {"latent_dim": 64, "function_hidden": [128, 128, 128], "hyper_hidden": [256, 512],
-           "fourier_features": 0 if volumetric else 128, "fourier_scale": 1.0 if gray and grid_dim == 2 and
-           modality.name == "image" else 2.0}
-    disc = {"channels": [64 * 2**i for i in range(discriminator_depth(points, grid_dim))],
+           "fourier_features": 0 if grid_dim == 3 else 128, "fourier_scale": scale}
+    disc = {"channels": [min(64 * 2**i, cap) for i in range(discriminator_depth(points, grid_dim))],
             "weight_hidden": [16, 16, 16, 16], "batchnorm": True}
-    train = {"batch_size": 128 if gray and modality.name == "image" else 24 if volumetric else 64,
-             "lr_generator": 2e-5 if volumetric else 1e-4, "lr_discriminator": 8e-5 if volumetric else 4e-4,
-             "max_num_points": 4096 if volumetric and n > 4096 else None}
+    train = {"batch_size": 128 if gray else 24 if grid_dim == 3 else 22 if image and large else 64,
+             "lr_generator": 2e-5 if grid_dim == 3 else 1e-4, "lr_discriminator": 8e-5 if grid_dim == 3 else 4e-4,
+             "max_num_points": 4096 if subsampled and n > 4096 else None}
     return {"generator": gen, "discriminator": disc, "train": train, "data": {}}
 
 
@@ -129,15 +134,15 @@ def _preview(generator: HyperGenerator, modality: Any, z: torch.Tensor, out: Pat
 
 
 def gasp_train(data: str | Path, out: str | Path, overrides: list[str] | None = None, progress: bool = True,
-               time_limit_s: float | None = None) -> dict:
+               time_limit_s: float | None = None, device: str | torch.device = "cpu") -> dict:
     """Train GASP on the ``train`` split of ``data`` into the run directory ``out`` (resumed if it holds
-    a checkpoint); returns a summary (steps, time, final losses, events)."""
+    a checkpoint) on ``device``; returns a summary (steps, time, final losses, events)."""
     out = Path(out)
     with output_lock(out):
-        return _gasp_train(data, out, overrides, progress, time_limit_s)
+        return _gasp_train(data, out, overrides, progress, time_limit_s, resolve_device(device))
 
 
-def _gasp_train(data, out: Path, overrides, progress: bool, time_limit_s: float | None) -> dict:
+def _gasp_train(data, out: Path, overrides, progress: bool, time_limit_s: float | None, device) -> dict:
     raw_data = apply_overrides({"data": {}}, [o for o in overrides or [] if o.strip().startswith("data.")])["data"]
     ds = open_data(data, "train", raw_data, progress)
     modality = detect_modality(ds).from_dataset(ds)
@@ -148,8 +153,8 @@ def _gasp_train(data, out: Path, overrides, progress: bool, time_limit_s: float 
     record = {"settings": s, "modality": modality.to_config(), "data": source}
     _check_resume(out, record)
     write_json(out / SETTINGS_FILE, record)
-    torch.manual_seed(t_cfg.seed)  # the networks' initialisation
-    generator, discriminator = HyperGenerator(g_cfg), PointConvDiscriminator(d_cfg)
+    torch.manual_seed(t_cfg.seed)  # the networks' initialisation (on the CPU: the same on every device)
+    generator, discriminator = HyperGenerator(g_cfg).to(device), PointConvDiscriminator(d_cfg).to(device)
     trainer = GaspTrainer(generator, discriminator, t_cfg)
     z = torch.randn(PREVIEW_COUNT, g_cfg.latent_dim, generator=torch.Generator().manual_seed(t_cfg.seed))
     samples = out / "samples"
@@ -192,7 +197,8 @@ def _sample_shape(modality: Any, shape: list[int] | None, scale: float | None) -
 
 
 def gasp_sample(run: str | Path, out: str | Path, n: int = 64, shape: list[int] | None = None,
-                scale: float | None = None, seed: int = 0, neighbours: bool = True) -> dict:
+                scale: float | None = None, seed: int = 0, neighbours: bool = True,
+                device: str | torch.device = "cpu") -> dict:
     """Draw ``n`` functions from a trained run and render them on ``shape`` (or ``scale`` × the native
     grid): one file per sample, ``sample_grid.png``, ``sample.npz`` (``values`` in data units) and
     ``metrics.json``. With ``neighbours`` (and the training data still where it was), each sample's
@@ -201,6 +207,7 @@ def gasp_sample(run: str | Path, out: str | Path, n: int = 64, shape: list[int] 
     if not 1 <= n <= 100_000:
         raise ConfigError(f"-n must be between 1 and 100000, got {n}")
     generator, _, cfg = load_task_model(run, "gasp")
+    generator = generator.to(resolve_device(device))
     modality = modality_from_config(cfg["modality"])
     target = _sample_shape(modality, shape, scale)
     out = Path(out)

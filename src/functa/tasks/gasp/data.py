@@ -22,13 +22,21 @@ __all__ = ["PointClouds", "point_coordinates", "sample_features", "to_data"]
 
 
 def point_coordinates(modality: Any, shape: tuple[int, ...] | None = None) -> Tensor:
-    """The modality's grid coordinates (native grid, or ``shape``) in ``[-1, 1]``: ``(N, in_dim)``."""
+    """The modality's grid coordinates (native grid, or ``shape``) in ``[-1, 1]``: ``(N, in_dim)``.
+
+    Where each coordinate axis is a grid axis (images, voxels, volumes, audio), the axes are scaled by
+    the native grid's aspect (``size / max size``, as the public code divides every axis by one size),
+    so neighbours are equally spaced along every axis and the longest axis spans ``[-1, 1]``."""
     box = modality.coordinate_box()
     if box is None:
         raise ConfigError(f"GASP needs data with a coordinate grid; {modality.name} items have none "
                           "(scenes are seen through rays of posed views)")
     lo, hi = box
-    return (modality.coordinates(shape) - lo) * (2.0 / (hi - lo)) - 1.0
+    x = (modality.coordinates(shape) - lo) * (2.0 / (hi - lo)) - 1.0
+    native = tuple(modality.shape)
+    if x.shape[-1] == len(native) and len(set(native)) > 1:
+        x = x * torch.tensor([n / max(native) for n in native], dtype=x.dtype)
+    return x
 
 
 @dataclass
@@ -58,11 +66,19 @@ def to_data(modality: Any, features: Tensor, shape: tuple[int, ...] | None = Non
     return modality.from_features((features.float() + 1.0) * 0.5, shape)
 
 
-def sample_features(generator: Any, coords: Tensor, z: Tensor, max_points: int = 2**16) -> Tensor:
-    """``generator(coords, z)`` for ``coords (N, d)`` and ``z (B, latent)``, ``max_points`` coordinates at a
-    time (so a 4× render of a large grid stays small): ``(B, N, out_dim)``."""
+def sample_features(generator: Any, coords: Tensor, z: Tensor, max_values: int = 2**24) -> Tensor:
+    """``generator(coords, z)`` for ``coords (N, d)`` and ``z (B, latent)`` on the CPU: ``(B, N, out_dim)``.
+
+    Latents go 64 at a time and points in chunks that keep one layer's activations below
+    ``max_values`` numbers, so many samples or a 4× render of a large grid stay small; the generator
+    may sit on another device."""
+    device = next(generator.parameters()).device
+    width = max(max(shape) for shape in generator.function.layer_shapes)
+    out = []
     with torch.no_grad():
-        theta = generator.weights(z)
-        parts = [generator.function(coords[None, s:s + max_points], theta)
-                 for s in range(0, coords.shape[0], max_points)]
-    return torch.cat(parts, 1)
+        for a in range(0, len(z), 64):
+            theta = generator.weights(z[a:a + 64].to(device))
+            step = max(1, max_values // (len(theta) * width))
+            out.append(torch.cat([generator.function(coords[None, s:s + step].to(device), theta).cpu()
+                                  for s in range(0, coords.shape[0], step)], 1))
+    return torch.cat(out, 0)

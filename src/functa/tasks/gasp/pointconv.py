@@ -30,7 +30,7 @@ MAX_DISTANCES = 2**24  # distances held at once by knn (64 MiB of float32)
 
 def knn(queries: Tensor, points: Tensor, k: int, p: float = 2.0, max_elements: int = MAX_DISTANCES) -> Tensor:
     """Indices ``(B, M, k)`` of the ``k`` nearest ``points (B, N, d)`` to each of ``queries (B, M, d)``
-    in the ``l_p`` norm, nearest first (ties: the lower index first)."""
+    in the ``l_p`` norm, nearest first (the order among equidistant points is ``topk``'s)."""
     if queries.ndim != 3 or points.ndim != 3 or queries.shape[0] != points.shape[0] or queries.shape[2] != points.shape[2]:
         raise ValueError(f"knn: expected queries (B, M, d) and points (B, N, d), got {tuple(queries.shape)} and "
                          f"{tuple(points.shape)}")

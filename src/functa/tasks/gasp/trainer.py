@@ -19,8 +19,10 @@ gradient vanishes) is reported once per episode in the progress bar and in ``eve
 
 from __future__ import annotations
 
-import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Literal
@@ -78,6 +80,23 @@ class GaspTrainConfig:
         return cls(**d)
 
 
+@contextmanager
+def _interrupt_after_block():
+    """Hold back Ctrl-C (SIGINT) until the block is done, then raise it: a step is applied whole or not
+    at all, so the checkpoint written on an interrupt is one of an uninterrupted run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def r1_penalty(output: Tensor, features: Tensor) -> Tensor:
     """``E_b sum_{i,c} (d output_b / d features_{b,i,c})^2`` (summed over points and channels, mean over
     the batch), differentiable for the discriminator's update."""
@@ -103,6 +122,7 @@ class GaspTrainer:
         self.history: list[dict] = []
         self.events: list[dict] = []
         self._saturated_for = 0
+        self._interval: tuple[dict[str, float], int] = ({}, 0)  # sums and count of the open history row
 
     # ------------------------------------------------------------------ the maths of one step
     def discriminator_loss(self, coords: Tensor, real: Tensor, fake: Tensor) -> tuple[Tensor, dict]:
@@ -123,16 +143,19 @@ class GaspTrainer:
         return F.softplus(-self.discriminator(coords, self.generator(coords, z))).mean()
 
     def train_step(self, coords: Tensor, real: Tensor, rng: torch.Generator) -> dict:
-        """One discriminator and one generator update on ``real (B, N, C)`` at ``coords (1, N, d)``."""
+        """One discriminator and one generator update on ``real (B, N, C)`` at ``coords (1, N, d)``
+        (moved to the networks' device; ``rng`` is a CPU generator, so every device draws the same)."""
         cfg = self.config
         if cfg.max_num_points is not None and cfg.max_num_points < coords.shape[1]:
             keep = torch.randperm(coords.shape[1], generator=rng)[:cfg.max_num_points]
             coords, real = coords[:, keep], real[:, keep]
         b, latent = real.shape[0], self.generator.config.latent_dim
+        device = self.generator.head.weight.device
+        coords, real = coords.to(device), real.to(device)
         self.generator.train()
         self.discriminator.train()
-        z_d = torch.randn(b, latent, generator=rng)
-        z_g = torch.randn(b, latent, generator=rng)
+        z_d = torch.randn(b, latent, generator=rng).to(device)
+        z_g = torch.randn(b, latent, generator=rng).to(device)
         with torch.no_grad():
             fake = self.generator(coords, z_d)
         loss_d, stats = self.discriminator_loss(coords, real, fake)
@@ -200,8 +223,6 @@ class GaspTrainer:
             sync_state_copy(run_dir / self.STATE_JSON, self.load_state(run_dir))
         coords = data.coords[None]
         bar = tqdm(total=cfg.steps, initial=self.step_count, desc="gasp", disable=not progress, dynamic_ncols=True)
-        sums: dict[str, float] = {}
-        count = 0
         t0 = time.perf_counter()
         base_elapsed = self.elapsed_s
         try:
@@ -212,20 +233,21 @@ class GaspTrainer:
                 rng = np.random.default_rng([cfg.seed, self.step_count])
                 idx = rng.choice(n, size=min(cfg.batch_size, n), replace=False)
                 gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-                stats = self.train_step(coords, data.features(idx), gen)
-                self.elapsed_s = base_elapsed + time.perf_counter() - t0
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                self._watch_saturation(stats, bar)
+                with _interrupt_after_block():
+                    stats = self.train_step(coords, data.features(idx), gen)
+                    self.elapsed_s = base_elapsed + time.perf_counter() - t0
+                    sums, count = self._interval
+                    self._interval = ({k: sums.get(k, 0.0) + v for k, v in stats.items()}, count + 1)
+                    self._watch_saturation(stats, bar)
                 bar.update(1)
                 bar.set_postfix(d=f"{stats['loss_d']:.3f}", g=f"{stats['loss_g']:.3f}",
                                 real=f"{stats['d_real']:.2f}", fake=f"{stats['d_fake']:.2f}")
                 if self.step_count % cfg.sample_every == 0 or self.step_count == cfg.steps:
+                    sums, count = self._interval
                     row = {"step": self.step_count, "time_s": self.elapsed_s,
                            **{k: v / count for k, v in sums.items()}}
                     self.history.append(row)
-                    sums, count = {}, 0
+                    self._interval = ({}, 0)
                     bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
                     if on_sample is not None:
                         on_sample(self.step_count, self.sample_generator())
@@ -253,7 +275,8 @@ class GaspTrainer:
         tensors.update(optimizer_tensors(self.opt_g, "optim_g."))
         tensors.update(optimizer_tensors(self.opt_d, "optim_d."))
         state = {"step": self.step_count, "config": asdict(self.config), "history": self.history,
-                 "events": self.events, "elapsed_s": self.elapsed_s, "saturated_for": self._saturated_for}
+                 "events": self.events, "elapsed_s": self.elapsed_s, "saturated_for": self._saturated_for,
+                 "interval": {"sums": self._interval[0], "count": self._interval[1]}}
         save_tensors(run_dir / self.STATE_TENSORS, tensors, metadata=state_metadata(state))
         write_json(run_dir / self.STATE_JSON, state)
         if on_save is not None:
@@ -266,9 +289,10 @@ class GaspTrainer:
         if meta.get("config", {}).get("seed") != self.config.seed:
             raise ArtefactError(f"{run_dir / self.STATE_JSON}: saved with another seed; use a new output directory")
         tensors = load_tensors(run_dir / self.STATE_TENSORS)
+        device = self.generator.head.weight.device
 
         def part(prefix: str) -> dict[str, Tensor]:
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            return {k[len(prefix):]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)}
 
         try:
             self.generator.load_state_dict(part("generator."))
@@ -285,4 +309,6 @@ class GaspTrainer:
         self.history = list(meta.get("history", []))
         self.events = list(meta.get("events", []))
         self._saturated_for = int(meta.get("saturated_for", 0))
+        interval = meta.get("interval") or {}
+        self._interval = ({k: float(v) for k, v in (interval.get("sums") or {}).items()}, int(interval.get("count", 0)))
         return meta
