@@ -485,3 +485,19 @@ def test_generated_functions_vary_over_their_inputs_at_initialisation():
     y = g(x, g.sample_latents(8))
     assert y.std(1).mean() > 0.1  # not constant images (a 1/sqrt(n_in) scale of the weights gave 2e-5)
     assert (y.abs() > 0.99).float().mean() < 0.05  # and mostly not saturated at the tanh
+
+
+@pytest.mark.parametrize("name, path, shape, in_dim", [
+    ("mnist", "mnist", (28, 28, 1), 2), ("cifar10", "cifar10", (32, 32, 3), 2),
+    ("voxels", "modelnet10_vox32/modelnet10_chair_monitor_vox32.npz", (32, 32, 32), 3),
+    ("sphere", "climate_temperature/ccsm_b003_ts_monthly_t42.npz", (64, 128), 3)])
+def test_gasp_reads_every_kind_of_shared_data(shared_data, tmp_path, name, path, shape, in_dim):
+    from functa.cli import main
+
+    run = tmp_path / name
+    assert main(["--quiet", "gasp", "train", str(shared_data / path), "-o", str(run), *GASP_TINY,
+                 "--set", "train.steps=1", "--set", "data.limit=8", "--set", "train.max_num_points=512"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["step"] == 1 and cfg["model"]["in_dim"] == in_dim
+    assert main(["--quiet", "gasp", "sample", str(run), "-o", str(tmp_path / "s"), "-n", "2", "--no-neighbours"]) == 0
+    assert np.load(tmp_path / "s" / "sample.npz")["values"].shape[1:] == shape
