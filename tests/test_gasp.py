@@ -455,6 +455,9 @@ def test_gasp_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "discriminator.channels" in capsys.readouterr().err
     assert main(["--quiet", "gasp", "sample", str(run), "-o", str(tmp_path / "s"), "--shape", "5"]) == 2
     assert "--shape needs 2 sizes" in capsys.readouterr().err
+    assert main(["--quiet", "gasp", "sample", str(run), "-o", str(tmp_path / "s"), "-n", "1000", "--shape",
+                 "8000", "8000"]) == 2
+    assert "1000 samples on a 8000x8000 grid" in capsys.readouterr().err
     assert main(["--quiet", "gasp", "sample", str(tmp_path / "nothing"), "-o", str(tmp_path / "s")]) == 2
     assert "not a model directory" in capsys.readouterr().err
 

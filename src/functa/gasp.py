@@ -32,6 +32,7 @@ from .tasks.checkpoint import load_task_model, save_task_model
 from .tasks.gasp import (DiscriminatorConfig, GaspTrainConfig, GaspTrainer, GeneratorConfig, HyperGenerator,
                          PointClouds, PointConvDiscriminator, point_coordinates, sample_features, to_data)
 from .tasks.latents import nearest_neighbours
+from .validation import MAX_GRID_POINTS, check_total
 
 __all__ = ["defaults", "gasp_sample", "gasp_train", "settings"]
 
@@ -202,7 +203,8 @@ def gasp_sample(run: str | Path, out: str | Path, n: int = 64, shape: list[int] 
     """Draw ``n`` functions from a trained run and render them on ``shape`` (or ``scale`` × the native
     grid): one file per sample, ``sample_grid.png``, ``sample.npz`` (``values`` in data units) and
     ``metrics.json``. With ``neighbours`` (and the training data still where it was), each sample's
-    nearest training item at the native resolution is found and rendered (``nearest_train_grid.png``),
+    nearest training item at the native resolution (among the first 2^27 values' worth of training items)
+    is found and rendered (``nearest_train_grid.png``),
     with the median distances of samples and of test items to the training set (memorisation check)."""
     if not 1 <= n <= 100_000:
         raise ConfigError(f"-n must be between 1 and 100000, got {n}")
@@ -210,6 +212,8 @@ def gasp_sample(run: str | Path, out: str | Path, n: int = 64, shape: list[int] 
     generator = generator.to(resolve_device(device))
     modality = modality_from_config(cfg["modality"])
     target = _sample_shape(modality, shape, scale)
+    check_total("samples", n * math.prod(target) * modality.out_channels, MAX_GRID_POINTS,
+                f"{n} samples on a {'x'.join(map(str, target))} grid", "values")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     z = torch.randn(n, generator.config.latent_dim, generator=torch.Generator().manual_seed(seed))
@@ -241,8 +245,8 @@ def _memorisation(generator: HyperGenerator, modality: Any, z: torch.Tensor, cfg
     def flat(items_features: torch.Tensor) -> torch.Tensor:
         return items_features.reshape(len(items_features), -1)
 
-    reference = torch.cat([flat(clouds.features(np.arange(s, min(s + 4096, len(train)))))
-                           for s in range(0, len(train), 4096)])
+    count = min(len(train), MAX_GRID_POINTS // (clouds.coords.shape[0] * modality.out_channels))  # <= 512 MiB
+    reference = torch.cat([flat(clouds.features(np.arange(s, min(s + 4096, count)))) for s in range(0, count, 4096)])
     samples = flat(sample_features(generator, clouds.coords, z))
     d_sample, idx = nearest_neighbours(samples, reference)
     probe = flat(PointClouds(test, modality).features(np.arange(min(len(test), 1000))))
@@ -250,6 +254,6 @@ def _memorisation(generator: HyperGenerator, modality: Any, z: torch.Tensor, cfg
     paths = modality.save(train.take(idx.numpy()), out / "nearest_train", [f"nearest{i:04d}" for i in range(len(idx))])
     contact_sheet(paths, out / "nearest_train_grid.png", columns=8)
     return {"sample_nn_distance_median": float(d_sample.median()), "test_nn_distance_median": float(d_test.median()),
-            "train_items": len(train), "test_items": len(probe),
+            "train_items": count, "test_items": len(probe),
             "note": "L2 distances of features in [-1, 1] at the native grid; samples much closer to the training set "
                     "than test items are suggest memorisation"}
