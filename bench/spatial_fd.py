@@ -36,7 +36,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, _, _ = load_task_model(args.cnn, "conv-classifier")
-    extractor = model.net[:-2].eval()  # up to the SiLU of the hidden layer: (B, width) features
+    net = model.net[:-2].eval()  # up to the SiLU of the hidden layer: (B, width) features
+    channels = model.config.in_channels
+
+    def extractor(x: torch.Tensor) -> torch.Tensor:  # fid() hands over (B, 3, H, W); grey CNNs see one channel
+        return net(x[:, :channels])
+
     real = np.asarray(open_data(args.reference, args.split, None, False).data[:])
     out = {"bench": "spatial_fd", "feature_network": args.cnn, "reference": args.reference, "split": args.split,
            "reference_count": len(real), "features": int(model.config.width), "fd_cnn": {}}
