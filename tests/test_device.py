@@ -32,3 +32,15 @@ def test_fit_latents_on_cuda_matches_cpu():  # pragma: no cover - runs where a G
     cpu = fit_latents(field, x, y, 3).latents
     gpu = fit_latents(field.to("cuda"), x, y, 3).latents
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_the_gpu_check_says_there_is_no_gpu_and_exits_2(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
+    assert script.stat().st_mode & 0o111  # executable
+    r = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no CUDA GPU here" in r.stderr
+    assert not (tmp_path / "out").exists()  # nothing measured, nothing written

@@ -530,6 +530,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides, preset=args.preset)
         result = pipeline.fit(args.data, args.out, cfg, progress=progress, time_limit_s=args.time_limit,
                               device=args.device)
+        if "training" not in result:  # a rank other than 0 under torchrun: rank 0 reports
+            return 0
         final = result["training"]["final_eval"]["per_step"][-1]
         print(f"saved base network to {args.out} (sha256 {result['sha256'][:12]}); validation: "
               f"{_describe(result['modality'], final)}")
@@ -643,8 +645,11 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_cpu_allocator()  # the command line owns its process (FUNCTA_NO_MALLOC_TUNING=1 turns it off)
     from .errors import FunctaError
+    from . import distributed
 
     try:
+        if args.command == "fit" and distributed.init_from_env(args.device):  # under torchrun
+            torch.set_num_threads(args.threads or 1)
         return _run(args)
     except (FunctaError, OSError, ValueError, FloatingPointError) as e:
         # FunctaError: bad input, artefact, config, full disk, locked output (one line naming the path).
@@ -658,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"functa {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

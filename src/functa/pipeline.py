@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from torch import Tensor, nn
 
+from . import distributed
 from .atomic import atomic_stream, output_lock
 from .codec.patches import PatchGrid, from_patches, to_patches
 from .config import DataConfig, RunConfig
@@ -103,6 +104,8 @@ def fit(data: str | Path, out: str | Path, config: RunConfig, progress: bool = T
     into it raises :class:`~functa.errors.LockError`).
     """
     _check_modality_settings(config)
+    if not distributed.is_main():  # under torchrun: rank 0 holds the lock and writes; the others compute
+        return _fit(data, Path(out), config, False, time_limit_s, device)
     with output_lock(out):
         return _fit(data, Path(out), config, progress, time_limit_s, device)
 
@@ -154,6 +157,9 @@ def _fit(data: str | Path, out: Path, config: RunConfig, progress: bool, time_li
 
     learner.fit(train_src, val_src, out, on_save=lambda d: save_base_network(d, field, **extra()),
                 progress=progress, time_limit_s=time_limit_s)
+    if not distributed.is_main():
+        distributed.barrier()  # rank 0 evaluates and writes the base network
+        return {"rank": distributed.rank(), "step": learner.step_count}
     if config.data.patch and tuple(val_ds.data.shape[1:1 + len(modality.shape)]) != tuple(modality.shape):
         final = evaluate_whole_items(field, loss, modality, val_ds, config.train.inner_steps,
                                      limit=config.train.eval_items)
@@ -163,6 +169,7 @@ def _fit(data: str | Path, out: Path, config: RunConfig, progress: bool, time_li
     info = extra()
     info["training"].update(wall_s=time.perf_counter() - t0, final_eval=final)
     save_base_network(out, field, **info)
+    distributed.barrier()
     return read_json(out / "config.json")
 
 

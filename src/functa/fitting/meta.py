@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..errors import DivergenceError
 from ..fields import field_device
 from ..io import (ArtefactError, load_tensors, read_train_state, save_tensors, state_metadata, sync_state_copy,
@@ -215,10 +216,15 @@ class MetaLearner:
         result = self.objective(batch)
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
+        if distributed.world_size() > 1:  # this rank's share of the global batch: average the gradients
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            distributed.all_reduce_mean_([p.grad for p in self.params])
         grad_norm = float("nan")
         if self.config.grad_clip is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip))
-        loss = float(result.loss.detach())
+        loss = distributed.mean(float(result.loss.detach()))  # the global batch's loss, the same on every rank
         if not math.isfinite(loss):
             advice = "lower train.outer_lr" + (" or set train.grad_clip" if self.config.grad_clip is None else
                                                f" or train.grad_clip (now {self.config.grad_clip:g})")
@@ -228,7 +234,8 @@ class MetaLearner:
         with torch.no_grad():
             meter = MetricMeter(self.metrics)
             meter.update(self.loss.predict(result.outputs.detach()), batch.y)
-        return {"loss": loss, "metric": meter.as_dict()[self.metrics.headline], "lr": lr, "grad_norm": grad_norm}
+        metric = distributed.mean(meter.as_dict()[self.metrics.headline])  # the mean of the ranks' shares
+        return {"loss": loss, "metric": metric, "lr": lr, "grad_norm": grad_norm}
 
     # ------------------------------------------------------------------ loop
     def fit(self, train: BatchSource, val: BatchSource | None = None, run_dir: str | Path | None = None,
@@ -249,7 +256,9 @@ class MetaLearner:
         t0 = time.perf_counter()
         headline = self.metrics.headline
         watch = DivergenceWatch(cfg.divergence_factor, run_dir, self.step_count, cfg.grad_clip)
-        bar = tqdm(total=cfg.steps, initial=self.step_count, desc="meta-learning", disable=not progress,
+        main = distributed.is_main()  # with several processes: rank 0 evaluates, saves and shows progress
+        mine = distributed.shard(cfg.batch_size)
+        bar = tqdm(total=cfg.steps, initial=self.step_count, desc="meta-learning", disable=not (progress and main),
                    dynamic_ncols=True)
         try:
             while self.step_count < cfg.steps:
@@ -259,29 +268,34 @@ class MetaLearner:
                 if cfg.points_per_step is not None and cfg.points_per_step < batch.num_targets:
                     pts = np.sort(rng.choice(batch.num_targets, cfg.points_per_step, replace=False))
                     batch = batch.points(torch.from_numpy(pts))
-                stats = self.train_step(batch)
+                stats = self.train_step(batch if distributed.world_size() == 1 else batch.items(mine))
                 watch.train_loss(stats["loss"], self.step_count)
                 bar.update(1)
                 bar.set_postfix({"loss": f"{stats['loss']:.2e}", headline: f"{stats['metric']:.4g}"})
                 done = self.step_count >= cfg.steps
-                out_of_time = time_limit_s is not None and time.perf_counter() - t0 > time_limit_s
+                out_of_time = distributed.any_rank(time_limit_s is not None and time.perf_counter() - t0 > time_limit_s)
                 if val is not None and (self.step_count % cfg.eval_every == 0 or done or out_of_time):
-                    ev = evaluate_reconstruction(self.field, val, cfg.inner_steps, loss=self.loss, metrics=self.metrics,
-                                                 limit=cfg.eval_items)
-                    row = {"step": self.step_count, "time_s": time.perf_counter() - t0, f"train_{headline}": stats["metric"],
-                           "train_loss": stats["loss"], "val": ev["per_step"]}
-                    self.history.append(row)
-                    bar.write(f"step {self.step_count}: validation after {cfg.inner_steps} inner steps: "
-                              f"{self.metrics.describe(ev['per_step'][-1])}")
-                    watch.val_loss(ev["per_step"][-1]["loss"], self.step_count)
+                    val_loss = float("nan")
+                    if main:
+                        ev = evaluate_reconstruction(self.field, val, cfg.inner_steps, loss=self.loss,
+                                                     metrics=self.metrics, limit=cfg.eval_items)
+                        row = {"step": self.step_count, "time_s": time.perf_counter() - t0,
+                               f"train_{headline}": stats["metric"], "train_loss": stats["loss"], "val": ev["per_step"]}
+                        self.history.append(row)
+                        bar.write(f"step {self.step_count}: validation after {cfg.inner_steps} inner steps: "
+                                  f"{self.metrics.describe(ev['per_step'][-1])}")
+                        val_loss = ev["per_step"][-1]["loss"]
+                    watch.val_loss(distributed.broadcast(val_loss), self.step_count)
                 if run_dir is not None and (self.step_count % cfg.save_every == 0 or done or out_of_time):
-                    self.save_state(run_dir, on_save)
+                    if main:
+                        self.save_state(run_dir, on_save)
+                    distributed.barrier()
                     watch.saved(self.step_count)
                 if out_of_time:
                     bar.write(f"time limit of {time_limit_s:.0f} s reached at step {self.step_count}")
                     break
         except KeyboardInterrupt:
-            if run_dir is not None:
+            if run_dir is not None and main:
                 bar.write(f"interrupted at step {self.step_count}; saving a checkpoint to {run_dir}")
                 self.save_state(run_dir, on_save)
             raise
