@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "functa"
-RANK = {"errors": -2, "validation": -1, "atomic": -1, "data": 0, "fields": 0, "device": 0, "distributed": 0, "viz": 0, "io": 1, "optim": 1, "fitting": 2, "modalities": 3, "functaset": 3, "config": 3,
+RANK = {"errors": -2, "validation": -1, "atomic": -1, "interrupts": -1, "data": 0, "fields": 0, "device": 0, "distributed": 0, "viz": 0, "io": 1, "optim": 1, "fitting": 2, "modalities": 3, "functaset": 3, "config": 3,
         "tasks": 4, "codec": 4, "pipeline": 5, "downstream": 6, "compression": 6, "scenes": 6, "gasp": 6, "demo": 7, "cli": 8, "__main__": 9}
 
 

@@ -646,7 +646,9 @@ def main(argv: list[str] | None = None) -> int:
     tune_cpu_allocator()  # the command line owns its process (FUNCTA_NO_MALLOC_TUNING=1 turns it off)
     from .errors import FunctaError
     from . import distributed
+    from .interrupts import terminate_as_interrupt
 
+    terminate_as_interrupt()  # SIGTERM saves and stops like Ctrl-C (exit code 130)
     try:
         if args.command == "fit" and distributed.init_from_env(args.device):  # under torchrun
             torch.set_num_threads(args.threads or 1)

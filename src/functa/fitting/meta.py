@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import DivergenceError
+from ..interrupts import whole_step
 from ..fields import field_device
 from ..io import (ArtefactError, load_tensors, read_train_state, save_tensors, state_metadata, sync_state_copy,
                   write_json)
@@ -268,7 +269,8 @@ class MetaLearner:
                 if cfg.points_per_step is not None and cfg.points_per_step < batch.num_targets:
                     pts = np.sort(rng.choice(batch.num_targets, cfg.points_per_step, replace=False))
                     batch = batch.points(torch.from_numpy(pts))
-                stats = self.train_step(batch if distributed.world_size() == 1 else batch.items(mine))
+                with whole_step():  # Ctrl-C / SIGTERM wait for the step to finish
+                    stats = self.train_step(batch if distributed.world_size() == 1 else batch.items(mine))
                 watch.train_loss(stats["loss"], self.step_count)
                 bar.update(1)
                 bar.set_postfix({"loss": f"{stats['loss']:.2e}", headline: f"{stats['metric']:.4g}"})

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import DivergenceError
+from ..interrupts import whole_step
 from ..validation import Int, Real, check_fields
 from ..io import (ArtefactError, load_tensors, read_train_state, save_tensors, state_metadata, sync_state_copy,
                   write_json)
@@ -148,7 +149,8 @@ class Trainer:
                 rng = np.random.default_rng([cfg.seed, self.step_count])
                 idx = torch.from_numpy(rng.choice(n, size=min(cfg.batch_size, n), replace=False))
                 torch.manual_seed(int(rng.integers(2**62)))
-                loss = self.train_step(tuple(t[idx] for t in data))
+                with whole_step():  # Ctrl-C / SIGTERM wait for the step to finish
+                    loss = self.train_step(tuple(t[idx] for t in data))
                 bar.update(1)
                 if self.step_count % 10 == 0:
                     bar.set_postfix(loss=f"{loss:.4g}")

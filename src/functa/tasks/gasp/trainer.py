@@ -19,10 +19,7 @@ gradient vanishes) is reported once per episode in the progress bar and in ``eve
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Literal
@@ -34,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ...errors import DivergenceError
+from ...interrupts import whole_step
 from ...io import (ArtefactError, load_tensors, read_train_state, save_tensors, state_metadata, sync_state_copy,
                    write_json)
 from ...optim import EMA, load_optimizer_tensors, optimizer_tensors
@@ -78,23 +76,6 @@ class GaspTrainConfig:
         if unknown:
             raise ValueError(f"unknown GASP training settings {sorted(unknown)}")
         return cls(**d)
-
-
-@contextmanager
-def _interrupt_after_block():
-    """Hold back Ctrl-C (SIGINT) until the block is done, then raise it: a step is applied whole or not
-    at all, so the checkpoint written on an interrupt is one of an uninterrupted run."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pending:
-        raise KeyboardInterrupt
 
 
 def r1_penalty(output: Tensor, features: Tensor) -> Tensor:
@@ -233,7 +214,7 @@ class GaspTrainer:
                 rng = np.random.default_rng([cfg.seed, self.step_count])
                 idx = rng.choice(n, size=min(cfg.batch_size, n), replace=False)
                 gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-                with _interrupt_after_block():
+                with whole_step():
                     stats = self.train_step(coords, data.features(idx), gen)
                     self.elapsed_s = base_elapsed + time.perf_counter() - t0
                     sums, count = self._interval
