@@ -87,3 +87,26 @@ def test_single_process_collectives_are_no_ops():
     assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
     assert distributed.mean(2.5) == 2.5 and distributed.any_rank(True) and not distributed.any_rank(False)
     assert distributed.shard(8) == slice(0, 8)
+
+
+def test_two_processes_train_the_same_flow_as_one(tmp_path):
+    from functa.cli import main
+
+    data = _images(tmp_path / "data")
+    run, fs = tmp_path / "base", tmp_path / "train.functaset"
+    assert main(["--quiet", "fit", str(data), "-o", str(run), "--steps", "2", *TINY]) == 0
+    assert main(["--quiet", "encode", str(data), "-m", str(run), "-o", str(fs)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    flow = ["-m", "functa", "--quiet", "--threads", "1", "flow", "train", str(fs), "--set", "train.steps=4",
+            "--set", "train.batch_size=8", "--set", "train.eval_every=2", "--set", "model.dropout=0.0",
+            "--set", "model.hidden=[16,16]", "--set", "model.layers=2"]
+    one = subprocess.run([sys.executable, *flow, "-o", str(tmp_path / "f1")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          *flow, "-o", str(tmp_path / "f2")], capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    _assert_close(_weights(tmp_path / "f1"), _weights(tmp_path / "f2"), tol=1e-5)
+    assert json.loads((tmp_path / "f2" / "metrics.json").read_text())["train_nll_nats_per_dim"] == pytest.approx(
+        json.loads((tmp_path / "f1" / "metrics.json").read_text())["train_nll_nats_per_dim"], abs=1e-4)
+    assert two.stdout.count("train_nll_nats_per_dim") == 1  # only rank 0 prints

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -650,8 +651,12 @@ def main(argv: list[str] | None = None) -> int:
 
     terminate_as_interrupt()  # SIGTERM saves and stops like Ctrl-C (exit code 130)
     try:
-        if args.command == "fit" and distributed.init_from_env(args.device):  # under torchrun
+        trains = args.command == "fit" or (args.command in ("classify", "flow", "diffusion")
+                                            and getattr(args, "action", None) in ("train", "baseline"))
+        if trains and distributed.init_from_env(args.device):  # under torchrun
             torch.set_num_threads(args.threads or 1)
+            if not distributed.is_main() and args.command != "fit":
+                sys.stdout = open(os.devnull, "w")  # rank 0 reports the results
         return _run(args)
     except (FunctaError, OSError, ValueError, FloatingPointError) as e:
         # FunctaError: bad input, artefact, config, full disk, locked output (one line naming the path).

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import distributed
 from .atomic import atomic_stream, output_lock
 from .config import DataConfig, apply_overrides
 from .data import read_array_file
@@ -128,10 +129,30 @@ def _writes_out(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def locked(*args, **kwargs):
-        with output_lock(sig.bind(*args, **kwargs).arguments["out"]):
+        bound = sig.bind(*args, **kwargs)
+        if not distributed.is_main():  # under torchrun: rank 0 writes ``out``; the others a private copy
+            return _in_private_copy(fn, bound)
+        with output_lock(bound.arguments["out"]):
             return fn(*args, **kwargs)
 
     return locked
+
+
+def _in_private_copy(fn: Callable, bound: inspect.BoundArguments) -> Any:
+    """Run ``fn`` with ``out`` replaced by a temporary copy of its train states (so a resumed run
+    resumes on every rank), removed afterwards: what the rank writes is thrown away."""
+    import shutil
+    import tempfile
+
+    out = Path(bound.arguments["out"])
+    with tempfile.TemporaryDirectory(prefix=f"functa-rank{distributed.rank()}-") as tmp:
+        if out.is_dir():
+            for state in out.rglob("train_state.*"):
+                dest = Path(tmp) / state.relative_to(out)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(state, dest)
+        bound.arguments["out"] = tmp
+        return fn(*bound.args, **bound.kwargs)
 
 
 # ---------------------------------------------------------------------------- functasets

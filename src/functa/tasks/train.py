@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..errors import DivergenceError
 from ..interrupts import whole_step
 from ..validation import Int, Real, check_fields
@@ -109,7 +110,13 @@ class Trainer:
         loss = self.loss_fn(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        value = float(loss.detach())
+        if distributed.world_size() > 1:  # this rank's share of the global batch: average the gradients
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            distributed.all_reduce_mean_([p.grad for p in params])
+        value = distributed.mean(float(loss.detach()))  # the global batch's loss, the same on every rank
         if not math.isfinite(value):
             advice = "lower train.lr" + (" or set train.grad_clip" if cfg.grad_clip is None else
                                          f" or train.grad_clip (now {cfg.grad_clip:g})")
@@ -142,13 +149,15 @@ class Trainer:
         run_dir = Path(run_dir) if run_dir is not None else None
         if run_dir is not None and ((run_dir / self.STATE_TENSORS).exists() or (run_dir / self.STATE_JSON).exists()):
             sync_state_copy(run_dir / self.STATE_JSON, self.load_state(run_dir))
-        bar = tqdm(total=cfg.steps, initial=self.step_count, desc=desc, disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=self.step_count, desc=desc, disable=not (progress and distributed.is_main()),
+                   dynamic_ncols=True)
+        mine = distributed.shard(min(cfg.batch_size, n))  # under torchrun: this rank's share of each batch
         t0 = time.perf_counter()
         try:
             while self.step_count < cfg.steps:
                 rng = np.random.default_rng([cfg.seed, self.step_count])
-                idx = torch.from_numpy(rng.choice(n, size=min(cfg.batch_size, n), replace=False))
-                torch.manual_seed(int(rng.integers(2**62)))
+                idx = torch.from_numpy(rng.choice(n, size=min(cfg.batch_size, n), replace=False))[mine]
+                torch.manual_seed(int(rng.integers(2**62)) + distributed.rank())  # dropout, noise: per rank
                 with whole_step():  # Ctrl-C / SIGTERM wait for the step to finish
                     loss = self.train_step(tuple(t[idx] for t in data))
                 bar.update(1)
