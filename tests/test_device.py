@@ -44,3 +44,23 @@ def test_the_gpu_check_says_there_is_no_gpu_and_exits_2(tmp_path):
     r = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no CUDA GPU here" in r.stderr
     assert not (tmp_path / "out").exists()  # nothing measured, nothing written
+
+
+def test_batch_sizes_follow_free_device_memory_on_cuda(monkeypatch):
+    from functa.fields import LatentModulatedSiren, SirenConfig
+    from functa.fitting import encode
+
+    field = LatentModulatedSiren(SirenConfig(in_dim=2, out_dim=3, width=512, depth=15, latent_dim=64))
+    n = 64 * 64
+    per_item = n * 512 * 4
+    assert encode.auto_batch_size(field, n) == max(1, encode.ACTIVATION_BUDGET_BYTES // per_item)  # CPU: 24 MiB
+    monkeypatch.setattr(encode, "field_device", lambda f: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (139 * 2**30, 141 * 2**30))
+    budget = 139 * 2**30 // (2 * 15 * encode.GRAPH_PASSES)
+    assert encode.activation_budget(field) == budget
+    assert encode.auto_batch_size(field, n) == budget // per_item  # 84 CelebA-sized items (64x64, width 512) on an H200
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2**20, 141 * 2**30))
+    assert encode.auto_batch_size(field, n) == max(1, encode.ACTIVATION_BUDGET_BYTES // per_item)  # never below
+    small = LatentModulatedSiren(SirenConfig(in_dim=2, out_dim=1, width=16, depth=3, latent_dim=4))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (139 * 2**30, 141 * 2**30))
+    assert encode.auto_batch_size(small, 784) == encode.CUDA_ITEMS_CAP

@@ -12,22 +12,42 @@ from .inner import InnerLoop, field_outputs, latent_grad
 from .losses import Loss, MSELoss
 from .source import Batch
 
-__all__ = ["Encoding", "auto_batch_size", "chunked_outputs", "fit_latents", "max_points_per_pass", "point_chunks",
+__all__ = ["Encoding", "activation_budget", "auto_batch_size", "chunked_outputs", "fit_latents", "max_points_per_pass", "point_chunks",
            "predict", "rendered_fit_points"]
 
 ACTIVATION_BUDGET_BYTES = 24 * 2**20
+CUDA_ITEMS_CAP = 4096  # items per batch on a GPU
+GRAPH_PASSES = 7  # forward passes whose activations one fitting step may hold: 2 x 3 inner steps + 1
+
+
+def activation_budget(field: nn.Module) -> int:
+    """Bytes one ``(B, N, width)`` float32 activation may take.
+
+    On the CPU 24 MiB (glibc's mmap threshold, see :func:`auto_batch_size`). On CUDA a share of the
+    device's **free** memory: ``free / (2 x layers x 7)``, room for every layer's activation and its
+    gradient in each of the 7 passes of a 3-step inner loop (not yet measured on a GPU:
+    ``bench/gpu_check.sh`` is the place)."""
+    device = field_device(field)
+    if device.type != "cuda":
+        return ACTIVATION_BUDGET_BYTES
+    free, _ = torch.cuda.mem_get_info(device)
+    layers = int(getattr(getattr(field, "config", None), "depth", 8) or 8)
+    return max(ACTIVATION_BUDGET_BYTES, int(free // (2 * layers * GRAPH_PASSES)))
 
 
 def auto_batch_size(field: nn.Module, n_points: int, max_items: int = 256) -> int:
-    """Items per batch so that one ``(B, N, width)`` float32 activation stays under ~24 MiB.
+    """Items per batch so that one ``(B, N, width)`` float32 activation stays under :func:`activation_budget`.
 
     glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh ``mmap`` pages that
     are faulted in on every use and unmapped on free; on the development VM a batch of 256
-    Fashion-MNIST images (100 MB activations) encoded at 98 items/s against 156 items/s at 32. Items
+    Fashion-MNIST images (100 MB activations) encoded at 98 items/s against 156 items/s at 32. On
+    CUDA the budget follows the device's free memory and ``max_items`` rises to 4096. Items
     are independent in encoding and evaluation, so the batch size changes only the speed.
     """
     per_item = max(n_points * field.activation_floats_per_point() * 4, 1)
-    return int(max(1, min(max_items, ACTIVATION_BUDGET_BYTES // per_item)))
+    if field_device(field).type == "cuda":
+        max_items = max(max_items, CUDA_ITEMS_CAP)
+    return int(max(1, min(max_items, activation_budget(field) // per_item)))
 
 
 @dataclass
