@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_reduce_mean_", "any_rank", "barrier", "broadcast", "close", "init_from_env", "is_main", "mean",
+__all__ = ["all_reduce_mean_", "any_rank", "average_gradients", "barrier", "broadcast", "close", "init_from_env", "is_main", "mean",
            "rank", "shard", "world_size"]
 
 
@@ -90,6 +90,16 @@ def all_reduce_mean_(tensors: list[Tensor]) -> None:
     for t in tensors:
         t.copy_(flat[start:start + t.numel()].view_as(t))
         start += t.numel()
+
+
+def average_gradients(params: list[Tensor]) -> None:
+    """Average the gradients of ``params`` over the ranks (a missing gradient counts as zeros)."""
+    if not _active():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    all_reduce_mean_([p.grad for p in params])
 
 
 def mean(value: float) -> float:

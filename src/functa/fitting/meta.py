@@ -217,11 +217,7 @@ class MetaLearner:
         result = self.objective(batch)
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
-        if distributed.world_size() > 1:  # this rank's share of the global batch: average the gradients
-            for p in self.params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            distributed.all_reduce_mean_([p.grad for p in self.params])
+        distributed.average_gradients(self.params)  # several processes: each had a share of the global batch
         grad_norm = float("nan")
         if self.config.grad_clip is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip))

@@ -110,12 +110,8 @@ class Trainer:
         loss = self.loss_fn(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if distributed.world_size() > 1:  # this rank's share of the global batch: average the gradients
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            distributed.all_reduce_mean_([p.grad for p in params])
+        # several processes: each had a share of the global batch
+        distributed.average_gradients([p for p in self.model.parameters() if p.requires_grad])
         value = distributed.mean(float(loss.detach()))  # the global batch's loss, the same on every rank
         if not math.isfinite(value):
             advice = "lower train.lr" + (" or set train.grad_clip" if cfg.grad_clip is None else
