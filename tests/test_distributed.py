@@ -110,3 +110,13 @@ def test_two_processes_train_the_same_flow_as_one(tmp_path):
     assert json.loads((tmp_path / "f2" / "metrics.json").read_text())["train_nll_nats_per_dim"] == pytest.approx(
         json.loads((tmp_path / "f1" / "metrics.json").read_text())["train_nll_nats_per_dim"], abs=1e-4)
     assert two.stdout.count("train_nll_nats_per_dim") == 1  # only rank 0 prints
+
+
+def test_commands_that_do_not_scale_out_refuse_several_processes(tmp_path, monkeypatch, capsys):
+    from functa.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["--quiet", "encode", str(tmp_path), "-m", str(tmp_path), "-o", str(tmp_path / "fs")]) == 2
+    err = capsys.readouterr().err
+    assert "functa encode does not run on several processes yet (WORLD_SIZE=2)" in err
+    assert not (tmp_path / "fs").exists()

@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     from .fitting import tune_cpu_allocator
 
     tune_cpu_allocator()  # the command line owns its process (FUNCTA_NO_MALLOC_TUNING=1 turns it off)
-    from .errors import FunctaError
+    from .errors import ConfigError, FunctaError
     from . import distributed
     from .interrupts import terminate_as_interrupt
 
@@ -653,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trains = args.command == "fit" or (args.command in ("classify", "flow", "diffusion")
                                             and getattr(args, "action", None) in ("train", "baseline"))
+        if not trains and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            raise ConfigError(f"functa {args.command} does not run on several processes yet (WORLD_SIZE="
+                              f"{os.environ['WORLD_SIZE']}); run it as one process (torchrun serves fit and the "
+                              "train commands of classify, flow and diffusion)")
         if trains and distributed.init_from_env(args.device):  # under torchrun
             torch.set_num_threads(args.threads or 1)
             if not distributed.is_main() and args.command != "fit":
