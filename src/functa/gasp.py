@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,10 @@ def settings(modality: Any, overrides: list[str] | None = None) -> dict:
 def _configs(raw: dict, modality: Any) -> tuple[GeneratorConfig, DiscriminatorConfig, GaspTrainConfig]:
     try:
         DataConfig(**raw["data"])
-        g = GeneratorConfig.from_dict({**raw["generator"], "in_dim": modality.in_dim, "out_dim": modality.out_channels})
-        d = DiscriminatorConfig.from_dict({**raw["discriminator"], "coord_dim": modality.in_dim,
-                                           "feature_dim": modality.out_channels, "grid_dim": len(modality.shape)})
-        t = GaspTrainConfig.from_dict(raw["train"])
+        g = GeneratorConfig(**raw["generator"], in_dim=modality.in_dim, out_dim=modality.out_channels)
+        d = DiscriminatorConfig(**raw["discriminator"], coord_dim=modality.in_dim, feature_dim=modality.out_channels,
+                                grid_dim=len(modality.shape))
+        t = GaspTrainConfig(**raw["train"])  # keys checked by settings(); lists become tuples in check_fields
     except (TypeError, ValueError) as e:
         raise ConfigError(f"gasp settings: {' '.join(str(e).split())[:300]}") from None
     return g, d, t
@@ -169,7 +170,7 @@ def _gasp_train(data, out: Path, overrides, progress: bool, time_limit_s: float 
 
     def on_save(run_dir: Path) -> None:
         save_task_model(run_dir, "gasp", trainer.generator, state=trainer.sample_generator().state_dict(),
-                        modality=modality.to_config(), discriminator=d_cfg.to_dict(), train=s["train"],
+                        modality=modality.to_config(), discriminator=asdict(d_cfg), train=s["train"],
                         data=source, data_settings=s["data"], step=trainer.step_count, train_seconds=trainer.elapsed_s,
                         events=trainer.events)
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -60,19 +59,6 @@ class DiscriminatorConfig:
     @property
     def pool_factor(self) -> int:
         return 2 ** self.grid_dim
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"], d["weight_hidden"] = list(self.channels), list(self.weight_hidden)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiscriminatorConfig":
-        d = dict(d)
-        for key in ("channels", "weight_hidden"):
-            if isinstance(d.get(key), list):
-                d[key] = tuple(d[key])
-        return cls(**d)
 
 
 class PointConvDiscriminator(nn.Module):

@@ -18,7 +18,7 @@ Python loop over the batch (the public code loops over it).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -54,19 +54,6 @@ class GeneratorConfig:
         hyper = [self.latent_dim, *self.hyper_hidden]
         n = sum(a * b + b for a, b in zip(hyper[:-1], hyper[1:])) + (hyper[-1] + 1) * function
         check_total("generator", n, MAX_PARAMETERS, f"a hypernetwork {hyper} generating {function} function weights")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["function_hidden"], d["hyper_hidden"] = list(self.function_hidden), list(self.hyper_hidden)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GeneratorConfig":
-        d = dict(d)
-        for key in ("function_hidden", "hyper_hidden"):
-            if isinstance(d.get(key), list):
-                d[key] = tuple(d[key])
-        return cls(**d)
 
 
 def fourier_features(x: Tensor, frequencies: Tensor) -> Tensor:

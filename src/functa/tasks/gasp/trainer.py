@@ -20,7 +20,7 @@ gradient vanishes) is reported once per episode in the progress bar and in ``eve
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -69,13 +69,6 @@ class GaspTrainConfig:
                      r1_on=Choice("probability", "logit"), max_num_points=Int(2, 2**31, optional=True),
                      ema_decay=Real(0, 1, hi_open=True, optional=True), seed=Int(0, 2**63 - 1),
                      sample_every=Int(1, 10**9), save_every=Int(1, 10**9), saturation_steps=Int(1, 10**9))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GaspTrainConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown GASP training settings {sorted(unknown)}")
-        return cls(**d)
 
 
 def r1_penalty(output: Tensor, features: Tensor) -> Tensor:
