@@ -7,24 +7,14 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 from safetensors.torch import load_file
 
 from functa import distributed
+from test_cli import image_folder
 
 TINY = ["--set", "field.width=16", "--set", "field.depth=3", "--set", "field.latent_dim=8",
         "--set", "train.batch_size=4", "--set", "train.eval_items=8", "--set", "train.eval_every=3",
         "--set", "train.save_every=3", "--set", "train.warmup_steps=1"]
-
-
-def _images(root, n=16, size=6):
-    rng = np.random.default_rng(0)
-    for split, count in (("train", n), ("test", 8)):
-        for i in range(count):
-            d = root / split / f"class{i % 2}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return root
 
 
 def _fit(data, out, steps, nproc=1, extra=()):
@@ -49,7 +39,7 @@ def _assert_close(a, b, tol=1e-6):
 
 
 def test_two_processes_train_the_same_base_network_as_one(tmp_path):
-    data = _images(tmp_path / "data")
+    data = image_folder(tmp_path / "data", n=16)
     one, two = _fit(data, tmp_path / "one", 6), _fit(data, tmp_path / "two", 6, nproc=2)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
@@ -61,7 +51,7 @@ def test_two_processes_train_the_same_base_network_as_one(tmp_path):
 
 
 def test_a_run_resumes_with_another_number_of_processes(tmp_path):
-    data = _images(tmp_path / "data")
+    data = image_folder(tmp_path / "data", n=16)
     constant = ["--set", "train.schedule=constant"]  # --steps 3 then 6 must not change the learning rates
     assert _fit(data, tmp_path / "whole", 6, extra=constant).returncode == 0
     first = _fit(data, tmp_path / "split", 3, nproc=2, extra=constant)
@@ -72,7 +62,7 @@ def test_a_run_resumes_with_another_number_of_processes(tmp_path):
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path):
-    data = _images(tmp_path / "data")
+    data = image_folder(tmp_path / "data", n=16)
     r = _fit(data, tmp_path / "odd", 2, nproc=2, extra=["--set", "train.batch_size=5"])
     assert r.returncode != 0
     assert "cannot be split evenly across 2 processes" in r.stderr
@@ -92,7 +82,7 @@ def test_single_process_collectives_are_no_ops():
 def test_two_processes_train_the_same_flow_as_one(tmp_path):
     from functa.cli import main
 
-    data = _images(tmp_path / "data")
+    data = image_folder(tmp_path / "data", n=16)
     run, fs = tmp_path / "base", tmp_path / "train.functaset"
     assert main(["--quiet", "fit", str(data), "-o", str(run), "--steps", "2", *TINY]) == 0
     assert main(["--quiet", "encode", str(data), "-m", str(run), "-o", str(fs)]) == 0
