@@ -33,6 +33,7 @@ __all__ = [
     "write_json",
     "read_json",
     "save_tensors",
+    "write_train_state",
     "load_tensors",
     "tensor_metadata",
     "tensors_digest",
@@ -209,19 +210,31 @@ def state_metadata(state: dict) -> dict[str, str]:
     return {STATE_KEY: json.dumps(state, sort_keys=True, allow_nan=True)}
 
 
-def read_train_state(run_dir: Path, tensors_file: str, json_file: str) -> dict:
+def write_train_state(run_dir: Path, tensors_file: str, json_file: str, tensors: dict[str, torch.Tensor],
+                      state: dict) -> None:
+    """One checkpoint: ``tensors`` with ``state`` (step, settings, history) in their metadata, renamed into
+    place as one file, then its readable copy ``json_file``."""
+    save_tensors(run_dir / tensors_file, tensors, metadata=state_metadata(state))
+    write_json(run_dir / json_file, state)
+
+
+def read_train_state(run_dir: Path, tensors_file: str, json_file: str, seed: int | None = None) -> dict:
     """The train state of ``run_dir``: the JSON stored in ``tensors_file``'s metadata, which was
     renamed into place with the tensors it describes; checkpoints written before it was stored
-    there are described by ``json_file``."""
+    there are described by ``json_file``. With ``seed``, a state saved with another ``config.seed``
+    is refused."""
     meta = tensor_metadata(run_dir / tensors_file)
     if STATE_KEY not in meta:
-        return read_json(run_dir / json_file)
-    try:
-        state = json.loads(meta[STATE_KEY])
-    except json.JSONDecodeError as e:
-        raise ArtefactError(f"{run_dir / tensors_file}: unreadable train state in its metadata ({e})") from None
-    if not isinstance(state, dict) or "step" not in state:
-        raise ArtefactError(f"{run_dir / tensors_file}: the train state in its metadata has no step")
+        state = read_json(run_dir / json_file)
+    else:
+        try:
+            state = json.loads(meta[STATE_KEY])
+        except json.JSONDecodeError as e:
+            raise ArtefactError(f"{run_dir / tensors_file}: unreadable train state in its metadata ({e})") from None
+        if not isinstance(state, dict) or "step" not in state:
+            raise ArtefactError(f"{run_dir / tensors_file}: the train state in its metadata has no step")
+    if seed is not None and state.get("config", {}).get("seed") != seed:
+        raise ArtefactError(f"{run_dir / json_file}: saved with another seed; use a new output directory")
     return state
 
 

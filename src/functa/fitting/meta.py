@@ -30,8 +30,7 @@ from .. import distributed
 from ..errors import DivergenceError
 from ..interrupts import whole_step
 from ..fields import field_device
-from ..io import (ArtefactError, load_tensors, read_train_state, save_tensors, state_metadata, sync_state_copy,
-                  write_json)
+from ..io import ArtefactError, load_tensors, read_train_state, sync_state_copy, write_train_state
 from ..validation import MAX_GRID_POINTS, MAX_INNER_STEPS, Bool, Choice, Int, Real, check_fields
 from ..optim import load_optimizer_tensors, lr_at, optimizer_tensors
 from .encode import auto_batch_size, chunked_outputs, fit_latents, rendered_fit_points
@@ -310,8 +309,7 @@ class MetaLearner:
         tensors.update(optimizer_tensors(self.optimizer, "adam."))
         state = {"step": self.step_count, "config": asdict(self.config), "field": self.field.to_config(),
                  "loss": self.loss.name, "history": self.history}
-        save_tensors(run_dir / self.STATE_TENSORS, tensors, metadata=state_metadata(state))
-        write_json(run_dir / self.STATE_JSON, state)
+        write_train_state(run_dir, self.STATE_TENSORS, self.STATE_JSON, tensors, state)
         if on_save is not None:
             on_save(run_dir)
 

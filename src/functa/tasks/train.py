@@ -27,8 +27,7 @@ from .. import distributed
 from ..errors import DivergenceError
 from ..interrupts import whole_step
 from ..validation import Int, Real, check_fields
-from ..io import (ArtefactError, load_tensors, read_train_state, save_tensors, state_metadata, sync_state_copy,
-                  write_json)
+from ..io import ArtefactError, load_tensors, read_train_state, sync_state_copy, write_train_state
 from ..optim import EMA, Schedule, load_optimizer_tensors, lr_at, optimizer_tensors
 
 __all__ = ["TrainConfig", "Trainer"]
@@ -185,17 +184,14 @@ class Trainer:
             tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         tensors.update(optimizer_tensors(self.optimizer))
         state = {"step": self.step_count, "config": asdict(self.config), "history": self.history}
-        save_tensors(run_dir / self.STATE_TENSORS, tensors, metadata=state_metadata(state))  # the checkpoint
-        write_json(run_dir / self.STATE_JSON, state)  # its readable copy
+        write_train_state(run_dir, self.STATE_TENSORS, self.STATE_JSON, tensors, state)
         if on_save is not None:
             on_save(run_dir)
 
     def load_state(self, run_dir: str | Path) -> dict:
         """Restore the training state saved in ``run_dir``; returns it (step, settings, history)."""
         run_dir = Path(run_dir)
-        meta = read_train_state(run_dir, self.STATE_TENSORS, self.STATE_JSON)
-        if meta.get("config", {}).get("seed") != self.config.seed:
-            raise ArtefactError(f"{run_dir / self.STATE_JSON}: saved with another seed; use a new output directory")
+        meta = read_train_state(run_dir, self.STATE_TENSORS, self.STATE_JSON, seed=self.config.seed)
         tensors = load_tensors(run_dir / self.STATE_TENSORS)
         try:
             self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -32,8 +32,7 @@ from tqdm.auto import tqdm
 
 from ...errors import DivergenceError
 from ...interrupts import whole_step
-from ...io import (ArtefactError, load_tensors, read_train_state, save_tensors, state_metadata, sync_state_copy,
-                   write_json)
+from ...io import ArtefactError, load_tensors, read_train_state, sync_state_copy, write_train_state
 from ...optim import EMA, load_optimizer_tensors, optimizer_tensors
 from ...validation import Choice, Int, Real, check_fields
 from .data import PointClouds
@@ -251,17 +250,14 @@ class GaspTrainer:
         state = {"step": self.step_count, "config": asdict(self.config), "history": self.history,
                  "events": self.events, "elapsed_s": self.elapsed_s, "saturated_for": self._saturated_for,
                  "interval": {"sums": self._interval[0], "count": self._interval[1]}}
-        save_tensors(run_dir / self.STATE_TENSORS, tensors, metadata=state_metadata(state))
-        write_json(run_dir / self.STATE_JSON, state)
+        write_train_state(run_dir, self.STATE_TENSORS, self.STATE_JSON, tensors, state)
         if on_save is not None:
             on_save(run_dir)
 
     def load_state(self, run_dir: str | Path) -> dict:
         """Restore the training state saved in ``run_dir``; returns it."""
         run_dir = Path(run_dir)
-        meta = read_train_state(run_dir, self.STATE_TENSORS, self.STATE_JSON)
-        if meta.get("config", {}).get("seed") != self.config.seed:
-            raise ArtefactError(f"{run_dir / self.STATE_JSON}: saved with another seed; use a new output directory")
+        meta = read_train_state(run_dir, self.STATE_TENSORS, self.STATE_JSON, seed=self.config.seed)
         tensors = load_tensors(run_dir / self.STATE_TENSORS)
         device = self.generator.head.weight.device
 
