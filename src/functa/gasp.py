@@ -169,7 +169,7 @@ def _gasp_train(data, out: Path, overrides, progress: bool, time_limit_s: float 
         _preview(g, modality, z, samples, f"step_{step:07d}")
 
     def on_save(run_dir: Path) -> None:
-        save_task_model(run_dir, "gasp", trainer.generator, state=trainer.sample_generator().state_dict(),
+        save_task_model(run_dir, "gasp", trainer.generator, state=trainer.eval_state(),
                         modality=modality.to_config(), discriminator=asdict(d_cfg), train=s["train"],
                         data=source, data_settings=s["data"], step=trainer.step_count, train_seconds=trainer.elapsed_s,
                         events=trainer.events)

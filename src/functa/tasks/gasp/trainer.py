@@ -158,13 +158,16 @@ class GaspTrainer:
                                   f"train.lr_{which} or raise train.r1_weight (now {self.config.r1_weight:g}); "
                                   "the last checkpoint is kept")
 
+    def eval_state(self) -> dict[str, Tensor]:
+        """The generator weights to sample and ship: the EMA if enabled, else the current ones."""
+        return self.ema.state_dict() if self.ema is not None else self.generator.state_dict()
+
     def sample_generator(self) -> HyperGenerator:
-        """A copy of the generator with the EMA weights (if enabled), in eval mode."""
+        """A copy of the generator with :meth:`eval_state` loaded, in eval mode."""
         import copy
 
         g = copy.deepcopy(self.generator)
-        if self.ema is not None:
-            g.load_state_dict(self.ema.state_dict())
+        g.load_state_dict(self.eval_state())
         return g.eval()
 
     def _watch_saturation(self, stats: dict, bar) -> None:
